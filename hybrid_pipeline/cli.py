@@ -1,0 +1,179 @@
+"""``hybrid-pipeline``: generate demo landings and materialize the lakehouse from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.settings import Settings
+    from hybrid_pipeline.sources.generator import GeneratorConfig, generate
+
+    settings = Settings.from_env()
+    start = date.fromisoformat(args.start_date) if args.start_date else date.today() - timedelta(days=args.days)
+    config = GeneratorConfig(
+        days=args.days, events_per_day=args.events_per_day, seed=args.seed, dirty_rate=args.dirty_rate, start_date=start
+    )
+    began = time.perf_counter()
+    totals = generate(config, settings.landing_dir)
+    print(
+        f"generated {totals['records']:,} event records ({totals['dirty']:,} dirty, {totals['duplicates']:,} duplicates) "
+        f"in {totals['files']} files over {totals['days']} days from {start} into {settings.landing_dir}/events "
+        f"({time.perf_counter() - began:.1f}s)"
+    )
+    return 0
+
+
+@dataclass
+class RunSummary:
+    partition: str
+    success: bool
+    seconds: float
+    rows: dict[str, int] = field(default_factory=dict)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, passed, severity)
+    failed_steps: list[str] = field(default_factory=list)
+
+    @property
+    def error_checks(self) -> list[str]:
+        return [n for n, passed, sev in self.checks if not passed and sev == "ERROR"]
+
+    @property
+    def ok(self) -> bool:
+        return self.success and not self.error_checks
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME defaults to ./.dagster_home, seeded with the project's dagster.yaml."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    project_yaml = Path("dagster.yaml")
+    if not (home / "dagster.yaml").exists() and project_yaml.exists():
+        shutil.copy(project_yaml, home / "dagster.yaml")
+    return home
+
+
+_QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def materialize(partitions: Sequence[str], select: str | None = None) -> list[RunSummary]:
+    """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
+    import dagster as dg
+
+    from hybrid_pipeline.definitions import PIPELINE_JOB, build_definitions, daily_partitions
+    from hybrid_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    job_name = PIPELINE_JOB
+    if select:
+        job_name = "materialize_selection"
+        defs = dg.Definitions.merge(
+            defs,
+            dg.Definitions(
+                jobs=[
+                    dg.define_asset_job(
+                        job_name, selection=dg.AssetSelection.from_string(select), partitions_def=daily_partitions(settings)
+                    )
+                ]
+            ),
+        )
+    job = defs.resolve_job_def(job_name)
+    valid = set(daily_partitions(settings).get_partition_keys())
+    unknown = [p for p in partitions if p not in valid]
+    if unknown:
+        raise SystemExit(
+            f"not a daily partition: {', '.join(unknown)} (partitions run from HYBRID_START_DATE="
+            f"{settings.start_date} to today)"
+        )
+    instance = dg.DagsterInstance.get()
+    summaries = []
+    for key in partitions:
+        began = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS
+        )
+        summary = RunSummary(key, result.success, time.perf_counter() - began)
+        for event in result.all_events:
+            if event.is_step_materialization:
+                mat = event.event_specific_data.materialization
+                rows = mat.metadata.get("dagster/row_count")
+                summary.rows[mat.asset_key.to_user_string()] = int(rows.value) if rows is not None else 0
+            elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+                ev = event.event_specific_data
+                summary.checks.append(
+                    (f"{ev.asset_key.to_user_string()}:{ev.check_name}", ev.passed, ev.severity.value)
+                )
+            elif event.is_step_failure:
+                summary.failed_steps.append(event.step_key or "?")
+        summaries.append(summary)
+    return summaries
+
+
+def print_summary(summaries: Sequence[RunSummary]) -> None:
+    for s in summaries:
+        status = "ok" if s.ok else "FAILED"
+        passed = sum(1 for _, p, _ in s.checks if p)
+        print(f"\n{s.partition}  {status}  ({s.seconds:.1f}s, checks {passed}/{len(s.checks)} passed)")
+        for asset, rows in sorted(s.rows.items()):
+            print(f"  {asset:<28} {rows:>12,} rows")
+        for name, ok, severity in s.checks:
+            if not ok:
+                print(f"  check {name}: failed ({severity})")
+        for step in s.failed_steps:
+            print(f"  step failed: {step}")
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.settings import Settings
+    from hybrid_pipeline.sources.landing import landed_dates
+
+    ensure_dagster_home()
+    partitions = list(args.partition or [])
+    if args.all_landed:
+        partitions += [d for d in landed_dates(Settings.from_env().landing_dir) if d not in partitions]
+    if not partitions:
+        print("nothing to materialize: give --partition YYYY-MM-DD or --all-landed", file=sys.stderr)
+        return 2
+    summaries = materialize(sorted(partitions), args.select)
+    print_summary(summaries)
+    failed = [s.partition for s in summaries if not s.ok]
+    print(f"\n{len(summaries) - len(failed)}/{len(summaries)} landing days materialized" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="write synthetic event landings into $HYBRID_LANDING_DIR")
+    gen.add_argument("--days", type=int, default=7)
+    gen.add_argument("--events-per-day", type=int, default=200_000)
+    gen.add_argument("--seed", type=int, default=42)
+    gen.add_argument("--dirty-rate", type=float, default=0.02)
+    gen.add_argument("--start-date", help="first landing day (default: DAYS days before today)")
+    gen.set_defaults(func=_cmd_generate)
+
+    mat = sub.add_parser("materialize", help="materialize landing days in-process (exit 1 on failure)")
+    mat.add_argument("--partition", action="append", help="landing day YYYY-MM-DD (repeatable)")
+    mat.add_argument("--all-landed", action="store_true", help="every landing day found in the landing zone")
+    mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:silver/events+' (default: the daily pipeline)")
+    mat.set_defaults(func=_cmd_materialize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The one Definitions of the code location; cross-cutting policy is applied here, once."""
+
+
+from datetime import timedelta
+
+import dagster as dg
+
+from hybrid_pipeline.defs.bronze import build_bronze
+from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
+from hybrid_pipeline.defs.maintenance import build_maintenance
+from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
+from hybrid_pipeline.defs.silver import build_silver
+from hybrid_pipeline.settings import Settings
+
+# Freshness per layer: a daily pipeline that may run a couple of hours late.
+FRESHNESS_BY_LAYER = {
+    "bronze": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
+    "silver": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
+    "gold": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=27), warn_window=timedelta(hours=26)),
+}
+
+PIPELINE_JOB = "daily_pipeline"
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    # end_offset=1 includes today, so a file landed today can be processed today.
+    return dg.DailyPartitionsDefinition(start_date=settings.start_date.isoformat(), end_offset=1, timezone="UTC")
+
+
+def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "lakehouse": LakehouseResource(root=settings.lakehouse_root),
+        "landing": LandingZoneResource(path=str(settings.landing_dir)),
+        "policy": DataPolicyResource(pii_salt=settings.pii_salt),
+    }
+
+
+def _with_layer_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
+    layer = spec.key.path[0]
+    policy = FRESHNESS_BY_LAYER.get(layer)
+    return spec.replace_attributes(freshness_policy=policy) if policy else spec
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    partitions = daily_partitions(settings)
+    merged = dg.Definitions.merge(
+        build_bronze(partitions),
+        build_silver(partitions),
+        build_gold_analytics(partitions),
+        build_maintenance(),
+        dg.Definitions(
+            jobs=[
+                dg.define_asset_job(
+                    PIPELINE_JOB,
+                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics"),
+                    partitions_def=partitions,
+                    description="Landing day -> bronze -> silver -> gold analytics, with all checks.",
+                )
+            ],
+            resources=resources(settings),
+        ),
+    )
+    return merged.map_asset_specs(func=_with_layer_policy)
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Loaded by ``dagster dev`` / the webserver; settings are read now, not at import."""
+    return build_definitions(Settings.from_env())

@@ -1,0 +1,1 @@
+"""Thin Dagster modules: assets, checks, jobs and schedules, one module per layer."""

@@ -1,0 +1,18 @@
+"""Asset keys, named once: ``<layer>/<table>`` mirrors the lakehouse path."""
+
+import dagster as dg
+
+BRONZE_EVENTS = dg.AssetKey(["bronze", "events"])
+BRONZE_LANDED_FILES = dg.AssetKey(["bronze", "landed_files"])
+SILVER_EVENTS = dg.AssetKey(["silver", "events"])
+SILVER_QUARANTINE = dg.AssetKey(["silver", "events_quarantine"])
+SILVER_DUPLICATES = dg.AssetKey(["silver", "events_duplicates"])
+DAILY_METRICS = dg.AssetKey(["gold", "daily_metrics"])
+FACT_EVENTS = dg.AssetKey(["gold", "fact_events"])
+DIM_USER = dg.AssetKey(["gold", "dim_user"])
+DIM_DATE = dg.AssetKey(["gold", "dim_date"])
+
+
+def table_of(key: dg.AssetKey) -> str:
+    """The lakehouse table an asset key names (``silver/events``)."""
+    return "/".join(key.path)

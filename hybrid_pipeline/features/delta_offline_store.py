@@ -1,0 +1,585 @@
+"""A Feast offline store over Delta tables, read through delta-rs and joined with polars.
+
+Why not Feast's own stores: the ``file``/``dask`` store reads a Delta directory as plain
+parquet and ignores the Delta log, so files removed by an overwrite, a delete or an
+``optimize`` come back as stale rows; Feast's ``delta`` extra pins ``deltalake<1``.
+
+``feature_store.yaml``::
+
+    offline_store:
+      type: hybrid_pipeline.features.delta_offline_store.DeltaOfflineStore
+      storage_options: {AWS_REGION: eu-west-1}   # optional, merged under each source's
+
+Feature views use :class:`DeltaSource` as their batch source. It names the table URI
+(local path, relative paths resolve against the repo directory, or ``s3://...``), an
+optional pinned table version, and optional storage options. Secrets belong in the store
+config (``${ENV_VAR}`` works there), not in the source: a source is serialised into the
+registry.
+
+Reads are lazy ``pl.scan_delta`` plans (the Delta log decides which files exist, at the
+pinned version if any); projections and filters on entity keys and the time window are
+pushed into the scan; see :mod:`hybrid_pipeline.features.pit` for the join semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from urllib.parse import urlparse
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+from feast.data_source import DataSource
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
+from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
+from feast.infra.offline_stores.offline_utils import (
+    DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL,
+    infer_event_timestamp_from_entity_df,
+)
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.protos.feast.core.DataSource_pb2 import DataSource as DataSourceProto
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.saved_dataset import SavedDatasetStorage
+from feast.type_map import pa_to_feast_value_type
+from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
+from feast.value_type import ValueType
+from pydantic import StrictStr
+
+from hybrid_pipeline.features.pit import FeatureSourceSpec, point_in_time_join_lazy, to_utc
+
+__all__ = [
+    "DELTA_OFFLINE_STORE_TYPE",
+    "DELTA_SOURCE_CLASS_TYPE",
+    "DeltaOfflineStore",
+    "DeltaOfflineStoreConfig",
+    "DeltaRetrievalJob",
+    "DeltaSource",
+    "feast_arrow_type",
+]
+
+DELTA_OFFLINE_STORE_TYPE = "hybrid_pipeline.features.delta_offline_store.DeltaOfflineStore"
+DELTA_SOURCE_CLASS_TYPE = "hybrid_pipeline.features.delta_offline_store.DeltaSource"
+
+
+# --------------------------------------------------------------------------- config
+
+
+class DeltaOfflineStoreConfig(FeastConfigBaseModel):
+    """Config of :class:`DeltaOfflineStore`.
+
+    Feast 0.67 resolves ``offline_store.type`` ending in ``OfflineStore`` by importing
+    ``<type>Config`` from the same module, and finds the store class back by stripping
+    ``Config`` from this class' name, so both names are load-bearing.
+    """
+
+    type: StrictStr = DELTA_OFFLINE_STORE_TYPE
+    """Offline store type selector (the class path)."""
+
+    storage_options: Dict[str, str] = {}
+    """delta-rs/object-store options used for every source (a source's own win)."""
+
+
+# --------------------------------------------------------------------------- source
+
+
+def _is_uri(path: str) -> bool:
+    scheme = urlparse(path).scheme
+    return len(scheme) > 1  # a Windows drive letter is not a scheme
+
+
+class DeltaSource(DataSource):
+    """A Feast batch source backed by a Delta table.
+
+    Args:
+        path: table URI; a relative local path resolves against the feature repo.
+        version: pinned Delta table version (time travel); ``None`` reads the latest.
+        storage_options: delta-rs storage options (serialised into the registry, so keep
+            secrets in :class:`DeltaOfflineStoreConfig` instead).
+        name, timestamp_field, created_timestamp_column, field_mapping, description,
+        tags, owner: as for every Feast data source.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        name: Optional[str] = None,
+        version: Optional[int] = None,
+        storage_options: Optional[Dict[str, str]] = None,
+        timestamp_field: Optional[str] = None,
+        created_timestamp_column: Optional[str] = None,
+        field_mapping: Optional[Dict[str, str]] = None,
+        description: Optional[str] = "",
+        tags: Optional[Dict[str, str]] = None,
+        owner: Optional[str] = "",
+    ):
+        if not path:
+            raise ValueError("DeltaSource needs a table path/URI")
+        if version is not None and (isinstance(version, bool) or int(version) < 0):
+            raise ValueError(f"DeltaSource version must be a non-negative int, got {version!r}")
+        super().__init__(
+            name=name or str(path),
+            timestamp_field=timestamp_field,
+            created_timestamp_column=created_timestamp_column,
+            field_mapping=field_mapping,
+            description=description,
+            tags=tags,
+            owner=owner,
+        )
+        self.path = str(path)
+        self.version = None if version is None else int(version)
+        self.storage_options = dict(storage_options or {})
+
+    # ---- addressing
+
+    def resolved_uri(self, repo_path: Optional[Union[str, Path]] = None) -> str:
+        if _is_uri(self.path) or os.path.isabs(self.path) or repo_path is None:
+            return self.path
+        return str(Path(repo_path) / self.path)
+
+    def merged_storage_options(self, config: Optional[RepoConfig] = None) -> Dict[str, str]:
+        base: Dict[str, str] = {}
+        store_cfg = getattr(config, "offline_store", None) if config is not None else None
+        if isinstance(store_cfg, DeltaOfflineStoreConfig):
+            base.update(store_cfg.storage_options)
+        base.update(self.storage_options)
+        return base
+
+    def scan(self, config: Optional[RepoConfig] = None, version: Optional[int] = None) -> pl.LazyFrame:
+        """Lazy scan of the table (pinned version unless ``version`` overrides it)."""
+        repo_path = getattr(config, "repo_path", None) if config is not None else None
+        return pl.scan_delta(
+            self.resolved_uri(repo_path),
+            version=self.version if version is None else version,
+            storage_options=self.merged_storage_options(config) or None,
+        )
+
+    def delta_table(self, config: Optional[RepoConfig] = None):
+        from deltalake import DeltaTable
+
+        repo_path = getattr(config, "repo_path", None) if config is not None else None
+        return DeltaTable(
+            self.resolved_uri(repo_path),
+            version=self.version,
+            storage_options=self.merged_storage_options(config) or None,
+        )
+
+    # ---- DataSource API
+
+    def source_type(self) -> DataSourceProto.SourceType.ValueType:
+        return DataSourceProto.CUSTOM_SOURCE
+
+    def __eq__(self, other):
+        if not isinstance(other, DeltaSource):
+            return False
+        return (
+            super().__eq__(other)
+            and self.path == other.path
+            and self.version == other.version
+            and self.storage_options == other.storage_options
+        )
+
+    def __hash__(self):
+        return super().__hash__()
+
+    @staticmethod
+    def source_datatype_to_feast_value_type() -> Callable[[str], ValueType]:
+        return pa_to_feast_value_type
+
+    def get_table_column_names_and_types(self, config: RepoConfig) -> Iterable[Tuple[str, str]]:
+        schema = pa.schema(self.delta_table(config).schema().to_arrow())
+        return [(f.name, str(feast_arrow_type(f.type))) for f in schema]
+
+    def validate(self, config: RepoConfig):
+        names = {name for name, _ in self.get_table_column_names_and_types(config)}
+        for column in (self.timestamp_field, self.created_timestamp_column):
+            if column and column not in names:
+                raise ValueError(f"column {column!r} is not in Delta table {self.path!r} (columns: {sorted(names)})")
+
+    def get_table_query_string(self) -> str:
+        return f"delta.`{self.path}`"
+
+    def _to_proto_impl(self) -> DataSourceProto:
+        configuration = json.dumps(
+            {"path": self.path, "version": self.version, "storage_options": self.storage_options},
+            sort_keys=True,
+        )
+        return DataSourceProto(
+            name=self.name,
+            type=DataSourceProto.CUSTOM_SOURCE,
+            data_source_class_type=DELTA_SOURCE_CLASS_TYPE,
+            custom_options=DataSourceProto.CustomSourceOptions(configuration=configuration.encode("utf8")),
+            description=self.description,
+            tags=self.tags,
+            owner=self.owner,
+            timestamp_field=self.timestamp_field,
+            created_timestamp_column=self.created_timestamp_column,
+            field_mapping=self.field_mapping,
+        )
+
+    @staticmethod
+    def from_proto(data_source: DataSourceProto) -> "DeltaSource":
+        configuration = json.loads(data_source.custom_options.configuration.decode("utf8"))
+        return DeltaSource(
+            name=data_source.name,
+            path=configuration["path"],
+            version=configuration.get("version"),
+            storage_options=configuration.get("storage_options") or None,
+            timestamp_field=data_source.timestamp_field,
+            created_timestamp_column=data_source.created_timestamp_column,
+            field_mapping=dict(data_source.field_mapping),
+            description=data_source.description,
+            tags=dict(data_source.tags),
+            owner=data_source.owner,
+        )
+
+
+# --------------------------------------------------------------------------- arrow types
+
+
+def feast_arrow_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type Feast understands for ``t``.
+
+    Feast's ``pa_to_feast_value_type`` reads ``large_string`` as JSON and does not know
+    ``string_view`` or large lists, which delta-rs and polars produce.
+    """
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list_view(t) or pa.types.is_large_list_view(t):
+        return pa.list_(feast_arrow_type(t.value_type))
+    if pa.types.is_list(t):
+        return pa.list_(feast_arrow_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, feast_arrow_type(f.type), f.nullable) for f in t])
+    return t
+
+
+def _to_feast_arrow(df: pl.DataFrame) -> pa.Table:
+    table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
+    schema = pa.schema([pa.field(f.name, feast_arrow_type(f.type), f.nullable) for f in table.schema])
+    return table if schema == table.schema else table.cast(schema)
+
+
+# --------------------------------------------------------------------------- retrieval job
+
+
+class DeltaRetrievalJob(RetrievalJob):
+    """A lazily evaluated retrieval; ``to_df``/``to_arrow``/``to_polars`` run it."""
+
+    def __init__(
+        self,
+        evaluate: Callable[[], pl.LazyFrame],
+        full_feature_names: bool = False,
+        on_demand_feature_views: Optional[List[OnDemandFeatureView]] = None,
+        metadata: Optional[RetrievalMetadata] = None,
+    ):
+        self._evaluate = evaluate
+        self._full_feature_names = full_feature_names
+        self._on_demand_feature_views = on_demand_feature_views or []
+        self._metadata = metadata
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> List[OnDemandFeatureView]:
+        return self._on_demand_feature_views
+
+    @property
+    def metadata(self) -> Optional[RetrievalMetadata]:
+        return self._metadata
+
+    def to_lazy(self) -> pl.LazyFrame:
+        """The polars plan (without on-demand transformations)."""
+        return self._evaluate()
+
+    def to_polars(self) -> pl.DataFrame:
+        """Result as polars (without on-demand transformations)."""
+        return self._evaluate().collect()
+
+    def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
+        return _to_feast_arrow(self.to_polars())
+
+    def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    def persist(self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: Optional[int] = None):
+        raise NotImplementedError("DeltaRetrievalJob.persist: write to_arrow() to a Delta table instead")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_delta_source(data_source: Optional[DataSource]) -> DeltaSource:
+    if not isinstance(data_source, DeltaSource):
+        raise TypeError(
+            f"DeltaOfflineStore reads DeltaSource batch sources only, got {type(data_source).__name__} "
+            f"({getattr(data_source, 'name', data_source)!r})"
+        )
+    return data_source
+
+
+def _aware(value: Optional[datetime]) -> Optional[datetime]:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _feast_ttl(ttl: Optional[timedelta]) -> Optional[timedelta]:
+    """Feast: a ttl of 0 (or None) means no expiry."""
+    return ttl if ttl and ttl.total_seconds() > 0 else None
+
+
+def _time_filter(frame: pl.LazyFrame, column: str, start: Optional[datetime], end: Optional[datetime]) -> pl.LazyFrame:
+    """Inclusive [start, end] filter on the raw column (pushdown-friendly), nulls dropped."""
+    dtype = frame.collect_schema()[column]
+    pred = pl.col(column).is_not_null()
+    for bound, op in ((_aware(start), "ge"), (_aware(end), "le")):
+        if bound is None:
+            continue
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+            lit = pl.lit(bound.replace(tzinfo=None)).cast(pl.Datetime(dtype.time_unit))
+        elif isinstance(dtype, pl.Datetime):
+            lit = pl.lit(bound).cast(pl.Datetime(dtype.time_unit, "UTC")).dt.convert_time_zone(dtype.time_zone)
+        else:  # Date
+            lit = pl.lit(bound.date())
+        pred = pred & (pl.col(column) >= lit if op == "ge" else pl.col(column) <= lit)
+    return frame.filter(pred)
+
+
+def _normalise_ts(frame: pl.LazyFrame, columns: Iterable[str]) -> pl.LazyFrame:
+    schema = frame.collect_schema()
+    return frame.with_columns(to_utc(pl.col(c), schema[c]) for c in dict.fromkeys(columns) if c)
+
+
+def _pull(
+    config: RepoConfig,
+    data_source: DataSource,
+    join_key_columns: List[str],
+    feature_name_columns: List[str],
+    timestamp_field: str,
+    created_timestamp_column: Optional[str],
+    start_date: Optional[datetime],
+    end_date: Optional[datetime],
+    latest_only: bool,
+) -> pl.LazyFrame:
+    source = _as_delta_source(data_source)
+    ts_columns = [timestamp_field] + ([created_timestamp_column] if created_timestamp_column else [])
+    columns = list(dict.fromkeys([*join_key_columns, *feature_name_columns, *ts_columns]))
+    frame = source.scan(config).select(columns)
+    frame = _time_filter(frame, timestamp_field, start_date, end_date)
+    frame = _normalise_ts(frame, ts_columns)
+    if latest_only:
+        frame = frame.sort(ts_columns, nulls_last=False, maintain_order=True)
+        if join_key_columns:
+            frame = frame.unique(subset=join_key_columns, keep="last", maintain_order=True)
+        else:
+            frame = frame.tail(1)
+    if not join_key_columns:
+        frame = frame.with_columns(pl.lit(DUMMY_ENTITY_VAL).alias(DUMMY_ENTITY_ID))
+    return frame
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class DeltaOfflineStore(OfflineStore):
+    """Feast offline store for :class:`DeltaSource` tables (delta-rs + polars)."""
+
+    supports_filter_by_created_timestamp = False
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: List[str],
+        feature_name_columns: List[str],
+        timestamp_field: str,
+        created_timestamp_column: Optional[str],
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        """Latest row per entity key with ``start_date <= ts <= end_date`` (ties: created ts)."""
+        _as_delta_source(data_source)
+        return DeltaRetrievalJob(
+            lambda: _pull(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date, latest_only=True,
+            )
+        )
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: List[str],
+        feature_name_columns: List[str],
+        timestamp_field: str,
+        created_timestamp_column: Optional[str] = None,
+        start_date: Optional[datetime] = None,
+        end_date: Optional[datetime] = None,
+    ) -> RetrievalJob:
+        """Every row with ``start_date <= ts <= end_date`` (bounds optional)."""
+        _as_delta_source(data_source)
+        return DeltaRetrievalJob(
+            lambda: _pull(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date, latest_only=False,
+            )
+        )
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: List[FeatureView],
+        feature_refs: List[str],
+        entity_df: Optional[Union[pd.DataFrame, pl.DataFrame, str]],
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> RetrievalJob:
+        if kwargs.get("filter_by_created_timestamp"):
+            raise NotImplementedError("filter_by_created_timestamp is not supported by DeltaOfflineStore")
+        if isinstance(entity_df, str):
+            raise ValueError("DeltaOfflineStore needs entity_df as a DataFrame, not a SQL query")
+        for fv in feature_views:
+            _as_delta_source(fv.batch_source)
+
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        fv_to_features, _ = _get_requested_feature_views_to_features_dict(feature_refs, feature_views, odfvs)
+
+        if entity_df is None:
+            start, end = compute_non_entity_date_range(
+                feature_views, start_date=kwargs.get("start_date"), end_date=kwargs.get("end_date")
+            )
+            ts_col = DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+            bounds: Tuple[Optional[datetime], Optional[datetime]] = (start, end)
+            entities: Union[pl.DataFrame, Callable[[], pl.DataFrame]] = lambda: _non_entity_rows(  # noqa: E731
+                config, fv_to_features, start, end, ts_col
+            )
+            keys: List[str] = []
+        else:
+            if isinstance(entity_df, pl.DataFrame):
+                schema = dict(zip(entity_df.columns, entity_df.to_pandas().head(0).dtypes))
+            else:
+                schema = dict(zip(entity_df.columns, entity_df.dtypes))
+            ts_col = infer_event_timestamp_from_entity_df(schema)
+            frame = entity_df if isinstance(entity_df, pl.DataFrame) else pl.from_pandas(entity_df)
+            frame = frame.with_columns(to_utc(pl.col(ts_col), frame.schema[ts_col]))
+            bounds = (frame[ts_col].min(), frame[ts_col].max())  # type: ignore[assignment]
+            entities = frame
+            keys = [c for c in frame.columns if c != ts_col]
+            start = end = None
+
+        def evaluate() -> pl.LazyFrame:
+            left = entities() if callable(entities) else entities
+            specs = [
+                _spec_for(config, fv, features, clamp=(start, end) if entity_df is None else None)
+                for fv, features in fv_to_features.items()
+            ]
+            return point_in_time_join_lazy(
+                left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names
+            )
+
+        return DeltaRetrievalJob(
+            evaluate,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=odfvs,
+            metadata=RetrievalMetadata(
+                features=feature_refs,
+                keys=keys,
+                min_event_timestamp=bounds[0],
+                max_event_timestamp=bounds[1],
+            ),
+        )
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Optional[Callable[[int], Any]],
+    ):
+        """Append ``table`` (feature view column names) to the view's Delta table."""
+        from deltalake import write_deltalake
+
+        source = _as_delta_source(feature_view.batch_source)
+        if source.version is not None:
+            raise ValueError(f"DeltaSource {source.name!r} is pinned to version {source.version}; refusing to write")
+        reverse = {v: k for k, v in source.field_mapping.items()}
+        table = table.rename_columns([reverse.get(c, c) for c in table.column_names])
+        write_deltalake(
+            source.resolved_uri(config.repo_path),
+            table,
+            mode="append",
+            storage_options=source.merged_storage_options(config) or None,
+        )
+        if progress:
+            progress(table.num_rows)
+
+
+def _spec_for(
+    config: RepoConfig,
+    fv: FeatureView,
+    features: List[str],
+    clamp: Optional[Tuple[Optional[datetime], Optional[datetime]]] = None,
+) -> FeatureSourceSpec:
+    source = _as_delta_source(fv.batch_source)
+    frame = source.scan(config)
+    if source.field_mapping:
+        schema = frame.collect_schema()
+        frame = frame.rename({k: v for k, v in source.field_mapping.items() if k in schema})
+    join_keys = [e.name for e in fv.entity_columns]
+    key_map = fv.projection.join_key_map or {}
+    ts_field = source.field_mapping.get(source.timestamp_field, source.timestamp_field)
+    created = source.created_timestamp_column or None
+    if created:
+        created = source.field_mapping.get(created, created)
+    ttl = _feast_ttl(fv.ttl)
+    if clamp is not None and clamp[0] is not None and clamp[1] is not None:
+        window = clamp[1] - clamp[0]
+        ttl = window if ttl is None else min(ttl, window)
+    base_name = fv.projection.name_alias or fv.name
+    return FeatureSourceSpec(
+        name=base_name,
+        frame=frame,
+        join_keys=join_keys,
+        timestamp_field=ts_field,
+        feature_columns=features,
+        created_timestamp_field=created,
+        ttl=ttl,
+        entity_join_keys=[key_map.get(k, k) for k in join_keys],
+    )
+
+
+def _non_entity_rows(
+    config: RepoConfig,
+    fv_to_features: Dict[FeatureView, List[str]],
+    start: datetime,
+    end: datetime,
+    ts_col: str,
+) -> pl.DataFrame:
+    """Entity rows for retrieval without an entity_df: every key seen in [start, end], at ``end``."""
+    key_sets = {tuple(e.name for e in fv.entity_columns) for fv in fv_to_features}
+    if len(key_sets) > 1:
+        raise ValueError(f"retrieval without entity_df needs feature views sharing join keys, got {key_sets}")
+    keys = list(next(iter(key_sets), ()))
+    frames = []
+    for fv in fv_to_features:
+        source = _as_delta_source(fv.batch_source)
+        ts_field = source.timestamp_field
+        frames.append(_time_filter(source.scan(config).select([*keys, ts_field]), ts_field, start, end).select(keys))
+    if not keys:
+        return pl.DataFrame({ts_col: [end]}).with_columns(pl.col(ts_col).cast(pl.Datetime("us", "UTC")))
+    rows = pl.concat(frames).unique().collect()
+    return rows.with_columns(pl.lit(end).cast(pl.Datetime("us", "UTC")).alias(ts_col)).sort(keys)

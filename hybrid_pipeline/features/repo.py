@@ -1,0 +1,275 @@
+"""Generate a Feast feature repo whose offline store is the Delta store of this package.
+
+``write_feature_repo`` writes ``feature_store.yaml`` and one definitions module
+(``feature_definitions.py``) built from :class:`FeatureTableSpec` values: one entity per
+distinct entity key, one ``FeatureView`` over a :class:`DeltaSource` per table, and
+feature services (by default one named ``<project>_all`` listing every view).
+
+The generated module only holds literals checked here (identifiers, Feast type names,
+repr'd strings), so it can be regenerated on every run and applied with ``feast apply``
+(run with ``cwd=repo_dir``; Feast imports repo files by their path relative to the
+working directory) or in-process with :func:`apply_feature_repo`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import keyword
+import re
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DEFINITIONS_FILE",
+    "FEAST_TYPES",
+    "FeatureTableSpec",
+    "apply_feature_repo",
+    "load_feature_definitions",
+    "write_feature_repo",
+]
+
+DEFINITIONS_FILE = "feature_definitions.py"
+OFFLINE_STORE_TYPE = "hybrid_pipeline.features.delta_offline_store.DeltaOfflineStore"
+
+# Feast scalar types accepted in specs; "Array(<scalar>)" is accepted too.
+FEAST_TYPES = frozenset(
+    {"Bool", "Bytes", "Float32", "Float64", "Int32", "Int64", "String", "UnixTimestamp", "Json"}
+)
+_ARRAY = re.compile(r"^Array\((\w+)\)$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VALUE_TYPES = {"string": "STRING", "int64": "INT64", "int32": "INT32", "bytes": "BYTES"}
+
+
+def _ident(value: str, what: str) -> str:
+    if not _IDENT.match(value) or keyword.iskeyword(value):
+        raise ValueError(f"{what} {value!r} is not a valid identifier")
+    return value
+
+
+def _feast_type(value: str) -> str:
+    match = _ARRAY.match(value)
+    inner = match.group(1) if match else value
+    if inner not in FEAST_TYPES:
+        raise ValueError(f"unknown Feast type {value!r}; use one of {sorted(FEAST_TYPES)} or Array(<type>)")
+    return value
+
+
+@dataclass(frozen=True)
+class FeatureTableSpec:
+    """One Delta table exposed as one Feast feature view.
+
+    Attributes:
+        name: feature view name.
+        delta_uri: Delta table URI (absolute path, repo-relative path, or ``s3://``...).
+        entity_key: join key column (e.g. ``user_id``).
+        timestamp_field: event timestamp column.
+        features: feature column -> Feast type name (``Float64``, ``Int64``, ``String``,
+            ``Array(Float32)``...), in output order.
+        ttl: feature age limit; ``None`` means no limit.
+        entity_name: Feast entity name; default: the key without a trailing ``_id``.
+        entity_value_type: ``string``, ``int64``, ``int32`` or ``bytes``.
+        created_timestamp_field: optional tie-breaker column.
+        version: pinned Delta table version (time travel), ``None`` = latest.
+        online: whether ``feast materialize`` loads this view into the online store.
+        description, tags, owner: copied onto the view.
+    """
+
+    name: str
+    delta_uri: str
+    entity_key: str
+    timestamp_field: str
+    features: Mapping[str, str]
+    ttl: timedelta | None = None
+    entity_name: str | None = None
+    entity_value_type: str = "string"
+    created_timestamp_field: str | None = None
+    version: int | None = None
+    online: bool = True
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    owner: str = ""
+
+    def resolved_entity_name(self) -> str:
+        if self.entity_name:
+            return self.entity_name
+        return self.entity_key[: -len("_id")] if self.entity_key.endswith("_id") and len(self.entity_key) > 3 else self.entity_key
+
+    def validate(self) -> None:
+        _ident(self.name, "feature view name")
+        _ident(self.resolved_entity_name(), "entity name")
+        if not self.features:
+            raise ValueError(f"table {self.name!r} declares no features")
+        for column, dtype in self.features.items():
+            _feast_type(dtype)
+            if column in (self.entity_key, self.timestamp_field, self.created_timestamp_field):
+                raise ValueError(f"table {self.name!r}: {column!r} is a key/timestamp column, not a feature")
+        if self.entity_value_type not in _VALUE_TYPES:
+            raise ValueError(f"entity_value_type must be one of {sorted(_VALUE_TYPES)}")
+        if self.ttl is not None and self.ttl < timedelta(0):
+            raise ValueError("ttl must be >= 0")
+
+
+def _render_definitions(project: str, tables: Sequence[FeatureTableSpec], services: Mapping[str, Sequence[str]]) -> str:
+    types_used = sorted(
+        {(_ARRAY.match(t).group(1) if _ARRAY.match(t) else t) for spec in tables for t in spec.features.values()}
+        | ({"Array"} if any(_ARRAY.match(t) for spec in tables for t in spec.features.values()) else set())
+    )
+    lines = [
+        f'"""Feast definitions for project {project!r}. Generated by hybrid_pipeline.features.repo; do not edit."""',
+        "",
+        "from datetime import timedelta",
+        "",
+        "from feast import Entity, FeatureService, FeatureView, Field, ValueType",
+        f"from feast.types import {', '.join(types_used)}",
+        "",
+        "from hybrid_pipeline.features.delta_offline_store import DeltaSource",
+        "",
+    ]
+    entities: dict[str, FeatureTableSpec] = {}
+    for spec in tables:
+        name = spec.resolved_entity_name()
+        prior = entities.setdefault(name, spec)
+        if (prior.entity_key, prior.entity_value_type) != (spec.entity_key, spec.entity_value_type):
+            raise ValueError(f"entity {name!r} declared with different keys/types by {prior.name!r} and {spec.name!r}")
+    for name, spec in entities.items():
+        lines += [
+            f"{name} = Entity(",
+            f"    name={name!r},",
+            f"    join_keys=[{spec.entity_key!r}],",
+            f"    value_type=ValueType.{_VALUE_TYPES[spec.entity_value_type]},",
+            ")",
+            "",
+        ]
+    for spec in tables:
+        ttl = "None" if spec.ttl is None else f"timedelta(seconds={spec.ttl.total_seconds()!r})"
+        lines += [
+            f"{spec.name}_source = DeltaSource(",
+            f"    name={spec.name + '_source'!r},",
+            f"    path={spec.delta_uri!r},",
+            f"    version={spec.version!r},",
+            f"    timestamp_field={spec.timestamp_field!r},",
+            f"    created_timestamp_column={(spec.created_timestamp_field or '')!r},",
+            ")",
+            "",
+            f"{spec.name} = FeatureView(",
+            f"    name={spec.name!r},",
+            f"    entities=[{spec.resolved_entity_name()}],",
+            f"    ttl={ttl},",
+            "    schema=[",
+            *[f"        Field(name={col!r}, dtype={dtype})," for col, dtype in spec.features.items()],
+            "    ],",
+            f"    source={spec.name}_source,",
+            f"    online={spec.online!r},",
+            f"    description={spec.description!r},",
+            f"    tags={dict(spec.tags)!r},",
+            f"    owner={spec.owner!r},",
+            ")",
+            "",
+        ]
+    for service, views in services.items():
+        lines += [
+            f"{service} = FeatureService(",
+            f"    name={service!r},",
+            f"    features=[{', '.join(views)}],",
+            ")",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_feature_repo(
+    repo_dir: str | Path,
+    project: str,
+    tables: Sequence[FeatureTableSpec],
+    online_store: Mapping[str, Any],
+    *,
+    feature_services: Mapping[str, Sequence[str]] | None = None,
+    registry: str | Mapping[str, Any] | None = None,
+    offline_storage_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``feature_store.yaml`` and the definitions module into ``repo_dir``.
+
+    Args:
+        repo_dir: directory to (re)write; created if missing.
+        project: Feast project name (letters, digits, underscores).
+        tables: one :class:`FeatureTableSpec` per feature view.
+        online_store: the ``online_store`` block, e.g. ``{"type": "sqlite", "path": ...}``
+            or ``{"type": "redis", "connection_string": "localhost:6379"}``.
+        feature_services: service name -> feature view names; default
+            ``{"<project>_all": [every view]}``.
+        registry: registry path or block; default ``<repo_dir>/data/registry.db``.
+        offline_storage_options: storage options for every Delta source (the store config).
+
+    Returns:
+        ``repo_dir`` as a ``Path``; ``FeatureStore(repo_path=...)`` reads it.
+    """
+    _ident(project, "project")
+    if not tables:
+        raise ValueError("a feature repo needs at least one table")
+    for spec in tables:
+        spec.validate()
+    names = [spec.name for spec in tables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate feature view names in {names}")
+    services = dict(feature_services) if feature_services is not None else {f"{project}_all": names}
+    for service, views in services.items():
+        _ident(service, "feature service name")
+        unknown = set(views) - set(names)
+        if unknown or not views:
+            raise ValueError(f"feature service {service!r} names unknown or no views: {sorted(unknown)}")
+        if service in names:
+            raise ValueError(f"feature service {service!r} has the name of a feature view")
+
+    repo = Path(repo_dir).resolve()
+    repo.mkdir(parents=True, exist_ok=True)
+    offline: dict[str, Any] = {"type": OFFLINE_STORE_TYPE}
+    if offline_storage_options:
+        offline["storage_options"] = dict(offline_storage_options)
+    config = {
+        "project": project,
+        "provider": "local",
+        "registry": dict(registry) if isinstance(registry, Mapping) else str(registry or repo / "data" / "registry.db"),
+        "offline_store": offline,
+        "online_store": dict(online_store),
+        "entity_key_serialization_version": 3,
+    }
+    (repo / "data").mkdir(exist_ok=True)
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (repo / DEFINITIONS_FILE).write_text(_render_definitions(project, tables, services))
+    # keep feast from importing anything else that may live in the directory
+    (repo / ".feastignore").write_text("data/\n")
+    return repo
+
+
+def load_feature_definitions(repo_dir: str | Path) -> list[Any]:
+    """Import the generated definitions module (under a unique name) and return its Feast objects."""
+    from feast import Entity, FeatureService, FeatureView
+
+    path = Path(repo_dir) / DEFINITIONS_FILE
+    module_name = f"_hybrid_feast_defs_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(module_name, None)
+    wanted = (Entity, FeatureView, FeatureService)
+    return [obj for obj in vars(module).values() if isinstance(obj, wanted)]
+
+
+def apply_feature_repo(repo_dir: str | Path):
+    """In-process ``feast apply``: register the generated objects; returns the ``FeatureStore``."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo_dir))
+    store.apply(load_feature_definitions(repo_dir))
+    return store

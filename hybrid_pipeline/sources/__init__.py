@@ -1,0 +1,1 @@
+"""Where data comes from: the landing zone, the synthetic generator and the event stream."""

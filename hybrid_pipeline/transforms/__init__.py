@@ -1,0 +1,1 @@
+"""Pure, Dagster-free transforms: parse, validate, clean, aggregate."""

@@ -1,0 +1,255 @@
+"""Bronze records -> typed, validated, deduplicated silver events (plus what was set aside).
+
+Every bronze record ends in exactly one of three places, which is what makes row
+conservation checkable: ``events`` (valid and first seen), ``quarantine`` (with a reason)
+or ``duplicates`` (a valid record whose event_id silver already holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from dataclasses import dataclass, field
+
+import pandera.errors
+import polars as pl
+
+from hybrid_pipeline.transforms.contract import (
+    CONTRACT_FIELDS,
+    NUMERIC_FIELDS,
+    STRING_FIELDS,
+    TypedEvent,
+    reason_for,
+    silver_schema,
+)
+
+LINEAGE = ("landing_date", "source_file", "line_number", "file_sha256")
+_TS_FORMATS_WITH_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
+_TS_FORMATS_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "landing_date": pl.String(),
+    "source_file": pl.String(),
+    "line_number": pl.Int64(),
+    "file_sha256": pl.String(),
+    "payload": pl.String(),
+    "reason": pl.String(),
+    "details": pl.String(),
+}
+DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "landing_date": pl.String(),
+    "source_file": pl.String(),
+    "line_number": pl.Int64(),
+    "file_sha256": pl.String(),
+    "kept_landing_date": pl.String(),
+    "kept_source_file": pl.String(),
+    "kept_line_number": pl.Int64(),
+}
+
+
+@dataclass
+class SilverBatch:
+    events: pl.DataFrame
+    quarantine: pl.DataFrame
+    duplicates: pl.DataFrame
+    drift: dict[str, int] = field(default_factory=dict)  # unknown field -> records carrying it
+
+    def reasons(self) -> dict[str, int]:
+        counts = self.quarantine.group_by("reason").len().sort("reason")
+        return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
+
+
+def parse_timestamps(raw: pl.Expr) -> pl.Expr:
+    """ISO-8601 text -> UTC timestamp; text without an offset is taken as UTC."""
+    text = raw.str.strip_chars().str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
+    with_offset = [
+        text.str.to_datetime(f, strict=False, time_unit="us").dt.convert_time_zone("UTC")
+        for f in _TS_FORMATS_WITH_OFFSET
+    ]
+    naive = [
+        text.str.to_datetime(f, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+        for f in _TS_FORMATS_NAIVE
+    ]
+    return pl.coalesce([*with_offset, *naive])
+
+
+def decode_payloads(bronze: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """Split bronze into decoded records (contract fields as text) and malformed ones.
+
+    A payload is well formed when it is exactly one JSON object. The decoded frame keeps
+    the lineage columns and ``payload`` so any later rejection can quarantine it verbatim.
+    """
+    well_formed = pl.col("payload").str.strip_chars_start().str.starts_with("{") & pl.col(
+        "payload"
+    ).str.json_path_match("$").is_not_null()
+    flagged = bronze.with_columns(_ok=well_formed)
+    malformed = flagged.filter(~pl.col("_ok")).drop("_ok")
+    good = flagged.filter(pl.col("_ok")).drop("_ok")
+    if good.height == 0:
+        decoded = pl.DataFrame(schema={f: pl.String for f in CONTRACT_FIELDS})
+    else:
+        text = good.select(pl.col("payload").str.replace_all("\n", " ").str.join("\n")).item()
+        decoded = pl.read_ndjson(
+            io.BytesIO(text.encode("utf-8")),
+            schema_overrides={f: pl.String for f in CONTRACT_FIELDS},
+            infer_schema_length=None,
+        )
+    extra = [c for c in decoded.columns if c not in CONTRACT_FIELDS]
+    drift = {c: int(decoded[c].is_not_null().sum()) for c in extra}
+    drift = {c: n for c, n in drift.items() if n}
+    missing = [f for f in CONTRACT_FIELDS if f not in decoded.columns]
+    decoded = decoded.with_columns(pl.lit(None, pl.String).alias(f) for f in missing).select(CONTRACT_FIELDS)
+    decoded = pl.concat([good.select("payload", *LINEAGE), decoded], how="horizontal")
+    return decoded, malformed.select("payload", *LINEAGE), drift
+
+
+def type_records(decoded: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cast text fields to contract types; records whose values cannot be cast are rejected.
+
+    Rules, applied uniformly from the contract's field lists: a numeric field must parse as
+    a finite number, a text field must be a scalar (not an object or array), a timestamp
+    must be ISO-8601. Missing values are left to the contract (they are not type errors).
+    """
+    casts = {f: pl.col(f).str.strip_chars().cast(pl.Float64, strict=False) for f in NUMERIC_FIELDS}
+    failures = [
+        pl.when(pl.col(f).is_not_null() & (casts[f].is_null() | ~casts[f].is_finite())).then(
+            pl.lit(f"invalid_type:{f}")
+        )
+        for f in NUMERIC_FIELDS
+    ]
+    failures += [
+        pl.when(pl.col(f).str.strip_chars_start().str.contains(r"^[\[{]")).then(pl.lit(f"invalid_type:{f}"))
+        for f in STRING_FIELDS
+    ]
+    ts = parse_timestamps(pl.col("timestamp"))
+    failures.append(
+        pl.when(pl.col("timestamp").is_not_null() & ts.is_null()).then(pl.lit("invalid_timestamp"))
+    )
+    typed = decoded.with_columns(
+        *(casts[f].alias(f) for f in NUMERIC_FIELDS),
+        ts.alias("timestamp"),
+        pl.concat_list(failures).list.drop_nulls().alias("_type_errors"),
+    )
+    bad = typed.filter(pl.col("_type_errors").list.len() > 0)
+    rejected = bad.select(
+        "payload",
+        *LINEAGE,
+        pl.col("_type_errors").list.first().alias("reason"),
+        pl.col("_type_errors").list.join(";").alias("details"),
+    )
+    return typed.filter(pl.col("_type_errors").list.len() == 0).drop("_type_errors"), rejected
+
+
+def validate_contract(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run the pandera contract lazily; every failure case becomes a row-level reason."""
+    indexed = typed.with_row_index("_row")
+    try:
+        TypedEvent.validate(indexed.drop("_row"), lazy=True)
+        return typed, pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    except pandera.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    row_cases = cases.filter(pl.col("index").is_not_null())
+    if row_cases.height < cases.height:
+        # A failure without a row (e.g. a wrong column dtype) is a bug upstream of the
+        # contract, not bad data: fail loudly instead of quarantining everything.
+        raise ValueError(f"contract failed at table level: {cases.filter(pl.col('index').is_null())}")
+    reasons = (
+        row_cases.with_columns(
+            pl.struct("check", "column")
+            .map_elements(lambda s: reason_for(s["check"], s["column"]), return_dtype=pl.String)
+            .alias("reason"),
+            pl.col("index").cast(pl.UInt32).alias("_row"),
+        )
+        .group_by("_row")
+        .agg(pl.col("reason").unique(maintain_order=True))
+    )
+    joined = indexed.join(reasons, on="_row", how="left")
+    rejected = joined.filter(pl.col("reason").is_not_null()).select(
+        "payload",
+        *LINEAGE,
+        pl.col("reason").list.first().alias("reason"),
+        pl.col("reason").list.join(";").alias("details"),
+    )
+    return joined.filter(pl.col("reason").is_null()).drop("_row", "reason"), rejected
+
+
+def hash_emails(emails: pl.Series, salt: str) -> pl.Series:
+    """Salted HMAC-SHA256 of the normalised address; hashed once per distinct address."""
+    key = salt.encode("utf-8")
+    uniq = emails.drop_nulls().unique()
+    digests = {
+        e: hmac.new(key, e.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest() for e in uniq.to_list()
+    }
+    return emails.replace_strict(digests, default=None, return_dtype=pl.String)
+
+
+def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Keep the first record of each event_id; ``existing`` is silver outside this batch.
+
+    Order within a batch is (source_file, line_number), so reruns pick the same survivor.
+    """
+    ordered = valid.sort("source_file", "line_number")
+    first = ordered.filter(pl.col("event_id").is_first_distinct())
+    repeats = ordered.filter(~pl.col("event_id").is_first_distinct())
+    seen = (
+        existing.select(
+            "event_id",
+            pl.col("landing_date").alias("kept_landing_date"),
+            pl.col("source_file").alias("kept_source_file"),
+            pl.col("line_number").alias("kept_line_number"),
+        )
+        .join(first.lazy().select("event_id"), on="event_id", how="semi")
+        .unique("event_id", keep="first")
+        .collect()
+    )
+    kept = first.join(seen.select("event_id"), on="event_id", how="anti")
+    across_days = first.join(seen, on="event_id", how="inner")
+    in_batch = repeats.join(
+        first.select(
+            "event_id",
+            pl.col("landing_date").alias("kept_landing_date"),
+            pl.col("source_file").alias("kept_source_file"),
+            pl.col("line_number").alias("kept_line_number"),
+        ),
+        on="event_id",
+        how="left",
+    )
+    # A repeat of an event already kept on an earlier day points at that earlier record.
+    in_batch = in_batch.join(seen, on="event_id", how="left", suffix="_seen").with_columns(
+        pl.coalesce(f"{c}_seen", c).alias(c) for c in ("kept_landing_date", "kept_source_file", "kept_line_number")
+    )
+    duplicates = pl.concat(
+        [d.select(list(DUPLICATES_SCHEMA)) for d in (across_days, in_batch)], how="vertical_relaxed"
+    ).sort("source_file", "line_number")
+    return kept, duplicates
+
+
+def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) -> SilverBatch:
+    """The whole bronze -> silver step for one batch of bronze records."""
+    decoded, malformed, drift = decode_payloads(bronze)
+    typed, type_rejects = type_records(decoded)
+    valid, contract_rejects = validate_contract(typed)
+    kept, duplicates = deduplicate(valid, existing)
+    events = kept.with_columns(
+        pl.col("timestamp").dt.date().alias("event_date"),
+        pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
+        hash_emails(kept["email"], pii_salt).alias("email_hash"),
+    ).select(list(silver_schema()))
+    quarantine = pl.concat(
+        [
+            malformed.with_columns(
+                pl.lit("malformed_json").alias("reason"), pl.lit("not a single JSON object").alias("details")
+            ).select(list(QUARANTINE_SCHEMA)),
+            type_rejects.select(list(QUARANTINE_SCHEMA)),
+            contract_rejects.select(list(QUARANTINE_SCHEMA)),
+        ],
+        how="vertical_relaxed",
+    ).sort("source_file", "line_number")
+    return SilverBatch(
+        events=events.cast(silver_schema()).sort("event_date", "timestamp", "event_id"),
+        quarantine=quarantine.cast(QUARANTINE_SCHEMA),
+        duplicates=duplicates.cast(DUPLICATES_SCHEMA),
+        drift=drift,
+    )
