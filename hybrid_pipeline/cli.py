@@ -64,7 +64,7 @@ def ensure_dagster_home() -> Path:
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def materialize(partitions: Sequence[str], select: str | None = None) -> list[RunSummary]:
+def materialize(partitions: Sequence[str], select: str | None = None, instance=None) -> list[RunSummary]:  # noqa: ANN001
     """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
     import dagster as dg
 
@@ -94,7 +94,7 @@ def materialize(partitions: Sequence[str], select: str | None = None) -> list[Ru
             f"not a daily partition: {', '.join(unknown)} (partitions run from HYBRID_START_DATE="
             f"{settings.start_date} to today)"
         )
-    instance = dg.DagsterInstance.get()
+    instance = instance or dg.DagsterInstance.get()
     summaries = []
     for key in partitions:
         began = time.perf_counter()

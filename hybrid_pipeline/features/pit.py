@@ -200,7 +200,7 @@ def _prune_and_normalise(
             preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
     semi_keys: list[tuple[str, str]] = []
     for key, ekey in zip(keys, entity_keys):
-        pass
+        preds.append(pl.col(key).is_not_null())
         values = entities[ekey].drop_nulls().unique()
         try:
             values = values.cast(schema[key])

@@ -157,7 +157,8 @@ def bomb_png_bytes(width: int = 10_000, height: int = 10_000) -> bytes:
     check refuses it before decoding.
     """
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    idat = zlib.compress(b"\x00" * (width + 1))  # one row; the rest is "missing"
+    packer = zlib.compressobj()
+    idat = packer.compress(b"\x00" * (width + 1)) + packer.flush(zlib.Z_SYNC_FLUSH)  # one row, unfinished
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 

@@ -48,9 +48,13 @@ def daily_metrics(silver: pl.LazyFrame) -> pl.DataFrame:
             pl.col("user_id").n_unique().cast(pl.Int64).alias("unique_users"),
             is_purchase.sum().cast(pl.Int64).alias("purchases"),
             pl.col("user_id").filter(is_purchase).n_unique().cast(pl.Int64).alias("purchasing_users"),
-            pl.col("revenue").sum().fill_null(0.0).alias("total_revenue"),
+            # Summed in integer cents: exact, so reruns and engines agree to the last digit.
+            (pl.col("revenue") * 100).round().cast(pl.Int64).sum().alias("_revenue_cents"),
         )
-        .with_columns((pl.col("purchasing_users") / pl.col("unique_users")).alias("conversion_rate"))
+        .with_columns(
+            (pl.col("_revenue_cents") / 100).alias("total_revenue"),
+            (pl.col("purchasing_users") / pl.col("unique_users")).alias("conversion_rate"),
+        )
         .sort("event_date", "user_segment")
         .collect()
         .cast(DAILY_METRICS_SCHEMA)
