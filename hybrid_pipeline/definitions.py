@@ -41,7 +41,8 @@ def _with_layer_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(freshness_policy=policy) if policy else spec
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, resource_overrides: dict | None = None) -> dg.Definitions:
+    """All definitions for ``settings``; ``resource_overrides`` replaces resources by key."""
     partitions = daily_partitions(settings)
     merged = dg.Definitions.merge(
         build_bronze(partitions),
@@ -57,7 +58,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                     description="Landing day -> bronze -> silver -> gold analytics, with all checks.",
                 )
             ],
-            resources=resources(settings),
+            resources={**resources(settings), **(resource_overrides or {})},
         ),
     )
     return merged.map_asset_specs(func=_with_layer_policy)

@@ -1,0 +1,112 @@
+"""The asset graph is deliberate: keys, groups, kinds, deps, partitions and policy per layer."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hybrid_pipeline.definitions import build_definitions
+from hybrid_pipeline.settings import Settings
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+EXPECTED_GRAPH = {
+    "bronze/events": ("bronze", set()),
+    "bronze/landed_files": ("bronze", set()),
+    "silver/events": ("silver", {"bronze/events"}),
+    "silver/events_quarantine": ("silver", {"bronze/events"}),
+    "silver/events_duplicates": ("silver", {"bronze/events"}),
+    "gold/daily_metrics": ("gold_analytics", {"silver/events"}),
+    "gold/fact_events": ("gold_analytics", {"silver/events"}),
+    "gold/dim_user": ("gold_analytics", {"silver/events"}),
+    "gold/dim_date": ("gold_analytics", {"silver/events"}),
+}
+
+
+@pytest.fixture(scope="module")
+def repo():
+    settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": "/tmp/unused-lakehouse", "HYBRID_START_DATE": "2024-01-01"})
+    return build_definitions(settings).get_repository_def()
+
+
+def _specs(repo) -> dict[str, dg.AssetSpec]:
+    return {
+        k.to_user_string(): a.specs_by_key[k]
+        for k, a in repo.assets_defs_by_key.items()
+    }
+
+
+def test_graph_has_exactly_the_expected_assets_groups_and_dependencies(repo):
+    specs = _specs(repo)
+    assert set(specs) == set(EXPECTED_GRAPH)
+    for key, (group, deps) in EXPECTED_GRAPH.items():
+        spec = specs[key]
+        assert spec.group_name == group, key
+        assert {d.asset_key.to_user_string() for d in spec.deps} == deps, key
+
+
+def test_every_asset_has_kinds_owners_description_and_daily_partitions(repo):
+    for key, spec in _specs(repo).items():
+        assert "delta" in spec.kinds, key
+        assert spec.owners, key
+        assert spec.description and len(spec.description) > 20, key
+        assert isinstance(spec.partitions_def, dg.DailyPartitionsDefinition), key
+        assert spec.partitions_def.start.strftime("%Y-%m-%d") == "2024-01-01"
+
+
+def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
+    hours = {
+        key: spec.freshness_policy.fail_window.to_timedelta().total_seconds() / 3600
+        for key, spec in _specs(repo).items()
+    }
+    assert {k: v for k, v in hours.items() if k.startswith(("bronze", "silver"))} == {
+        k: 26.0 for k in EXPECTED_GRAPH if k.startswith(("bronze", "silver"))
+    }
+    assert {k: v for k, v in hours.items() if k.startswith("gold")} == {k: 27.0 for k in EXPECTED_GRAPH if k.startswith("gold")}
+
+
+def test_silver_contract_checks_are_blocking(repo):
+    checks = {k.name: repo.asset_checks_defs_by_key[k] for k in repo.asset_checks_defs_by_key}
+    for name in ("schema_matches_contract", "keys_not_null", "event_id_unique", "event_type_valid", "row_conservation"):
+        spec = next(iter(checks[name].check_specs))
+        assert spec.blocking, name
+
+
+def test_start_date_setting_moves_the_first_partition():
+    settings = Settings.from_env({"HYBRID_START_DATE": "2023-06-15", "HYBRID_LAKEHOUSE_ROOT": "/tmp/unused-lakehouse"})
+    repo = build_definitions(settings).get_repository_def()
+    spec = repo.assets_defs_by_key[dg.AssetKey(["silver", "events"])].specs_by_key[dg.AssetKey(["silver", "events"])]
+    assert spec.partitions_def.get_first_partition_key() == "2023-06-15"
+
+
+def test_importing_the_code_location_reads_no_environment():
+    # A bad setting must not break an import; it fails only when definitions are built.
+    code = (
+        "import os; os.environ['HYBRID_ENGINE']='nonsense';"
+        "import hybrid_pipeline.definitions as d;"
+        "import sys\n"
+        "try:\n    d.defs()\nexcept Exception as e:\n    print('raised', type(e).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "raised" in out.stdout
+
+
+def test_project_instance_config_queues_runs_and_limits_pools(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    (home / "dagster.yaml").write_text((PROJECT / "dagster.yaml").read_text())
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        settings = instance.get_concurrency_config()
+        assert settings.pool_config.default_pool_limit == 1
+        assert settings.run_queue_config.max_concurrent_runs == 4
+    finally:
+        instance.dispose()

@@ -1,0 +1,52 @@
+"""The `hybrid-pipeline` command: generate landings, materialize them, exit codes that CI can trust."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybrid_pipeline.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_generate_writes_the_requested_days_in_their_formats(pipeline_env, capsys):
+    assert main(["generate", "--days", "7", "--events-per-day", "300", "--seed", "5", "--start-date", "2024-02-01"]) == 0
+    days = sorted(p.name for p in (pipeline_env.landing / "events").iterdir())
+    assert days == [f"2024-02-0{i}" for i in range(1, 8)]
+    suffixes = [next((pipeline_env.landing / "events" / d).iterdir()).suffix for d in days]
+    assert suffixes == [".jsonl"] * 5 + [".csv", ".parquet"]
+    assert "generated" in capsys.readouterr().out
+
+
+def test_materialize_prints_a_summary_and_exits_zero_when_all_is_well(pipeline_env, capsys):
+    main(["generate", "--days", "1", "--events-per-day", "400", "--start-date", "2024-02-01"])
+    assert main(["materialize", "--all-landed"]) == 0
+    out = capsys.readouterr().out
+    assert "2024-02-01  ok" in out and "silver/events" in out and "1/1 landing days materialized" in out
+
+
+def test_materialize_exits_non_zero_when_an_error_check_fails(pipeline_env, capsys):
+    day = pipeline_env.landing / "events" / "2024-02-02"
+    day.mkdir(parents=True)
+    good = '{"event_id":"e%d","user_id":"u1","session_id":"s1","event_type":"view","timestamp":"2024-02-02T10:00:00Z","product_id":"p1","session_duration":1.0,"revenue":null,"user_segment":"new","email":"a@b.c"}'
+    lines = [good % i for i in range(40)] + ["{not json"] * 60  # 60% quarantined: above the ERROR threshold
+    (day / "events.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["materialize", "--partition", "2024-02-02"]) == 1
+    out = capsys.readouterr().out
+    assert "check silver/events:quarantine_rate: failed (ERROR)" in out
+    assert "FAILED" in out
+    # The blocking check stopped gold: nothing downstream was written.
+    assert not pipeline_env.lakehouse.exists("gold/daily_metrics")
+
+
+def test_materialize_without_partitions_or_with_an_unknown_one_is_an_error(pipeline_env):
+    assert main(["materialize"]) == 2
+    with pytest.raises(SystemExit, match="not a daily partition"):
+        main(["materialize", "--partition", "1999-01-01"])
+
+
+def test_materialize_select_limits_the_run_to_the_selection(pipeline_env):
+    main(["generate", "--days", "1", "--events-per-day", "200", "--start-date", "2024-02-01"])
+    assert main(["materialize", "--partition", "2024-02-01", "--select", "key:bronze/*"]) == 0
+    assert pipeline_env.lakehouse.exists("bronze/events")
+    assert not pipeline_env.lakehouse.exists("silver/events")
