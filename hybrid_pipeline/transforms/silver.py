@@ -113,33 +113,37 @@ def type_records(decoded: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     must be ISO-8601. Missing values are left to the contract (they are not type errors).
     """
     casts = {f: pl.col(f).str.strip_chars().cast(pl.Float64, strict=False) for f in NUMERIC_FIELDS}
-    failures = [
-        pl.when(pl.col(f).is_not_null() & (casts[f].is_null() | ~casts[f].is_finite())).then(
-            pl.lit(f"invalid_type:{f}")
-        )
-        for f in NUMERIC_FIELDS
-    ]
-    failures += [
-        pl.when(pl.col(f).str.strip_chars_start().str.contains(r"^[\[{]")).then(pl.lit(f"invalid_type:{f}"))
-        for f in STRING_FIELDS
-    ]
     ts = parse_timestamps(pl.col("timestamp"))
-    failures.append(
-        pl.when(pl.col("timestamp").is_not_null() & ts.is_null()).then(pl.lit("invalid_timestamp"))
+    checks = {
+        **{
+            f"invalid_type:{f}": pl.col(f).is_not_null() & (casts[f].is_null() | ~casts[f].is_finite())
+            for f in NUMERIC_FIELDS
+        },
+        **{f"invalid_type:{f}": pl.col(f).str.strip_chars_start().str.contains(r"^[\[{]") for f in STRING_FIELDS},
+        "invalid_timestamp": pl.col("timestamp").is_not_null() & ts.is_null(),
+    }
+    flagged = decoded.with_columns(
+        *(expr.fill_null(False).alias(name) for name, expr in checks.items()),
+        *(casts[f].alias(f"_{f}") for f in NUMERIC_FIELDS),
+        ts.alias("_timestamp"),
     )
-    typed = decoded.with_columns(
-        *(casts[f].alias(f) for f in NUMERIC_FIELDS),
-        ts.alias("timestamp"),
-        pl.concat_list(failures).list.drop_nulls().alias("_type_errors"),
+    any_bad = pl.any_horizontal(list(checks))
+    # Reasons are spelled out only for the (few) failing rows.
+    bad = flagged.filter(any_bad).with_columns(
+        pl.concat_list(pl.when(pl.col(n)).then(pl.lit(n)) for n in checks).list.drop_nulls().alias("_type_errors")
     )
-    bad = typed.filter(pl.col("_type_errors").list.len() > 0)
     rejected = bad.select(
         "payload",
         *LINEAGE,
         pl.col("_type_errors").list.first().alias("reason"),
         pl.col("_type_errors").list.join(";").alias("details"),
     )
-    return typed.filter(pl.col("_type_errors").list.len() == 0).drop("_type_errors"), rejected
+    typed = (
+        flagged.filter(~any_bad)
+        .drop(*checks, *NUMERIC_FIELDS, "timestamp")
+        .rename({"_timestamp": "timestamp", **{f"_{f}": f for f in NUMERIC_FIELDS}})
+    )
+    return typed, rejected
 
 
 def validate_contract(typed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
