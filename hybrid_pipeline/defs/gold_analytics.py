@@ -88,25 +88,25 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         deps=[SILVER_EVENTS],
         partitions_def=partitions,
         kinds={"delta", "polars"},
-        description="Fact table: one row per event, keyed to dim_date (date_key) and dim_user (user_key).",
+        description="Fact table: one row per event, keyed to dim_date (date_key) and dim_user (user_key); "
+        "partitioned by event_date, each landing day owning its rows.",
         **_SPEC,
     )
     def fact_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
-        dates = affected_dates(lh, context.partition_key)
-        facts = gold.fact_events(_silver_on(lh, dates).collect()) if dates else None
+        day = context.partition_key
+        dates = affected_dates(lh, day)
+        own = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema()).filter(pl.col("landing_date") == day).collect()
+        facts = gold.fact_events(own)
         table = table_of(FACT_EVENTS)
-        version = lh.version(table)
-        if facts is not None:
-            version = lh.replace_where(table, facts, _in_dates("event_date", dates), partition_by=["event_date"])
-        schema = dict(facts.schema) if facts is not None else {}
+        version = lh.replace_where(table, facts, f"landing_date = '{day}'", partition_by=["event_date"])
         return dg.MaterializeResult(
             metadata=table_metadata(
                 lh.uri(table),
-                schema,
-                facts.height if facts is not None else 0,
+                facts.schema,
+                facts.height,
                 version,
-                recomputed_dates=dg.MetadataValue.json([d.isoformat() for d in dates]),
+                event_dates=dg.MetadataValue.json([d.isoformat() for d in dates]),
                 **{
                     "dagster/column_lineage": _lineage(
                         event_id="event_id",
@@ -120,6 +120,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
                         hour="hour",
                         session_duration="session_duration",
                         revenue="revenue",
+                        landing_date="landing_date",
                     )
                 },
             )

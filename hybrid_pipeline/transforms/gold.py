@@ -63,7 +63,11 @@ def daily_metrics(silver: pl.LazyFrame) -> pl.DataFrame:
 
 
 def fact_events(silver: pl.DataFrame) -> pl.DataFrame:
-    """One row per event, keyed to the date and user dimensions."""
+    """One row per event, keyed to the date and user dimensions.
+
+    ``landing_date`` stays as lineage: each landing day owns (and on rerun replaces) exactly
+    its own fact rows, whatever event dates they fall on.
+    """
     return silver.select(
         "event_id",
         "event_date",
@@ -76,6 +80,7 @@ def fact_events(silver: pl.DataFrame) -> pl.DataFrame:
         "hour",
         "session_duration",
         pl.col("revenue").fill_null(0.0).alias("revenue"),
+        "landing_date",
     ).sort("event_date", "timestamp", "event_id")
 
 
