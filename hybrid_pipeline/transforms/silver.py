@@ -75,34 +75,79 @@ def parse_timestamps(raw: pl.Expr) -> pl.Expr:
     return pl.coalesce([*with_offset, *naive])
 
 
+_KEY = r'"(?:[^"\\]|\\.)*"\s*:'  # a JSON string followed by a colon: an object key
+
+
+def _read_objects(good: pl.DataFrame, infer: bool = False) -> pl.DataFrame:
+    text = good.select(pl.col("payload").str.replace_all("\n", " ").str.join("\n")).item()
+    source = io.BytesIO(text.encode("utf-8"))
+    if infer:
+        return pl.read_ndjson(source, schema_overrides={f: pl.String for f in CONTRACT_FIELDS}, infer_schema_length=None)
+    return pl.read_ndjson(source, schema={f: pl.String for f in CONTRACT_FIELDS})
+
+
+def unknown_fields(good: pl.DataFrame) -> dict[str, int]:
+    """Fields outside the contract and how many records carry them (schema drift).
+
+    Only records with more keys than contract keys can carry one, so only those are
+    decoded with schema inference; the count is exact, the cost proportional to drift.
+    """
+    keys = pl.col("payload").str.count_matches(_KEY)
+    present = pl.sum_horizontal(
+        pl.col("payload").str.contains(f'"{f}":', literal=True).cast(pl.Int32) for f in CONTRACT_FIELDS
+    )
+    suspects = good.filter(keys > present)
+    if suspects.height == 0:
+        return {}
+    decoded = _read_objects(suspects, infer=True)
+    counts = {c: int(decoded[c].is_not_null().sum()) for c in decoded.columns if c not in CONTRACT_FIELDS}
+    return {c: n for c, n in counts.items() if n}
+
+
 def decode_payloads(bronze: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Split bronze into decoded records (contract fields as text) and malformed ones.
 
-    A payload is well formed when it is exactly one JSON object. The decoded frame keeps
-    the lineage columns and ``payload`` so any later rejection can quarantine it verbatim.
+    A payload is well formed when it is exactly one JSON object. Fast path: a line that does
+    not start with ``{`` and end with ``}`` cannot be one, and the rest is decoded in one
+    pass; if that pass fails (or yields another row count), every line is validated on its
+    own first. The decoded frame keeps lineage and ``payload`` for later quarantine.
     """
-    well_formed = pl.col("payload").str.strip_chars_start().str.starts_with("{") & pl.col(
-        "payload"
-    ).str.json_path_match("$").is_not_null()
-    flagged = bronze.with_columns(_ok=well_formed)
-    malformed = flagged.filter(~pl.col("_ok")).drop("_ok")
-    good = flagged.filter(pl.col("_ok")).drop("_ok")
-    if good.height == 0:
+    trimmed = pl.col("payload").str.strip_chars()
+    candidate = bronze.filter(trimmed.str.starts_with("{") & trimmed.str.ends_with("}"))
+    decoded = None
+    if candidate.height:
+        try:
+            decoded = _read_objects(candidate)
+            if decoded.height != candidate.height:
+                decoded = None
+        except pl.exceptions.PolarsError:
+            decoded = None
+        if decoded is None:
+            candidate = candidate.filter(pl.col("payload").str.json_path_match("$").is_not_null())
+            decoded = _read_objects(candidate) if candidate.height else None
+    if decoded is None:
         decoded = pl.DataFrame(schema={f: pl.String for f in CONTRACT_FIELDS})
-    else:
-        text = good.select(pl.col("payload").str.replace_all("\n", " ").str.join("\n")).item()
-        decoded = pl.read_ndjson(
-            io.BytesIO(text.encode("utf-8")),
-            schema_overrides={f: pl.String for f in CONTRACT_FIELDS},
-            infer_schema_length=None,
-        )
-    extra = [c for c in decoded.columns if c not in CONTRACT_FIELDS]
-    drift = {c: int(decoded[c].is_not_null().sum()) for c in extra}
-    drift = {c: n for c, n in drift.items() if n}
-    missing = [f for f in CONTRACT_FIELDS if f not in decoded.columns]
-    decoded = decoded.with_columns(pl.lit(None, pl.String).alias(f) for f in missing).select(CONTRACT_FIELDS)
+    good = candidate
+    malformed = bronze.join(good.select("source_file", "line_number"), on=["source_file", "line_number"], how="anti")
+    drift = unknown_fields(good) if good.height else {}
     decoded = pl.concat([good.select("payload", *LINEAGE), decoded], how="horizontal")
     return decoded, malformed.select("payload", *LINEAGE), drift
+
+
+def _with_timestamps(decoded: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``_timestamp``: the common format on every row, the others only where it failed."""
+    text = pl.col("timestamp").str.strip_chars()
+    first = decoded.with_columns(
+        text.str.to_datetime(_TS_FORMATS_WITH_OFFSET[0], strict=False, time_unit="us")
+        .dt.convert_time_zone("UTC")
+        .alias("_timestamp")
+    )
+    retry = pl.col("_timestamp").is_null() & pl.col("timestamp").is_not_null()
+    if not first.select(retry.any()).item():
+        return first
+    return pl.concat(
+        [first.filter(~retry), first.filter(retry).with_columns(parse_timestamps(pl.col("timestamp")).alias("_timestamp"))]
+    )
 
 
 def type_records(decoded: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -113,7 +158,8 @@ def type_records(decoded: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     must be ISO-8601. Missing values are left to the contract (they are not type errors).
     """
     casts = {f: pl.col(f).str.strip_chars().cast(pl.Float64, strict=False) for f in NUMERIC_FIELDS}
-    ts = parse_timestamps(pl.col("timestamp"))
+    decoded = _with_timestamps(decoded)
+    ts = pl.col("_timestamp")
     checks = {
         **{
             f"invalid_type:{f}": pl.col(f).is_not_null() & (casts[f].is_null() | ~casts[f].is_finite())
@@ -125,7 +171,6 @@ def type_records(decoded: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     flagged = decoded.with_columns(
         *(expr.fill_null(False).alias(name) for name, expr in checks.items()),
         *(casts[f].alias(f"_{f}") for f in NUMERIC_FIELDS),
-        ts.alias("_timestamp"),
     )
     any_bad = pl.any_horizontal(list(checks))
     # Reasons are spelled out only for the (few) failing rows.

@@ -1,0 +1,107 @@
+"""Benchmark: bronze -> silver -> gold analytics on generated events, pipeline vs baseline.
+
+Both run as child processes on the same landing files, alternating, several times; we
+report the median wall time, events/s and peak RSS (ru_maxrss of each child), the
+pipeline/baseline ratio measured in the same run, and check both produced the same silver
+row count and revenue.
+
+    python bench/pipeline.py [--days 10] [--events-per-day 1000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+START = date(2024, 1, 1)
+
+
+def run_child(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB) of one child process."""
+    began = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=PROJECT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - began
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:3]} failed, see {log}")
+    return wall, usage.ru_maxrss / 1024 / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--days", type=int, default=10)
+    ap.add_argument("--events-per-day", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default=str(HERE / "results" / "pipeline"))
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    landing = work / f"landing-{args.days}x{args.events_per_day}"
+    if not (landing / ".complete").exists():
+        shutil.rmtree(landing, ignore_errors=True)
+        env = {**os.environ, "HYBRID_LANDING_DIR": str(landing)}
+        subprocess.run(
+            [sys.executable, "-m", "hybrid_pipeline.cli", "generate", "--days", str(args.days), "--events-per-day",
+             str(args.events_per_day), "--seed", "42", "--start-date", START.isoformat()],
+            env=env, check=True, cwd=PROJECT,
+        )
+        (landing / ".complete").touch()
+    bronze_rows = sum(
+        (f.read_text().count("\n") if f.suffix == ".jsonl" else pl.scan_csv(f, infer_schema=False).select(pl.len()).collect().item()
+         if f.suffix == ".csv" else pl.scan_parquet(f).select(pl.len()).collect().item())
+        for f in (landing / "events").rglob("*") if f.is_file()
+    )
+    results: dict[str, list[tuple[float, float]]] = {"pipeline": [], "baseline": []}
+    checks: dict[str, tuple[int, float]] = {}
+    for i in range(args.runs):
+        order = ["baseline", "pipeline"] if i % 2 == 0 else ["pipeline", "baseline"]
+        for name in order:
+            out = work / f"{name}-out"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            if name == "baseline":
+                cmd = [sys.executable, str(HERE / "baseline_polars.py"), str(landing), str(out / "lake"), "bench-salt"]
+                env = dict(os.environ)
+            else:
+                cmd = [sys.executable, "-m", "hybrid_pipeline.cli", "materialize", "--all-landed"]
+                env = {**os.environ, "HYBRID_LANDING_DIR": str(landing), "HYBRID_LAKEHOUSE_ROOT": str(out / "lake"),
+                       "DAGSTER_HOME": str(out / "dagster_home"), "HYBRID_START_DATE": START.isoformat(),
+                       "HYBRID_PII_SALT": "bench-salt"}
+            wall, rss = run_child(cmd, env, work / f"{name}-{i}.log")
+            results[name].append((wall, rss))
+            silver = "silver/events" if name == "pipeline" else "silver"
+            metrics = "gold/daily_metrics" if name == "pipeline" else "daily_metrics"
+            rows = pl.scan_delta(str(out / "lake" / silver)).select(pl.len()).collect().item()
+            revenue = pl.scan_delta(str(out / "lake" / metrics)).select(pl.col("total_revenue").sum()).collect().item()
+            checks[name] = (rows, round(revenue, 2))
+            print(f"run {i} {name:<8} {wall:8.1f}s  peak RSS {rss:5.2f} GiB  silver rows {rows:,}", flush=True)
+    summary = {}
+    for name, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        summary[name] = {"median_wall_s": round(wall, 1), "events_per_s": round(bronze_rows / wall),
+                         "peak_rss_gib": round(max(r for _, r in runs), 2), "runs": [round(w, 1) for w, _ in runs]}
+    ratio = summary["pipeline"]["median_wall_s"] / summary["baseline"]["median_wall_s"]
+    print(f"\n{bronze_rows:,} landed records, {args.days} days, {args.runs} runs each (median)")
+    print(f"{'':<10}{'wall s':>10}{'events/s':>12}{'peak RSS GiB':>14}")
+    for name, s in summary.items():
+        print(f"{name:<10}{s['median_wall_s']:>10}{s['events_per_s']:>12,}{s['peak_rss_gib']:>14}")
+    print(f"pipeline / baseline wall time: {ratio:.2f}x (target <= 1.5x); pipeline peak RSS target < 6 GiB")
+    same = checks["pipeline"] == checks["baseline"]
+    print(f"same silver rows and revenue in both: {same} {checks}")
+    (work / "summary.json").write_text(json.dumps({"records": bronze_rows, "ratio": round(ratio, 3), "same_output": same, **summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
