@@ -160,10 +160,16 @@ class Lakehouse:
 
     # -- maintenance ------------------------------------------------------------------
     def optimize(self, table: str | TableRef, zorder_by: list[str] | None = None) -> dict[str, Any]:
-        """Compact small files; with ``zorder_by``, also cluster rows on those columns."""
+        """Compact small files; with ``zorder_by``, also cluster rows on those columns.
+
+        Partition columns are already clustered by the layout (one directory each), and
+        Delta refuses to Z-order on them, so they are left out of the Z-order itself.
+        """
         dt = self.delta(table)
-        if zorder_by:
-            return dict(dt.optimize.z_order(zorder_by))
+        partition_cols = set(dt.metadata().partition_columns)
+        columns = [c for c in (zorder_by or []) if c not in partition_cols]
+        if columns:
+            return dict(dt.optimize.z_order(columns))
         return dict(dt.optimize.compact())
 
     def vacuum(self, table: str | TableRef, retention: timedelta, dry_run: bool = False) -> list[str]:

@@ -218,7 +218,7 @@ def make_loader(
 
 def split_counts(shas: Iterable[str]) -> dict[str, int]:
     """How many hashes fall in each split (for metadata and sanity checks)."""
-    counts = dict.fromkeys(SPLITS, 0)
+    counts: dict[str, int] = dict.fromkeys(SPLITS, 0)
     for sha in shas:
         counts[split_for(sha)] += 1
     return counts

@@ -245,7 +245,7 @@ def _describe_image(src: _Source, detected: str, max_pixels: int, base: dict[str
             return _quarantine(base, "corrupt_image", _err(exc))
         with im:
             width, height = im.size
-            dims = {"width": width, "height": height, "format": im.format}
+            dims: dict[str, Any] = {"width": width, "height": height, "format": im.format}
             if width * height > max_pixels:
                 return _quarantine(
                     base, "decompression_bomb",

@@ -17,7 +17,7 @@ from hybrid_pipeline.media.extract import Description
 from hybrid_pipeline.media.store import MediaRecord
 
 MEDIA_FILES_SCHEMA: Final = pl.Schema(
-    {
+    {  # type: ignore[arg-type]
         "sha256": pl.String,
         "size_bytes": pl.Int64,
         "detected_type": pl.String,
@@ -73,7 +73,7 @@ DIMENSIONS: Final = ("all", "detected_type", "size_bucket", "landing_date")
 
 def records_to_frame(records: Iterable[MediaRecord | Mapping[str, Any]]) -> pl.DataFrame:
     """Ingest records (dataclasses or dicts) as a ``media_files`` frame with a fixed schema."""
-    rows = [asdict(r) if is_dataclass(r) else dict(r) for r in records]  # type: ignore[arg-type]
+    rows = [asdict(r) if is_dataclass(r) else dict(r) for r in records]
     if not rows:
         return pl.DataFrame(schema=MEDIA_FILES_SCHEMA)
     schema = {k: (pl.String if k == "landing_date" else v) for k, v in MEDIA_FILES_SCHEMA.items()}
@@ -83,14 +83,11 @@ def records_to_frame(records: Iterable[MediaRecord | Mapping[str, Any]]) -> pl.D
 
 def size_bucket_expr(column: str = "size_bytes") -> pl.Expr:
     """Expression labelling a byte count with its :data:`SIZE_BUCKETS` label."""
-    expr: pl.Expr | pl.When | pl.Then | None = None
-    for bound, label in SIZE_BUCKETS:
-        if bound is None:
-            assert expr is not None
-            return expr.otherwise(pl.lit(label))  # type: ignore[union-attr]
-        cond = pl.col(column) < bound
-        expr = pl.when(cond).then(pl.lit(label)) if expr is None else expr.when(cond).then(pl.lit(label))  # type: ignore[union-attr]
-    raise AssertionError("unreachable")
+    *bounded, (_, last_label) = SIZE_BUCKETS
+    expr: Any = pl
+    for bound, label in bounded:
+        expr = expr.when(pl.col(column) < bound).then(pl.lit(label))
+    return expr.otherwise(pl.lit(last_label))
 
 
 def media_collection_stats(media_files: pl.DataFrame | Iterable[MediaRecord | Mapping[str, Any]]) -> pl.DataFrame:
