@@ -24,6 +24,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     )
     began = time.perf_counter()
     totals = generate(config, settings.landing_dir)
+    if args.media:
+        from hybrid_pipeline.media.demo import write_demo_media
+
+        media = write_demo_media(settings.landing_dir / "media", seed=args.seed)
+        print(f"generated demo media: {media} into {settings.landing_dir}/media")
     print(
         f"generated {totals['records']:,} event records ({totals['dirty']:,} dirty, {totals['duplicates']:,} duplicates) "
         f"in {totals['files']} files over {totals['days']} days from {start} into {settings.landing_dir}/events "
@@ -68,7 +73,7 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
     """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
     import dagster as dg
 
-    from hybrid_pipeline.definitions import PIPELINE_JOB, build_definitions, daily_partitions
+    from hybrid_pipeline.definitions import MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
@@ -95,13 +100,17 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
             f"{settings.start_date} to today)"
         )
     instance = instance or dg.DagsterInstance.get()
+    runs: list[tuple[str, dg.JobDefinition, str | None]] = []
+    if not select and (settings.landing_dir / "media").is_dir():
+        runs.append(("media", defs.resolve_job_def(MEDIA_JOB), None))
+    runs += [(key, job, key) for key in partitions]
     summaries = []
-    for key in partitions:
+    for label, run_job, key in runs:
         began = time.perf_counter()
-        result = job.execute_in_process(
+        result = run_job.execute_in_process(
             partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS
         )
-        summary = RunSummary(key, result.success, time.perf_counter() - began)
+        summary = RunSummary(label, result.success, time.perf_counter() - began)
         for event in result.all_events:
             if event.is_step_materialization:
                 mat = event.event_specific_data.materialization
@@ -146,7 +155,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     summaries = materialize(sorted(partitions), args.select)
     print_summary(summaries)
     failed = [s.partition for s in summaries if not s.ok]
-    print(f"\n{len(summaries) - len(failed)}/{len(summaries)} landing days materialized" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"\n{len(summaries) - len(failed)}/{len(summaries)} runs succeeded" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
@@ -160,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--dirty-rate", type=float, default=0.02)
     gen.add_argument("--start-date", help="first landing day (default: DAYS days before today)")
+    gen.add_argument("--media", action=argparse.BooleanOptionalAction, default=True,
+                     help="also land the demo media (scikit-learn digits as PNG, generated PDF/TXT documents)")
     gen.set_defaults(func=_cmd_generate)
 
     mat = sub.add_parser("materialize", help="materialize landing days in-process (exit 1 on failure)")

@@ -8,6 +8,7 @@ import dagster as dg
 from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.maintenance import build_maintenance
+from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
 from hybrid_pipeline.defs.silver import build_silver
 from hybrid_pipeline.settings import Settings
@@ -20,6 +21,7 @@ FRESHNESS_BY_LAYER = {
 }
 
 PIPELINE_JOB = "daily_pipeline"
+MEDIA_JOB = "media_pipeline"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -49,11 +51,13 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_silver(partitions),
         build_gold_analytics(partitions),
         build_maintenance(),
+        build_media(),
         dg.Definitions(
             jobs=[
                 dg.define_asset_job(
                     PIPELINE_JOB,
-                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics"),
+                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics")
+                    - dg.AssetSelection.assets(*MEDIA_ASSETS),
                     partitions_def=partitions,
                     description="Landing day -> bronze -> silver -> gold analytics, with all checks.",
                 )

@@ -16,3 +16,12 @@ DIM_DATE = dg.AssetKey(["gold", "dim_date"])
 def table_of(key: dg.AssetKey) -> str:
     """The lakehouse table an asset key names (``silver/events``)."""
     return "/".join(key.path)
+
+BRONZE_MEDIA_FILES = dg.AssetKey(["bronze", "media_files"])
+BRONZE_MEDIA_LANDED = dg.AssetKey(["bronze", "media_landed"])
+BRONZE_MEDIA_LABELS = dg.AssetKey(["bronze", "media_labels"])
+SILVER_MEDIA_METADATA = dg.AssetKey(["silver", "media_metadata"])
+SILVER_DOCUMENT_TEXT = dg.AssetKey(["silver", "document_text"])
+SILVER_MEDIA_QUARANTINE = dg.AssetKey(["silver", "media_quarantine"])
+IMAGE_TRAINING_MANIFEST = dg.AssetKey(["gold", "image_training_manifest"])
+MEDIA_COLLECTION_STATS = dg.AssetKey(["gold", "media_collection_stats"])

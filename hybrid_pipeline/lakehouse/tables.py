@@ -158,6 +158,19 @@ class Lakehouse:
         )
         return self.delta(table).version()
 
+    def insert_new(self, table: str | TableRef, df: pl.DataFrame, keys: list[str]) -> int:
+        """Insert the rows whose ``keys`` the table does not hold yet; existing rows stay as they are."""
+        if not self.exists(table):
+            return self.replace_where(table, df, "true")
+        on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        (
+            self.delta(table)
+            .merge(_arrow(df), predicate=on, source_alias="s", target_alias="t")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return self.delta(table).version()
+
     # -- maintenance ------------------------------------------------------------------
     def optimize(self, table: str | TableRef, zorder_by: list[str] | None = None) -> dict[str, Any]:
         """Compact small files; with ``zorder_by``, also cluster rows on those columns.
