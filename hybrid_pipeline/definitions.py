@@ -7,6 +7,7 @@ import dagster as dg
 
 from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
+from hybrid_pipeline.defs.gold_features import build_gold_features
 from hybrid_pipeline.defs.maintenance import build_maintenance
 from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
@@ -50,16 +51,17 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_bronze(partitions),
         build_silver(partitions),
         build_gold_analytics(partitions),
+        build_gold_features(partitions),
         build_maintenance(),
         build_media(),
         dg.Definitions(
             jobs=[
                 dg.define_asset_job(
                     PIPELINE_JOB,
-                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics")
+                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics", "gold_features")
                     - dg.AssetSelection.assets(*MEDIA_ASSETS),
                     partitions_def=partitions,
-                    description="Landing day -> bronze -> silver -> gold analytics, with all checks.",
+                    description="Landing day -> bronze -> silver -> gold analytics and gold features, with all checks.",
                 )
             ],
             resources={**resources(settings), **(resource_overrides or {})},

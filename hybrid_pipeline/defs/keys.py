@@ -25,3 +25,6 @@ SILVER_DOCUMENT_TEXT = dg.AssetKey(["silver", "document_text"])
 SILVER_MEDIA_QUARANTINE = dg.AssetKey(["silver", "media_quarantine"])
 IMAGE_TRAINING_MANIFEST = dg.AssetKey(["gold", "image_training_manifest"])
 MEDIA_COLLECTION_STATS = dg.AssetKey(["gold", "media_collection_stats"])
+
+USER_FEATURES = dg.AssetKey(["gold", "user_features"])
+USER_LABELS = dg.AssetKey(["gold", "user_labels"])

@@ -84,6 +84,9 @@ class DeltaOfflineStoreConfig(FeastConfigBaseModel):
     storage_options: Dict[str, str] = {}
     """delta-rs/object-store options used for every source (a source's own win)."""
 
+    engine: Literal["auto", "in-memory", "streaming"] = "streaming"
+    """polars engine for ``collect``; streaming keeps peak memory lower."""
+
 
 # --------------------------------------------------------------------------- source
 
@@ -280,8 +283,10 @@ class DeltaRetrievalJob(RetrievalJob):
         full_feature_names: bool = False,
         on_demand_feature_views: Optional[List[OnDemandFeatureView]] = None,
         metadata: Optional[RetrievalMetadata] = None,
+        engine: str = "streaming",
     ):
         self._evaluate = evaluate
+        self._engine = engine
         self._full_feature_names = full_feature_names
         self._on_demand_feature_views = on_demand_feature_views or []
         self._metadata = metadata
@@ -304,7 +309,7 @@ class DeltaRetrievalJob(RetrievalJob):
 
     def to_polars(self) -> pl.DataFrame:
         """Result as polars (without on-demand transformations)."""
-        return self._evaluate().collect()
+        return self._evaluate().collect(engine=self._engine)  # type: ignore[arg-type]
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         return _to_feast_arrow(self.to_polars())
@@ -361,6 +366,11 @@ def _normalise_ts(frame: pl.LazyFrame, columns: Iterable[str]) -> pl.LazyFrame:
     return frame.with_columns(to_utc(pl.col(c), schema[c]) for c in dict.fromkeys(columns) if c)
 
 
+def _engine(config: RepoConfig) -> str:
+    store_cfg = getattr(config, "offline_store", None)
+    return store_cfg.engine if isinstance(store_cfg, DeltaOfflineStoreConfig) else "streaming"
+
+
 def _pull(
     config: RepoConfig,
     data_source: DataSource,
@@ -414,7 +424,8 @@ class DeltaOfflineStore(OfflineStore):
             lambda: _pull(
                 config, data_source, join_key_columns, feature_name_columns, timestamp_field,
                 created_timestamp_column, start_date, end_date, latest_only=True,
-            )
+            ),
+            engine=_engine(config),
         )
 
     @staticmethod
@@ -434,7 +445,8 @@ class DeltaOfflineStore(OfflineStore):
             lambda: _pull(
                 config, data_source, join_key_columns, feature_name_columns, timestamp_field,
                 created_timestamp_column, start_date, end_date, latest_only=False,
-            )
+            ),
+            engine=_engine(config),
         )
 
     @staticmethod
@@ -501,6 +513,7 @@ class DeltaOfflineStore(OfflineStore):
                 min_event_timestamp=bounds[0],
                 max_event_timestamp=bounds[1],
             ),
+            engine=_engine(config),
         )
 
     @staticmethod

@@ -306,16 +306,18 @@ def point_in_time_join(
     *,
     entity_timestamp_col: str = DEFAULT_ENTITY_TIMESTAMP_COL,
     full_feature_names: bool = False,
+    engine: str = "auto",
 ) -> pl.DataFrame:
     """Point-in-time join of ``entity_df`` with every source in ``feature_sources``.
 
     Returns the entity rows (same order, same columns, duplicates kept; the timestamp
     column normalised to UTC) followed by each source's features, named
     ``feature`` or ``"<source name>__feature"`` when ``full_feature_names``.
+    ``engine`` is passed to ``LazyFrame.collect`` (``"streaming"`` lowers peak memory).
     """
     return point_in_time_join_lazy(
         entity_df,
         feature_sources,
         entity_timestamp_col=entity_timestamp_col,
         full_feature_names=full_feature_names,
-    ).collect()
+    ).collect(engine=engine)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ replaces exactly the rows it owns (``replace_where``) and readers never see half
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -187,7 +188,8 @@ class Lakehouse:
 
     def vacuum(self, table: str | TableRef, retention: timedelta, dry_run: bool = False) -> list[str]:
         """Delete files no longer referenced by any version inside ``retention``."""
-        hours = int(retention.total_seconds() // 3600)
+        # delta-rs takes whole hours; round up so a file is never deleted inside the retention.
+        hours = math.ceil(retention.total_seconds() / 3600)
         return self.delta(table).vacuum(
             retention_hours=hours,
             dry_run=dry_run,

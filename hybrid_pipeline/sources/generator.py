@@ -106,21 +106,10 @@ class EventGenerator:
         for i in range(self.config.days):
             yield self._day(i)
 
-    def _day(self, day_index: int) -> DayBatch:
-        cfg, rng, st = self.config, self.rng, self.state
-        day = cfg.start_date + timedelta(days=day_index)
-        n_users = len(st.segment)
-        target = cfg.events_per_day
-
-        # Sessions per user: segment rate times a boost from recent activity.
-        rate = _SEGMENT_SESSIONS[st.segment] * (1.0 + 0.15 * np.log1p(st.activity))
-        rate *= target / (4.6 * rate.sum())
-        sessions = rng.poisson(rate * 1.15)
-        sess_user = np.repeat(np.arange(n_users), sessions)
-        rng.shuffle(sess_user)
+    def _funnel(self, sess_user: np.ndarray, day_index: int) -> tuple[np.ndarray, ...]:
+        """Funnel steps per session; purchase propensity depends on past behaviour."""
+        rng, st = self.rng, self.state
         n_sess = len(sess_user)
-
-        # Funnel per session; purchase propensity depends on past behaviour.
         recency = day_index - st.last_purchase[sess_user]
         logit = (
             _SEGMENT_LOGIT[st.segment[sess_user]]
@@ -133,7 +122,32 @@ class EventGenerator:
         clicks = rng.binomial(views, 0.45)
         cart = (clicks > 0) & (rng.random(n_sess) < np.clip(p_buy * 3.0, 0, 0.9))
         buy = cart & (rng.random(n_sess) < np.clip(p_buy * 2.5, 0, 0.95))
-        per_session = views + clicks + cart + buy
+        return sess_user, views, clicks, cart, buy, views + clicks + cart + buy
+
+    def _day(self, day_index: int) -> DayBatch:
+        cfg, rng, st = self.config, self.rng, self.state
+        day = cfg.start_date + timedelta(days=day_index)
+        n_users = len(st.segment)
+        target = cfg.events_per_day
+
+        # Sessions per user: segment rate times a boost from recent activity.
+        rate = _SEGMENT_SESSIONS[st.segment] * (1.0 + 0.15 * np.log1p(st.activity))
+        rate *= target / (4.6 * rate.sum())
+        # Draw sessions in rounds until the day has at least the target number of events
+        # (small days can come up short on one Poisson draw).
+        rounds: list[tuple[np.ndarray, ...]] = []
+        drawn = 0
+        while drawn < target:
+            sessions = rng.poisson(rate * 1.15)
+            if sessions.sum() == 0:
+                sessions[rng.integers(n_users)] = 1
+            r_user = np.repeat(np.arange(n_users), sessions)
+            rng.shuffle(r_user)
+            r = self._funnel(r_user, day_index)
+            rounds.append(r)
+            drawn += int(r[-1].sum())
+        sess_user, views, clicks, cart, buy, per_session = (np.concatenate(parts) for parts in zip(*rounds, strict=True))
+        n_sess = len(sess_user)
 
         # Cut to exactly the target number of events, dropping whole trailing sessions
         # and trimming the last one.

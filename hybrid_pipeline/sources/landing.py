@@ -138,11 +138,14 @@ def _read_tabular(path: Path, fmt: str) -> pl.DataFrame:
         for c, dt in table.schema.items()
         if isinstance(dt, pl.Datetime)
     )
+    if fmt == "csv":
+        # A quoted field may span lines: each record starts after the previous one's lines.
+        lines = 1 + pl.sum_horizontal(pl.col(c).str.count_matches("\n").fill_null(0) for c in table.columns)
+        numbers = table.select((first_line + lines.cum_sum() - lines).cast(pl.Int64)).to_series()
+    else:
+        numbers = pl.int_range(first_line, first_line + table.height, eager=True, dtype=pl.Int64)
     return pl.DataFrame(
-        {
-            "payload": table.select(pl.struct(pl.all()).struct.json_encode()).to_series(),
-            "line_number": pl.int_range(first_line, first_line + table.height, eager=True, dtype=pl.Int64),
-        }
+        {"payload": table.select(pl.struct(pl.all()).struct.json_encode()).to_series(), "line_number": numbers}
     )
 
 

@@ -33,6 +33,8 @@ EXPECTED_GRAPH = {
     "silver/media_quarantine": ("silver", {"bronze/media_files", "bronze/media_landed"}),
     "gold/image_training_manifest": ("gold_features", {"silver/media_metadata", "bronze/media_labels"}),
     "gold/media_collection_stats": ("gold_analytics", {"bronze/media_files"}),
+    "gold/user_features": ("gold_features", {"silver/events"}),
+    "gold/user_labels": ("gold_features", {"gold/user_features", "silver/events"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
 UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k in {"silver/document_text", "gold/image_training_manifest"}}

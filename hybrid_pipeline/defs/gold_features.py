@@ -1,0 +1,105 @@
+"""Gold features (AI branch): entity-keyed feature rows and training labels, from silver.
+
+A landing day can change feature rows from its earliest event date to the newest day, so
+each run rewrites exactly that date range (late events included); earlier rows stay.
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+import polars as pl
+
+from hybrid_pipeline.defs.gold_analytics import affected_dates
+from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
+from hybrid_pipeline.defs.metadata import column_lineage, table_metadata
+from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.transforms import features
+from hybrid_pipeline.transforms.contract import silver_schema
+
+_SPEC = dict(group_name="gold_features", owners=["team:ml-platform"], tags={"layer": "gold"}, kinds={"delta", "polars"})
+
+
+def _last_event_date(silver: pl.LazyFrame):  # noqa: ANN202
+    return silver.select(pl.col("event_date").max()).collect().item()
+
+
+def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
+    @dg.asset(
+        key=USER_FEATURES,
+        deps=[SILVER_EVENTS],
+        partitions_def=partitions,
+        description="One row per user per day as of the end of that day: lifetime and 1/7/30-day events and revenue, "
+        "purchases, carts, average session duration, days since last purchase, recent event types, segment. "
+        "Z-ordered by (user_id, event_date).",
+        **_SPEC,
+    )
+    def user_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+        lh = lakehouse.lakehouse()
+        silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
+        dates = affected_dates(lh, context.partition_key)
+        table = table_of(USER_FEATURES)
+        if not dates:
+            return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.FEATURES_SCHEMA, 0, lh.version(table)))
+        start, end = features.feature_window(dates, _last_event_date(silver))
+        rows = features.user_features(silver, start, end)
+        version = lh.replace_where(table, rows, f"event_date >= '{start.isoformat()}'")
+        lh.optimize(table, ["user_id", "event_date"])
+        return dg.MaterializeResult(
+            metadata=table_metadata(
+                lh.uri(table),
+                features.FEATURES_SCHEMA,
+                rows.height,
+                version,
+                recomputed_from=start.isoformat(),
+                recomputed_to=end.isoformat(),
+                users=rows["user_id"].n_unique(),
+                **{
+                    "dagster/column_lineage": column_lineage(
+                        {
+                            "user_id": [(SILVER_EVENTS, "user_id")],
+                            "event_date": [(SILVER_EVENTS, "event_date")],
+                            **{c: [(SILVER_EVENTS, "event_id")] for c in ("total_events", "events_1d", "events_7d", "events_30d")},
+                            **{c: [(SILVER_EVENTS, "revenue")] for c in ("revenue_1d", "revenue_7d", "revenue_30d")},
+                            "purchases_30d": [(SILVER_EVENTS, "event_type")],
+                            "add_to_carts_7d": [(SILVER_EVENTS, "event_type")],
+                            "avg_session_duration": [(SILVER_EVENTS, "session_duration")],
+                            "days_since_last_purchase": [(SILVER_EVENTS, "event_type"), (SILVER_EVENTS, "event_date")],
+                            "recent_event_types": [(SILVER_EVENTS, "event_type"), (SILVER_EVENTS, "timestamp")],
+                            "user_segment": [(SILVER_EVENTS, "user_segment")],
+                        }
+                    )
+                },
+            )
+        )
+
+    @dg.asset(
+        key=USER_LABELS,
+        deps=[USER_FEATURES, SILVER_EVENTS],
+        partitions_def=partitions,
+        description="Training entities: sampled (user, end-of-day timestamp) pairs and whether the user purchases in "
+        "the next 7 days. Only days whose 7-day horizon is fully observed are labelled.",
+        **_SPEC,
+    )
+    def user_labels(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+        lh = lakehouse.lakehouse()
+        silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
+        dates = affected_dates(lh, context.partition_key)
+        table = table_of(USER_LABELS)
+        if not dates:
+            return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.LABELS_SCHEMA, 0, lh.version(table)))
+        last = _last_event_date(silver)
+        start = min(dates) - timedelta(days=features.LABEL_DAYS)
+        feats = lh.scan(table_of(USER_FEATURES)).filter(pl.col("event_date") >= start).select(
+            "user_id", "event_date", "event_timestamp"
+        ).collect()
+        labels = features.user_labels(feats, silver, last)
+        version = lh.replace_where(table, labels, f"event_date >= '{start.isoformat()}'")
+        rate = float(labels["purchased_next_7d"].mean()) if labels.height else 0.0
+        return dg.MaterializeResult(
+            metadata=table_metadata(
+                lh.uri(table), features.LABELS_SCHEMA, labels.height, version, positive_rate=round(rate, 4),
+                labelled_until=(last - timedelta(days=features.LABEL_DAYS)).isoformat(),
+            )
+        )
+
+    return dg.Definitions(assets=[user_features, user_labels])

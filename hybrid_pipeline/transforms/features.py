@@ -1,0 +1,182 @@
+"""Entity features and labels for the AI branch, from silver events.
+
+``user_features`` has one row per user per day "as of the end of that day" (the row's
+``event_timestamp`` is 23:59:59.999999 UTC), for every day from the user's first event until
+30 days after the last one, so windowed values decay on quiet days instead of going stale.
+``user_labels`` samples (user, timestamp) pairs and says whether the user purchases in the
+following 7 days; only days whose 7-day horizon is fully observed are labelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date, timedelta
+
+import polars as pl
+
+WINDOWS = (1, 7, 30)
+HORIZON_DAYS = 30  # rows continue this long after a user's last event
+LABEL_DAYS = 7
+SEQUENCE_LENGTH = 5
+FEATURE_COLUMNS = [
+    "total_events",
+    *[f"events_{w}d" for w in WINDOWS],
+    *[f"revenue_{w}d" for w in WINDOWS],
+    "purchases_30d",
+    "add_to_carts_7d",
+    "avg_session_duration",
+    "days_since_last_purchase",
+    "recent_event_types",
+    "user_segment",
+]
+FEATURES_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "event_date": pl.Date(),
+    "event_timestamp": pl.Datetime("us", "UTC"),
+    "total_events": pl.Int64(),
+    "events_1d": pl.Int64(),
+    "events_7d": pl.Int64(),
+    "events_30d": pl.Int64(),
+    "revenue_1d": pl.Float64(),
+    "revenue_7d": pl.Float64(),
+    "revenue_30d": pl.Float64(),
+    "purchases_30d": pl.Int64(),
+    "add_to_carts_7d": pl.Int64(),
+    "avg_session_duration": pl.Float64(),
+    "days_since_last_purchase": pl.Int64(),
+    "recent_event_types": pl.String(),
+    "user_segment": pl.String(),
+}
+LABELS_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "event_date": pl.Date(),
+    "event_timestamp": pl.Datetime("us", "UTC"),
+    "purchased_next_7d": pl.Int8(),
+}
+
+
+def end_of_day(col: str = "event_date") -> pl.Expr:
+    return (pl.col(col).cast(pl.Datetime("us", "UTC")) + pl.duration(days=1) - pl.duration(microseconds=1)).alias(
+        "event_timestamp"
+    )
+
+
+def _daily(silver: pl.LazyFrame) -> pl.LazyFrame:
+    """Per user and day: counts, revenue (in cents, exact), sessions and the day's last events."""
+    return (
+        silver.sort("timestamp", "event_id")
+        .group_by("user_id", "event_date")
+        .agg(
+            pl.len().cast(pl.Int64).alias("events"),
+            (pl.col("revenue").fill_null(0.0) * 100).round().cast(pl.Int64).sum().alias("revenue_cents"),
+            (pl.col("event_type") == "purchase").sum().cast(pl.Int64).alias("purchases"),
+            (pl.col("event_type") == "add_to_cart").sum().cast(pl.Int64).alias("add_to_carts"),
+            pl.col("session_duration").sum().alias("duration_sum"),
+            pl.col("event_type").tail(SEQUENCE_LENGTH).alias("last_types"),
+            pl.col("user_segment").last().alias("user_segment"),
+        )
+    )
+
+
+def user_features(silver: pl.LazyFrame, start: date, end: date) -> pl.DataFrame:
+    """Feature rows for days ``start``..``end`` (inclusive).
+
+    ``silver`` must hold every event of the users concerned up to ``end`` (earlier history
+    feeds lifetime totals and days since the last purchase).
+    """
+    daily = _daily(silver.filter(pl.col("event_date") <= end)).collect()
+    if daily.height == 0:
+        return pl.DataFrame(schema=FEATURES_SCHEMA)
+    spans = daily.group_by("user_id").agg(
+        pl.col("event_date").min().alias("first"),
+        pl.min_horizontal(pl.col("event_date").max() + pl.duration(days=HORIZON_DAYS - 1), pl.lit(end)).alias("last"),
+    )
+    grid = (
+        spans.with_columns(pl.date_ranges("first", "last", "1d").alias("event_date"))
+        .select("user_id", "event_date")
+        .explode("event_date")
+    )
+    frame = grid.join(daily, on=["user_id", "event_date"], how="left").sort("user_id", "event_date")
+    zero = ["events", "revenue_cents", "purchases", "add_to_carts", "duration_sum"]
+    frame = frame.with_columns(pl.col(c).fill_null(0) for c in zero)
+    by_user = dict(by="event_date")
+    rolled = frame.with_columns(
+        *(pl.col("events").rolling_sum_by(window_size=f"{w}d", **by_user).over("user_id").alias(f"events_{w}d") for w in WINDOWS),
+        *(
+            (pl.col("revenue_cents").rolling_sum_by(window_size=f"{w}d", **by_user).over("user_id") / 100).alias(f"revenue_{w}d")
+            for w in WINDOWS
+        ),
+        pl.col("purchases").rolling_sum_by(window_size="30d", **by_user).over("user_id").alias("purchases_30d"),
+        pl.col("add_to_carts").rolling_sum_by(window_size="7d", **by_user).over("user_id").alias("add_to_carts_7d"),
+        pl.col("events").cum_sum().over("user_id").alias("total_events"),
+        pl.col("duration_sum").cum_sum().over("user_id").alias("_duration_total"),
+        pl.when(pl.col("purchases") > 0).then(pl.col("event_date")).forward_fill().over("user_id").alias("_last_purchase"),
+        pl.col("last_types").forward_fill().over("user_id"),
+        pl.col("user_segment").forward_fill().over("user_id"),
+    )
+    out = rolled.filter(pl.col("event_date").is_between(start, end)).select(
+        "user_id",
+        "event_date",
+        end_of_day(),
+        "total_events",
+        *[f"events_{w}d" for w in WINDOWS],
+        *[f"revenue_{w}d" for w in WINDOWS],
+        "purchases_30d",
+        "add_to_carts_7d",
+        (pl.col("_duration_total") / pl.col("total_events")).alias("avg_session_duration"),
+        (pl.col("event_date") - pl.col("_last_purchase")).dt.total_days().alias("days_since_last_purchase"),
+        pl.col("last_types").list.join(",").alias("recent_event_types"),
+        "user_segment",
+    )
+    return out.cast(FEATURES_SCHEMA).sort("user_id", "event_date")
+
+
+def _sampled(user_id: str, day: date, rate: float, seed: int) -> bool:
+    digest = hashlib.blake2b(f"{seed}:{user_id}:{day.isoformat()}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def user_labels(
+    features: pl.DataFrame, silver: pl.LazyFrame, last_observed: date, sample_rate: float = 0.2, seed: int = 0
+) -> pl.DataFrame:
+    """Labels for sampled user-days whose next 7 days are fully observed (day + 7 <= ``last_observed``).
+
+    Sampling is a hash of (seed, user, day): the same pairs are drawn on every rerun.
+    """
+    candidates = features.filter(pl.col("event_date") + pl.duration(days=LABEL_DAYS) <= pl.lit(last_observed)).select(
+        "user_id", "event_date", "event_timestamp"
+    )
+    if candidates.height == 0:
+        return pl.DataFrame(schema=LABELS_SCHEMA)
+    keep = [
+        _sampled(u, d, sample_rate, seed) for u, d in zip(candidates["user_id"].to_list(), candidates["event_date"].to_list(), strict=True)
+    ]
+    sampled = candidates.filter(pl.Series(keep))
+    purchases = (
+        silver.filter(pl.col("event_type") == "purchase")
+        .select("user_id", pl.col("event_date").alias("purchase_date"))
+        .unique()
+        .join(sampled.lazy().select("user_id").unique(), on="user_id", how="semi")
+        .collect()
+    )
+    hits = (
+        sampled.join(purchases, on="user_id", how="inner")
+        .filter(
+            (pl.col("purchase_date") > pl.col("event_date"))
+            & (pl.col("purchase_date") <= pl.col("event_date") + pl.duration(days=LABEL_DAYS))
+        )
+        .select("user_id", "event_date")
+        .unique()
+        .with_columns(pl.lit(1, pl.Int8).alias("purchased_next_7d"))
+    )
+    labels = sampled.join(hits, on=["user_id", "event_date"], how="left").with_columns(pl.col("purchased_next_7d").fill_null(0))
+    return labels.cast(LABELS_SCHEMA).select(list(LABELS_SCHEMA)).sort("user_id", "event_date")
+
+
+def feature_window(affected: list[date], last_event_date: date) -> tuple[date, date]:
+    """Days whose feature rows a landing day can change: from its earliest event date on."""
+    return min(affected), max(last_event_date, max(affected))
+
+
+def history_start(start: date) -> date:
+    return start - timedelta(days=max(WINDOWS) + HORIZON_DAYS)

@@ -1,0 +1,115 @@
+"""Specification of ``Settings.from_env``: environment -> typed settings with safe defaults."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from hybrid_pipeline.settings import DEFAULT_PII_SALT, Settings
+
+
+def test_an_empty_environment_gives_the_local_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    s = Settings.from_env({})
+
+    assert s.landing_dir == tmp_path / "data" / "landing"
+    assert s.lakehouse_root == str(tmp_path / "data" / "lakehouse")
+    assert s.start_date == date(2024, 1, 1)
+    assert s.pii_salt == DEFAULT_PII_SALT
+    assert s.pii_salt_is_default is True
+    assert s.engine == "polars"
+    assert s.online_store == "sqlite"
+    assert s.dagster_home == tmp_path / ".dagster_home"
+
+
+def test_every_setting_is_read_from_the_given_mapping(tmp_path: Path) -> None:
+    env = {
+        "HYBRID_LANDING_DIR": str(tmp_path / "in"),
+        "HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"),
+        "HYBRID_START_DATE": "2023-06-15",
+        "HYBRID_PII_SALT": "pepper",
+        "HYBRID_ENGINE": "spark",
+        "HYBRID_ONLINE_STORE": "redis://localhost:6379/0",
+        "DAGSTER_HOME": str(tmp_path / "dh"),
+    }
+
+    s = Settings.from_env(env)
+
+    assert s.landing_dir == tmp_path / "in"
+    assert s.lakehouse_root == str(tmp_path / "lake")
+    assert s.start_date == date(2023, 6, 15)
+    assert s.pii_salt == "pepper"
+    assert s.pii_salt_is_default is False
+    assert s.engine == "spark"
+    assert s.online_store == "redis://localhost:6379/0"
+    assert s.dagster_home == tmp_path / "dh"
+
+
+def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_ENGINE", "not-an-engine")
+    monkeypatch.setenv("HYBRID_PII_SALT", "from-process")
+
+    s = Settings.from_env({})
+
+    assert s.engine == "polars"
+    assert s.pii_salt == DEFAULT_PII_SALT
+
+
+def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_ENGINE", "spark")
+    monkeypatch.setenv("HYBRID_START_DATE", "2024-02-29")
+
+    s = Settings.from_env()
+
+    assert s.engine == "spark"
+    assert s.start_date == date(2024, 2, 29)
+
+
+def test_relative_paths_are_resolved_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    s = Settings.from_env({"HYBRID_LANDING_DIR": "land", "HYBRID_LAKEHOUSE_ROOT": "lake", "DAGSTER_HOME": "home"})
+
+    assert s.landing_dir == tmp_path / "land"
+    assert s.landing_dir.is_absolute()
+    assert s.lakehouse_root == str(tmp_path / "lake")
+    assert s.dagster_home == tmp_path / "home"
+
+
+def test_an_object_store_lakehouse_root_is_kept_verbatim() -> None:
+    s = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": "s3://bucket/lakehouse"})
+
+    assert s.lakehouse_root == "s3://bucket/lakehouse"
+
+
+@pytest.mark.parametrize("raw", ["Spark", " POLARS "])
+def test_the_engine_name_is_case_and_whitespace_insensitive(raw: str) -> None:
+    assert Settings.from_env({"HYBRID_ENGINE": raw}).engine == raw.strip().lower()
+
+
+@pytest.mark.parametrize("raw", ["duckdb", "", "pandas"])
+def test_an_unknown_engine_is_rejected(raw: str) -> None:
+    with pytest.raises(ValueError, match="HYBRID_ENGINE"):
+        Settings.from_env({"HYBRID_ENGINE": raw})
+
+
+@pytest.mark.parametrize("raw", ["2024-13-01", "01/02/2024", "yesterday", ""])
+def test_a_start_date_that_is_not_an_iso_date_is_rejected(raw: str) -> None:
+    with pytest.raises(ValueError, match="HYBRID_START_DATE"):
+        Settings.from_env({"HYBRID_START_DATE": raw})
+
+
+def test_an_empty_pii_salt_falls_back_to_the_default_salt() -> None:
+    s = Settings.from_env({"HYBRID_PII_SALT": ""})
+
+    assert s.pii_salt == DEFAULT_PII_SALT
+    assert s.pii_salt_is_default is True
+
+
+def test_settings_are_immutable() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.engine = "spark"  # type: ignore[misc]
