@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from hybrid_pipeline.defs.automation import alerts_resource, build_automation
 from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.gold_features import build_gold_features
@@ -35,6 +36,7 @@ def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "lakehouse": LakehouseResource(root=settings.lakehouse_root),
         "landing": LandingZoneResource(path=str(settings.landing_dir)),
         "policy": DataPolicyResource(pii_salt=settings.pii_salt),
+        "alerts": alerts_resource(settings.alert_file or settings.dagster_home / "alerts.jsonl", settings.alert_webhook_url),
     }
 
 
@@ -47,6 +49,12 @@ def _with_layer_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
 def build_definitions(settings: Settings, resource_overrides: dict | None = None) -> dg.Definitions:
     """All definitions for ``settings``; ``resource_overrides`` replaces resources by key."""
     partitions = daily_partitions(settings)
+    pipeline_job = dg.define_asset_job(
+        PIPELINE_JOB,
+        selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics", "gold_features")
+        - dg.AssetSelection.assets(*MEDIA_ASSETS),
+        description="Landing day -> bronze -> silver -> gold analytics and gold features, with all checks.",
+    )
     merged = dg.Definitions.merge(
         build_bronze(partitions),
         build_silver(partitions),
@@ -54,18 +62,8 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_gold_features(partitions),
         build_maintenance(),
         build_media(),
-        dg.Definitions(
-            jobs=[
-                dg.define_asset_job(
-                    PIPELINE_JOB,
-                    selection=dg.AssetSelection.groups("bronze", "silver", "gold_analytics", "gold_features")
-                    - dg.AssetSelection.assets(*MEDIA_ASSETS),
-                    partitions_def=partitions,
-                    description="Landing day -> bronze -> silver -> gold analytics and gold features, with all checks.",
-                )
-            ],
-            resources={**resources(settings), **(resource_overrides or {})},
-        ),
+        build_automation(pipeline_job),
+        dg.Definitions(jobs=[pipeline_job], resources={**resources(settings), **(resource_overrides or {})}),
     )
     return merged.map_asset_specs(func=_with_layer_policy)
 

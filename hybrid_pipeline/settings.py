@@ -24,6 +24,8 @@ class Settings:
     engine: str
     online_store: str
     dagster_home: Path
+    alert_webhook_url: str | None = None
+    alert_file: Path | None = None
 
     @property
     def pii_salt_is_default(self) -> bool:
@@ -51,4 +53,6 @@ class Settings:
             engine=engine,
             online_store=env.get("HYBRID_ONLINE_STORE", "sqlite"),
             dagster_home=Path(env.get("DAGSTER_HOME", "./.dagster_home")).resolve(),
+            alert_webhook_url=env.get("HYBRID_ALERT_WEBHOOK") or None,
+            alert_file=Path(env["HYBRID_ALERT_FILE"]).resolve() if env.get("HYBRID_ALERT_FILE") else None,
         )

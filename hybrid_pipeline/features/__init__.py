@@ -1,0 +1,8 @@
+"""Feature store: Feast repo generation and a Delta offline store (delta-rs + polars).
+
+Modules (imported explicitly; importing Feast costs seconds, so nothing is imported here):
+
+* ``pit``: pure polars point-in-time joins (``point_in_time_join``).
+* ``delta_offline_store``: ``DeltaOfflineStore``/``DeltaOfflineStoreConfig``/``DeltaSource`` for Feast.
+* ``repo``: ``write_feature_repo`` generating ``feature_store.yaml`` + definitions.
+"""

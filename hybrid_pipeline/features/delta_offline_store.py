@@ -51,7 +51,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from feast.value_type import ValueType
 from pydantic import StrictStr
 
-from hybrid_pipeline.features.pit import FeatureSourceSpec, point_in_time_join_lazy, to_utc
+from hybrid_pipeline.features.pit import EngineName, FeatureSourceSpec, point_in_time_join_lazy, to_utc
 
 __all__ = [
     "DELTA_OFFLINE_STORE_TYPE",
@@ -283,7 +283,7 @@ class DeltaRetrievalJob(RetrievalJob):
         full_feature_names: bool = False,
         on_demand_feature_views: Optional[List[OnDemandFeatureView]] = None,
         metadata: Optional[RetrievalMetadata] = None,
-        engine: str = "streaming",
+        engine: EngineName = "streaming",
     ):
         self._evaluate = evaluate
         self._engine = engine
@@ -309,7 +309,7 @@ class DeltaRetrievalJob(RetrievalJob):
 
     def to_polars(self) -> pl.DataFrame:
         """Result as polars (without on-demand transformations)."""
-        return self._evaluate().collect(engine=self._engine)  # type: ignore[arg-type]
+        return self._evaluate().collect(engine=self._engine)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         return _to_feast_arrow(self.to_polars())
@@ -354,7 +354,7 @@ def _time_filter(frame: pl.LazyFrame, column: str, start: Optional[datetime], en
         if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
             lit = pl.lit(bound.replace(tzinfo=None)).cast(pl.Datetime(dtype.time_unit))
         elif isinstance(dtype, pl.Datetime):
-            lit = pl.lit(bound).cast(pl.Datetime(dtype.time_unit, "UTC")).dt.convert_time_zone(dtype.time_zone)
+            lit = pl.lit(bound).cast(pl.Datetime(dtype.time_unit, "UTC")).dt.convert_time_zone(str(dtype.time_zone))
         else:  # Date
             lit = pl.lit(bound.date())
         pred = pred & (pl.col(column) >= lit if op == "ge" else pl.col(column) <= lit)
@@ -366,7 +366,7 @@ def _normalise_ts(frame: pl.LazyFrame, columns: Iterable[str]) -> pl.LazyFrame:
     return frame.with_columns(to_utc(pl.col(c), schema[c]) for c in dict.fromkeys(columns) if c)
 
 
-def _engine(config: RepoConfig) -> str:
+def _engine(config: RepoConfig) -> EngineName:
     store_cfg = getattr(config, "offline_store", None)
     return store_cfg.engine if isinstance(store_cfg, DeltaOfflineStoreConfig) else "streaming"
 
@@ -491,7 +491,7 @@ class DeltaOfflineStore(OfflineStore):
             bounds = (frame[ts_col].min(), frame[ts_col].max())  # type: ignore[assignment]
             entities = frame
             keys = [c for c in frame.columns if c != ts_col]
-            start = end = None
+            start = end = None  # type: ignore[assignment]
 
         def evaluate() -> pl.LazyFrame:
             left = entities() if callable(entities) else entities

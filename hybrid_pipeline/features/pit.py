@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -36,6 +36,7 @@ __all__ = [
     "FeatureSourceSpec",
     "PitJoinError",
     "DEFAULT_ENTITY_TIMESTAMP_COL",
+    "EngineName",
     "point_in_time_join",
     "point_in_time_join_lazy",
     "prepare_entity_frame",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 DEFAULT_ENTITY_TIMESTAMP_COL = "event_timestamp"
+EngineName = Literal["auto", "in-memory", "streaming"]
+TimeUnit = Literal["ns", "us", "ms"]
 _ROW_ID = "__pit_row_id"
 # Above this many distinct key values the key filter is a semi-join instead of an
 # ``is_in`` literal (still correct, only less pushdown).
@@ -101,7 +104,7 @@ class FeatureSourceSpec:
 # --------------------------------------------------------------------------- timestamps
 
 
-def to_utc(expr: pl.Expr, dtype: pl.DataType, unit: str | None = None) -> pl.Expr:
+def to_utc(expr: pl.Expr, dtype: pl.DataType, unit: TimeUnit | None = None) -> pl.Expr:
     """Expression turning a Datetime/Date column of ``dtype`` into ``Datetime(unit, "UTC")``.
 
     Naive datetimes are taken to be UTC; aware ones are converted. ``unit`` defaults to
@@ -196,7 +199,7 @@ def _prune_and_normalise(
         hi: datetime = ts_col.max()  # type: ignore[assignment]
         preds.append(pl.col(ts) <= _bound_literal(hi, raw_ts))
         if spec.ttl is not None:
-            lo: datetime = ts_col.min() - spec.ttl  # type: ignore[operator]
+            lo: datetime = ts_col.min() - spec.ttl  # type: ignore[operator, assignment]
             preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
     semi_keys: list[tuple[str, str]] = []
     for key, ekey in zip(keys, entity_keys):
@@ -306,7 +309,7 @@ def point_in_time_join(
     *,
     entity_timestamp_col: str = DEFAULT_ENTITY_TIMESTAMP_COL,
     full_feature_names: bool = False,
-    engine: str = "auto",
+    engine: EngineName = "auto",
 ) -> pl.DataFrame:
     """Point-in-time join of ``entity_df`` with every source in ``feature_sources``.
 
@@ -320,4 +323,4 @@ def point_in_time_join(
         feature_sources,
         entity_timestamp_col=entity_timestamp_col,
         full_feature_names=full_feature_names,
-    ).collect(engine=engine)  # type: ignore[arg-type]
+    ).collect(engine=engine)

@@ -48,6 +48,7 @@ from hybrid_pipeline.online.backends import (
     backend_from_spec,
     parse_online_url,
 )
+from hybrid_pipeline.online.config import PACKED_ONLINE_STORE_TYPE, online_store_block, table_name
 from hybrid_pipeline.online.convert import entity_key_to_str, proto_to_python, python_to_proto
 from hybrid_pipeline.online.packing import pack_record, to_epoch_us, unpack_record
 
@@ -59,9 +60,6 @@ __all__ = [
     "online_store_block",
     "table_name",
 ]
-
-PACKED_ONLINE_STORE_TYPE = "hybrid_pipeline.online.store.PackedOnlineStore"
-
 
 class PackedOnlineStoreConfig(FeastConfigBaseModel):
     """``online_store`` block of :class:`PackedOnlineStore`."""
@@ -80,18 +78,6 @@ class PackedOnlineStoreConfig(FeastConfigBaseModel):
 
     write_batch_size: StrictInt = DEFAULT_BATCH_SIZE
     """Rows per ``executemany``/Lua call."""
-
-
-def online_store_block(url: Optional[str] = None, **options: Any) -> Dict[str, Any]:
-    """The ``online_store`` mapping for ``feature_store.yaml`` (e.g. for ``write_feature_repo``)."""
-    block: Dict[str, Any] = {"type": PACKED_ONLINE_STORE_TYPE, "url": url or "sqlite"}
-    block.update(options)
-    return block
-
-
-def table_name(project: str, view: str) -> str:
-    """Name of the SQLite table / Redis hash suffix of a feature view."""
-    return f"{project}_{view}"
 
 
 def _repo_dir(config: RepoConfig) -> Optional[Path]:

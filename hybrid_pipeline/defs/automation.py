@@ -1,0 +1,110 @@
+"""Running unattended: the daily schedule, the landing-zone sensor and alert routing."""
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from hybrid_pipeline.defs.resources import LandingZoneResource
+from hybrid_pipeline.monitoring.notify import DAYTIME, PAGE, Alert, AlertRouter, FileNotifier, LogNotifier, WebhookNotifier
+from hybrid_pipeline.sources.landing_watch import plan_landing_runs
+
+
+class AlertsResource(dg.ConfigurableResource):
+    """Where alerts go: always the log, plus a JSON-lines file and a webhook when configured."""
+
+    file_path: str | None = None
+    webhook_url: str | None = None
+    page_webhook_url: str | None = None
+
+    def router(self) -> AlertRouter:
+        daytime: list = [LogNotifier()]
+        page: list = [LogNotifier()]
+        if self.file_path:
+            daytime.append(FileNotifier(self.file_path))
+            page.append(FileNotifier(self.file_path))
+        if self.webhook_url:
+            daytime.append(WebhookNotifier(self.webhook_url))
+        if self.page_webhook_url or self.webhook_url:
+            page.append(WebhookNotifier(self.page_webhook_url or self.webhook_url))
+        return AlertRouter({DAYTIME: daytime, PAGE: page})
+
+
+def build_automation(pipeline_job, landing_job_max_files: int = 200) -> dg.Definitions:  # noqa: ANN001 - an asset job
+    @dg.schedule(
+        job=pipeline_job,
+        cron_schedule="0 2 * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every day at 02:00 UTC: yesterday's landing day through the whole graph.",
+    )
+    def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        yesterday = (context.scheduled_execution_time.astimezone(timezone.utc) - timedelta(days=1)).date().isoformat()
+        return dg.RunRequest(run_key=f"daily:{yesterday}", partition_key=yesterday)
+
+    @dg.sensor(
+        job=pipeline_job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="New files in the landing zone -> a run for their landing day (run key from content hashes).",
+    )
+    def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult:
+        runs, cursor = plan_landing_runs(landing.root, context.cursor, max_files=landing_job_max_files)
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=r.run_key, partition_key=r.landing_date, tags={"landing_files": str(len(r.files))}) for r in runs],
+            cursor=cursor,
+        )
+
+    @dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, description="Routes failed runs by what they touch.")
+    def run_failure_alerts(context: dg.RunFailureSensorContext, alerts: AlertsResource) -> None:
+        run = context.dagster_run
+        assets = tuple(sorted(k.to_user_string() for k in (run.asset_selection or [])))
+        alert = Alert(
+            title=f"run {run.job_name} failed" + (f" ({run.tags.get('dagster/partition')})" if run.tags.get("dagster/partition") else ""),
+            severity="ERROR",
+            kind="run_failure",
+            assets=assets,
+            run_id=run.run_id,
+            details={"message": context.failure_event.message or ""},
+        )
+        alerts.router().route(alert)
+
+    @dg.sensor(
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Routes failed asset checks: ERROR on user-facing assets pages, the rest goes to the daytime channel.",
+    )
+    def check_failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource) -> dg.SkipReason | None:
+        after = int(context.cursor) if context.cursor else None
+        result = context.instance.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
+            ascending=True,
+            limit=500,
+        )
+        sent = 0
+        for record in result:
+            evaluation = record.event_log_entry.dagster_event.event_specific_data
+            if not evaluation.passed:
+                alerts.router().route(
+                    Alert(
+                        title=f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} failed",
+                        severity=evaluation.severity.value,
+                        kind="check_failure",
+                        assets=(evaluation.asset_key.to_user_string(),),
+                        run_id=record.event_log_entry.run_id,
+                        details={"description": evaluation.description or ""},
+                    )
+                )
+                sent += 1
+            context.update_cursor(str(record.storage_id))
+        return None if sent else dg.SkipReason("no failed checks since the last tick")
+
+    return dg.Definitions(
+        schedules=[daily_pipeline_schedule],
+        sensors=[landing_zone_sensor, run_failure_alerts, check_failure_alerts],
+    )
+
+
+def alerts_resource(file_path: Path | None, webhook_url: str | None) -> AlertsResource:
+    return AlertsResource(file_path=str(file_path) if file_path else None, webhook_url=webhook_url)
+

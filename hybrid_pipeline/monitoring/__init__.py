@@ -1,0 +1,1 @@
+"""Alert routing and run monitoring, kept free of Dagster so rules are unit-tested."""

@@ -1,0 +1,3 @@
+from hybrid_pipeline.serving.server import main
+
+main()
