@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.defs.keys import BRONZE_EVENTS, BRONZE_LANDED_FILES, table_of
-from hybrid_pipeline.defs.metadata import table_metadata
+from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA, LANDED_FILES_SCHEMA, collect_landing, ingested_files
 
@@ -37,6 +37,7 @@ def build_bronze(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         partitions_def=partitions,
         pool="bronze_writer",
     )
+    @measured
     def bronze_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, landing: LandingZoneResource):
         day = context.partition_key
         lh = lakehouse.lakehouse()

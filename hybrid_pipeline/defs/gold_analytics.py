@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.defs.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, SILVER_EVENTS, table_of
-from hybrid_pipeline.defs.metadata import check_result, column_lineage, table_metadata
+from hybrid_pipeline.defs.metadata import check_result, column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import gold, quality
@@ -54,6 +54,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         description="Per event date and user segment: events, unique users, purchases, revenue, conversion rate.",
         **_SPEC,
     )
+    @measured
     def daily_metrics(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         dates = affected_dates(lh, context.partition_key)
@@ -92,6 +93,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         "partitioned by event_date, each landing day owning its rows.",
         **_SPEC,
     )
+    @measured
     def fact_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         day = context.partition_key
@@ -134,6 +136,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         description="User dimension (SCD type 1): latest segment, hashed email, first/last seen, lifetime events.",
         **_SPEC,
     )
+    @measured
     def dim_user(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
@@ -169,6 +172,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         description="Date dimension for every event date seen: calendar attributes keyed by date_key.",
         **_SPEC,
     )
+    @measured
     def dim_date(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         dates = gold.dim_date(affected_dates(lh, context.partition_key))

@@ -11,7 +11,7 @@ import polars as pl
 
 from hybrid_pipeline.defs.gold_analytics import affected_dates
 from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
-from hybrid_pipeline.defs.metadata import column_lineage, table_metadata
+from hybrid_pipeline.defs.metadata import column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.transforms import features
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -33,6 +33,7 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         "Z-ordered by (user_id, event_date).",
         **_SPEC,
     )
+    @measured
     def user_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
@@ -80,6 +81,7 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         "the next 7 days. Only days whose 7-day horizon is fully observed are labelled.",
         **_SPEC,
     )
+    @measured
     def user_labels(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())

@@ -21,7 +21,7 @@ from hybrid_pipeline.defs.keys import (
     SILVER_MEDIA_QUARANTINE,
     table_of,
 )
-from hybrid_pipeline.defs.metadata import table_metadata
+from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.media.extract import describe_many
 from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_collection_stats
@@ -50,6 +50,7 @@ def media_root(lakehouse: LakehouseResource) -> Path:
                      description="Image labels from the landing zone's images/labels.csv, by original file name."),
     ]
 )
+@measured
 def bronze_media(lakehouse: LakehouseResource, landing: LandingZoneResource):
     lh = lakehouse.lakehouse()
     landing_media = landing.root / "media"
@@ -86,6 +87,7 @@ def bronze_media(lakehouse: LakehouseResource, landing: LandingZoneResource):
                      "that lies, decompression bomb, encrypted or unreadable PDF, unsupported type."),
     ]
 )
+@measured
 def silver_media(context: dg.AssetExecutionContext, lakehouse: LakehouseResource):
     lh = lakehouse.lakehouse()
     root = media_root(lakehouse)
@@ -124,6 +126,7 @@ def silver_media(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
           kinds=_KINDS, owners=_OWNERS, tags={"layer": "gold"},
           description="Labelled, valid images for training: sha256, raw bronze path, label, and a train/validation/test "
           "split derived from the content hash (stable across reruns and machines).")
+@measured
 def image_training_manifest(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     from hybrid_pipeline.media.dataset import build_image_manifest  # imports torch: only when run
 
@@ -142,6 +145,7 @@ def image_training_manifest(lakehouse: LakehouseResource) -> dg.MaterializeResul
 @dg.asset(key=MEDIA_COLLECTION_STATS, deps=[BRONZE_MEDIA_FILES], group_name="gold_analytics", kinds=_KINDS,
           owners=["team:analytics"], tags={"layer": "gold"},
           description="Media files and bytes by detected type, size bucket and landing day.")
+@measured
 def media_collection_stats_asset(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lh = lakehouse.lakehouse()
     stats = media_collection_stats(lh.scan_or_empty(table_of(BRONZE_MEDIA_FILES), dict(MEDIA_FILES_SCHEMA)).collect())

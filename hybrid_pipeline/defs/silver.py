@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.defs.keys import BRONZE_EVENTS, SILVER_DUPLICATES, SILVER_EVENTS, SILVER_QUARANTINE, table_of
-from hybrid_pipeline.defs.metadata import check_result, table_metadata
+from hybrid_pipeline.defs.metadata import check_result, measured, table_metadata
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
@@ -60,6 +60,7 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         # One silver writer at a time: cross-day dedup reads what other partitions kept.
         pool="silver_writer",
     )
+    @measured
     def silver_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, policy: DataPolicyResource):
         day = context.partition_key
         lh = lakehouse.lakehouse()

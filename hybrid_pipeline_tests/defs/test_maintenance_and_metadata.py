@@ -1,4 +1,4 @@
-"""Table maintenance keeps every table readable and time-travelable; materializations carry catalog metadata."""
+"""Table maintenance keeps every table readable and time-travelable; materializations carry catalog and monitoring metadata."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def test_every_table_materialization_carries_schema_row_count_and_gold_carries_c
         meta = event.asset_materialization.metadata
         assert "dagster/column_schema" in meta and "dagster/row_count" in meta, key
         assert meta["dagster/column_schema"].schema.columns, key
+        # Monitoring: throughput and resource use of the step that wrote it.
+        assert meta["run/wall_s"].value > 0 and meta["run/peak_rss_mb"].value > 0, key
+        assert meta["run/rows_per_s"].value >= 0, key
         if key.path[0] == "gold" and key.path[1] != "user_labels":
             lineage = meta["dagster/column_lineage"].column_lineage
             assert all(dep.asset_key == dg.AssetKey(["silver", "events"]) for deps in lineage.deps_by_column.values() for dep in deps)
