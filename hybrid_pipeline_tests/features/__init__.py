@@ -1,0 +1,1 @@
+"""Tests of hybrid_pipeline.features."""

@@ -80,7 +80,8 @@ def pit_case(draw):
     for i, row in enumerate(entity_rows):
         row["tag"] = i
     entity_repr = draw(st.sampled_from(["utc", "naive", "paris"]))
-    return full_feature_names, sources, entity_rows, entity_repr
+    engine = draw(st.sampled_from(["in-memory", "streaming"]))
+    return full_feature_names, sources, entity_rows, entity_repr, engine
 
 
 def _build(sources):
@@ -118,7 +119,7 @@ def _build(sources):
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pit_case())
 def test_point_in_time_join_matches_brute_force_oracle(case):
-    full_feature_names, sources, entity_rows, entity_repr = case
+    full_feature_names, sources, entity_rows, entity_repr, engine = case
     specs, oracles = _build(sources)
     entity_df = pl.DataFrame(
         {
@@ -128,7 +129,7 @@ def test_point_in_time_join_matches_brute_force_oracle(case):
         }
     )
 
-    out = point_in_time_join(entity_df, specs, full_feature_names=full_feature_names)
+    out = point_in_time_join(entity_df, specs, full_feature_names=full_feature_names, engine=engine)
     expected = oracle_join(entity_rows, oracles)
 
     # every entity row, duplicates included, in the original order, extra columns kept

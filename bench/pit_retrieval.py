@@ -1,0 +1,349 @@
+"""Point-in-time retrieval benchmark: our Delta offline store vs Feast's stock stores.
+
+    python bench/pit_retrieval.py --entities 100000 --feature-rows 1000000
+
+Generates N entity rows and a feature table of M rows x F float features (default 20),
+written once as a Delta table and once as plain parquet files. Then, for every engine,
+runs ``FeatureStore.get_historical_features(entity_df, features).to_df()`` in a fresh
+subprocess, ``--runs`` times:
+
+* ``delta``  - hybrid_pipeline.features.delta_offline_store (delta-rs + polars) on the Delta table
+* ``file``   - Feast's dask/file store on the parquet copy
+* ``duckdb`` - Feast's duckdb (ibis) store on the parquet copy, if ibis/duckdb import
+* ``import`` - no retrieval at all: the RSS of importing Feast and opening the store
+
+Each run goes through a small wrapper process that starts the worker and reads its peak
+RSS with ``resource.getrusage(RUSAGE_CHILDREN)``, so every figure belongs to one run.
+Reported: median wall time of the retrieval call (Feast import excluded), max peak RSS
+over the runs, and whether every engine returned the same rows as ``delta`` (compared
+after sorting by user_id, event_timestamp; the stock stores do not keep entity order and
+the dask store drops duplicate entity rows, so entity rows are generated unique).
+
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENGINES = ("delta", "file", "duckdb")
+VIEW = "user_stats"
+START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in microseconds
+SPAN_US = 30 * 24 * 3600 * 1_000_000  # 30 days
+
+
+def feature_names(n: int) -> list[str]:
+    return [f"f{i:02d}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def generate(work: Path, n_entities: int, n_rows: int, n_features: int, n_users: int, seed: int, chunk: int) -> None:
+    import numpy as np
+    import polars as pl
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(seed)
+    delta_uri, parquet_dir = work / "delta" / VIEW, work / "parquet" / VIEW
+    parquet_dir.mkdir(parents=True, exist_ok=True)
+    names = feature_names(n_features)
+    written = 0
+    part = 0
+    while written < n_rows:
+        size = min(chunk, n_rows - written)
+        ts = START_US + rng.integers(0, SPAN_US, size)
+        frame = pl.DataFrame(
+            {
+                "user_id": rng.integers(0, n_users, size, dtype=np.int64),
+                "event_timestamp": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+                "created": pl.Series(ts + rng.integers(0, 3_600_000_000, size), dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+                **{name: rng.standard_normal(size) for name in names},
+            }
+        )
+        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        write_deltalake(str(delta_uri), table, mode="append")
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, parquet_dir / f"part-{part:05d}.parquet")
+        written += size
+        part += 1
+
+    # entity rows: unique (user_id, event_timestamp) pairs, some users unknown to the table
+    users = rng.integers(0, int(n_users * 1.05) + 1, n_entities, dtype=np.int64)
+    ts = START_US + rng.integers(0, SPAN_US + 86_400_000_000, n_entities)
+    entities = (
+        pl.DataFrame({"user_id": users, "event_timestamp": pl.Series(ts, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))})
+        .unique(["user_id", "event_timestamp"], maintain_order=True)
+        .with_columns(pl.int_range(pl.len()).alias("request_id"))
+    )
+    entities.to_pandas().to_parquet(work / "entities.parquet")
+
+
+def write_repos(work: Path, n_features: int, ttl_hours: float) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from datetime import timedelta
+
+    from hybrid_pipeline.features.repo import FeatureTableSpec, write_feature_repo
+
+    names = feature_names(n_features)
+    write_feature_repo(
+        work / "repo_delta",
+        "bench",
+        [
+            FeatureTableSpec(
+                name=VIEW,
+                delta_uri=str(work / "delta" / VIEW),
+                entity_key="user_id",
+                entity_value_type="int64",
+                timestamp_field="event_timestamp",
+                created_timestamp_field="created",
+                features={n: "Float64" for n in names},
+                ttl=timedelta(hours=ttl_hours),
+            )
+        ],
+        {"type": "sqlite", "path": str(work / "online_delta.db")},
+    )
+    for engine, path in (("file", str(work / "parquet" / VIEW)), ("duckdb", str(work / "parquet" / VIEW / "*.parquet"))):
+        repo = work / f"repo_{engine}"
+        (repo / "data").mkdir(parents=True, exist_ok=True)
+        (repo / "feature_store.yaml").write_text(
+            json.dumps(
+                {
+                    "project": "bench",
+                    "provider": "local",
+                    "registry": str(repo / "data" / "registry.db"),
+                    "offline_store": {"type": engine},
+                    "online_store": {"type": "sqlite", "path": str(work / f"online_{engine}.db")},
+                    "entity_key_serialization_version": 3,
+                },
+                indent=2,
+            )
+        )
+        fields = "\n".join(f"        Field(name={n!r}, dtype=Float64)," for n in names)
+        (repo / "feature_definitions.py").write_text(
+            f"""from datetime import timedelta
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
+from feast.types import Float64
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+source = FileSource(name="{VIEW}_source", path={path!r}, file_format=ParquetFormat(),
+                    timestamp_field="event_timestamp", created_timestamp_column="created")
+{VIEW} = FeatureView(
+    name={VIEW!r},
+    entities=[user],
+    ttl=timedelta(hours={ttl_hours!r}),
+    schema=[
+{fields}
+    ],
+    source=source,
+)
+"""
+        )
+
+
+def apply_repos(work: Path, engines: list[str]) -> None:
+    """Register every repo once (in a subprocess each: Feast imports repo files by module name)."""
+    env = _env()
+    for engine in engines:
+        repo = work / f"repo_{engine}"
+        script = (
+            "import importlib.util, sys\n"
+            "from feast import FeatureStore, Entity, FeatureView\n"
+            f"spec = importlib.util.spec_from_file_location('defs', {str(repo / 'feature_definitions.py')!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "objs = [o for o in vars(mod).values() if isinstance(o, (Entity, FeatureView))]\n"
+            f"FeatureStore(repo_path={str(repo)!r}).apply(objs)\n"
+        )
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=repo, capture_output=True)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def worker(engine: str, work: Path, out: Path | None, n_features: int) -> None:
+    """One retrieval (runs in its own process)."""
+    import pandas as pd
+    from feast import FeatureStore
+
+    repo = work / f"repo_{'delta' if engine == 'import' else engine}"
+    store = FeatureStore(repo_path=str(repo))
+    entity_df = pd.read_parquet(work / "entities.parquet")
+    refs = [f"{VIEW}:{n}" for n in feature_names(n_features)]
+    seconds = 0.0
+    rows = 0
+    if engine != "import":
+        t0 = time.perf_counter()
+        df = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        seconds = time.perf_counter() - t0
+        rows = len(df)
+        if out is not None:
+            df.to_parquet(out)
+    print(json.dumps({"seconds": seconds, "rows": rows}))
+
+
+def measured(engine: str, work: Path, out: Path | None, n_features: int, timeout: float) -> None:
+    """Wrapper process: runs one worker and reports its peak RSS (RUSAGE_CHILDREN)."""
+    cmd = [sys.executable, __file__, "--worker", engine, "--workdir", str(work), "--features", str(n_features)]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(json.dumps({"error": f"timeout after {timeout:.0f}s"}))
+        return
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    if proc.returncode != 0:
+        print(json.dumps({"error": (proc.stderr or proc.stdout)[-2000:], "peak_rss_mib": peak_kib / 1024}))
+        return
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["peak_rss_mib"] = peak_kib / 1024
+    print(json.dumps(result))
+
+
+def run_once(engine: str, work: Path, out: Path | None, n_features: int, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--measure", engine, "--workdir", str(work), "--features", str(n_features),
+           "--timeout", str(timeout)]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(reference: Path, other: Path, n_features: int) -> str:
+    import polars as pl
+
+    cols = ["user_id", "event_timestamp", *feature_names(n_features)]
+
+    def norm(path: Path) -> pl.DataFrame:
+        df = pl.read_parquet(path).select(cols)
+        ts = df.schema["event_timestamp"]
+        df = df.with_columns(
+            pl.col("event_timestamp").dt.convert_time_zone("UTC") if ts.time_zone else pl.col("event_timestamp").dt.replace_time_zone("UTC")
+        ).with_columns(pl.col("event_timestamp").dt.cast_time_unit("us"), pl.col("user_id").cast(pl.Int64))
+        return df.with_columns(pl.col(feature_names(n_features)).fill_nan(None)).sort("user_id", "event_timestamp")
+
+    a, b = norm(reference), norm(other)
+    if a.equals(b):
+        return f"identical ({a.height} rows, {a['f00'].null_count()} without features)"
+    keys = ["user_id", "event_timestamp"]
+    missing = a.join(b.select(keys), on=keys, how="anti")
+    extra = b.join(a.select(keys), on=keys, how="anti")
+    common = a.join(b.select(keys), on=keys, how="semi")
+    same = common.equals(b.join(a.select(keys), on=keys, how="semi"))
+    note = f"{a.height} vs {b.height} rows"
+    if missing.height:
+        nulls = missing["f00"].null_count()
+        note += f"; {missing.height} entity rows dropped ({nulls} of them have no feature value in the reference)"
+    if extra.height:
+        note += f"; {extra.height} extra rows"
+    return f"{'DIFFERENT' if not same else 'same values on common rows'}: {note}"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--entities", type=int, default=1_000_000)
+    p.add_argument("--feature-rows", type=int, default=10_000_000)
+    p.add_argument("--features", type=int, default=20)
+    p.add_argument("--users", type=int, default=None, help="distinct user ids (default: entities // 10)")
+    p.add_argument("--ttl-hours", type=float, default=72.0)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/pit_bench"))
+    p.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    p.add_argument("--chunk", type=int, default=1_000_000, help="rows per generated file")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--reuse", action="store_true", help="reuse data already in --workdir")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--measure", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        worker(args.worker, args.workdir, args.out, args.features)
+        return 0
+    if args.measure:
+        measured(args.measure, args.workdir, args.out, args.features, args.timeout)
+        return 0
+
+    engines = [e for e in args.engines.split(",") if e]
+    if "duckdb" in engines:
+        try:
+            import duckdb  # noqa: F401
+            import ibis  # noqa: F401
+        except ImportError:
+            print("duckdb/ibis not installed: skipping the duckdb store")
+            engines.remove("duckdb")
+    work: Path = args.workdir
+    users = args.users or max(1, args.entities // 10)
+    if not (args.reuse and (work / "entities.parquet").exists()):
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        generate(work, args.entities, args.feature_rows, args.features, users, args.seed, args.chunk)
+        print(f"generated {args.entities:,} entity rows x {args.feature_rows:,} feature rows x {args.features} features "
+              f"({users:,} users) in {time.perf_counter() - t0:.1f}s")
+    write_repos(work, args.features, args.ttl_hours)
+    apply_repos(work, [e for e in ("delta", "file", "duckdb") if e in engines or e == "delta"])
+
+    results: dict[str, dict] = {}
+    for engine in ["import", *engines]:
+        runs = []
+        for i in range(1 if engine == "import" else args.runs):
+            out = work / f"result_{engine}.parquet" if engine != "import" and i == 0 else None
+            r = run_once(engine, work, out, args.features, args.timeout)
+            runs.append(r)
+            if "error" in r:
+                print(f"{engine}: run {i + 1} failed: {r['error'][-500:]}")
+                break
+        ok = [r for r in runs if "error" not in r]
+        results[engine] = {
+            "median_s": statistics.median(r["seconds"] for r in ok) if ok else None,
+            "runs_s": [round(r["seconds"], 3) for r in ok],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if "peak_rss_mib" in r) if runs else None,
+            "rows": ok[0]["rows"] if ok else None,
+            "failed": len(ok) < len(runs),
+        }
+        print(f"{engine:>7}: {json.dumps(results[engine])}", flush=True)
+
+    print()
+    print(f"| engine | median retrieval s ({args.runs} runs) | peak RSS MiB | result vs delta |")
+    print("|---|---|---|---|")
+    for engine, r in results.items():
+        if engine == "import":
+            verdict = "(Feast import + store open only)"
+        elif engine == "delta":
+            verdict = "reference"
+        elif r["failed"] or not (work / f"result_{engine}.parquet").exists():
+            verdict = "failed"
+        else:
+            verdict = compare(work / "result_delta.parquet", work / f"result_{engine}.parquet", args.features)
+        median = "-" if r["median_s"] is None else f"{r['median_s']:.2f}"
+        rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        print(f"| {engine} | {median} | {rss} | {verdict} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
