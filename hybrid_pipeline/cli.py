@@ -73,7 +73,7 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
     """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
     import dagster as dg
 
-    from hybrid_pipeline.definitions import MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
+    from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
@@ -104,6 +104,8 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
     if not select and (settings.landing_dir / "media").is_dir():
         runs.append(("media", defs.resolve_job_def(MEDIA_JOB), None))
     runs += [(key, job, key) for key in partitions]
+    if not select and partitions:
+        runs.append(("features", defs.resolve_job_def(FEATURES_JOB), None))
     summaries = []
     for label, run_job, key in runs:
         began = time.perf_counter()

@@ -8,6 +8,7 @@ import dagster as dg
 from hybrid_pipeline.defs.automation import alerts_resource, build_automation
 from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
+from hybrid_pipeline.defs.feature_store import FeatureStoreResource, build_feature_store
 from hybrid_pipeline.defs.gold_features import build_gold_features
 from hybrid_pipeline.defs.maintenance import build_maintenance
 from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
@@ -20,10 +21,12 @@ FRESHNESS_BY_LAYER = {
     "bronze": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
     "silver": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
     "gold": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=27), warn_window=timedelta(hours=26)),
+    "features": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=28), warn_window=timedelta(hours=27)),
 }
 
 PIPELINE_JOB = "daily_pipeline"
 MEDIA_JOB = "media_pipeline"
+FEATURES_JOB = "feature_store_pipeline"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -36,6 +39,7 @@ def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "lakehouse": LakehouseResource(root=settings.lakehouse_root),
         "landing": LandingZoneResource(path=str(settings.landing_dir)),
         "policy": DataPolicyResource(pii_salt=settings.pii_salt),
+        "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store),
         "alerts": alerts_resource(settings.alert_file or settings.dagster_home / "alerts.jsonl", settings.alert_webhook_url),
     }
 
@@ -62,8 +66,18 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_gold_features(partitions),
         build_maintenance(),
         build_media(),
+        build_feature_store(),
         build_automation(pipeline_job),
-        dg.Definitions(jobs=[pipeline_job], resources={**resources(settings), **(resource_overrides or {})}),
+        dg.Definitions(
+            jobs=[
+                pipeline_job,
+                dg.define_asset_job(
+                    FEATURES_JOB,
+                    selection=dg.AssetSelection.groups("features"),
+                    description="Feast apply, feature views and the point-in-time training set (after the daily runs).",
+                ),
+            ],
+            resources={**resources(settings), **(resource_overrides or {})}),
     )
     return merged.map_asset_specs(func=_with_layer_policy)
 

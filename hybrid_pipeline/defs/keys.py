@@ -28,3 +28,8 @@ MEDIA_COLLECTION_STATS = dg.AssetKey(["gold", "media_collection_stats"])
 
 USER_FEATURES = dg.AssetKey(["gold", "user_features"])
 USER_LABELS = dg.AssetKey(["gold", "user_labels"])
+
+FEAST_REGISTRY = dg.AssetKey(["features", "feast_registry"])
+USER_FEATURES_VIEW = dg.AssetKey(["features", "user_features"])
+TRAINING_SET = dg.AssetKey(["features", "training_set"])
+ONLINE_USER_FEATURES = dg.AssetKey(["features", "online_user_features"])

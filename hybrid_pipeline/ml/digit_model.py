@@ -29,6 +29,7 @@ from hybrid_pipeline.ml.training import (
     count_parameters,
     deterministic_mode,
     seed_everything,
+    torch_threads,
 )
 
 ARCHITECTURE = "digit_cnn"
@@ -100,6 +101,7 @@ class DigitTrainConfig:
     device: str = "auto"
     workers: int = 0
     deterministic: bool = True
+    num_threads: int | None = None  # CPU intra-op threads for this call (None: torch's default)
     verify_sha256: bool = True
 
     def to_params(self) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def train_digit_classifier(
         return make_loader(ds, batch_size=config.batch_size, workers=config.workers,
                            pin_memory=settings.pin_memory, shuffle=shuffle, seed=config.seed)
 
-    with deterministic_mode(config.deterministic) as det:
+    with deterministic_mode(config.deterministic) as det, torch_threads(config.num_threads):
         seed_everything(config.seed)
         started = time.perf_counter()
         first_x, _ = train_ds[0]

@@ -28,6 +28,7 @@ from hybrid_pipeline.ml.training import (
     count_parameters,
     deterministic_mode,
     seed_everything,
+    torch_threads,
 )
 
 ARCHITECTURE = "purchase_mlp"
@@ -105,6 +106,7 @@ class PurchaseTrainConfig:
     standardize: bool = True
     shuffle: bool = True
     deterministic: bool = True
+    num_threads: int | None = None  # CPU intra-op threads for this call (None: torch's default)
     pos_weight: float | None = None
     feature_names: tuple[str, ...] | None = None
     eval_batch_size: int = 65_536
@@ -177,15 +179,13 @@ def train_purchase_model(
     Xv, yv = _xy(valid, "validation")
     test_xy = _xy(test, "test") if test is not None else None
 
-    with deterministic_mode(config.deterministic) as det:
+    with deterministic_mode(config.deterministic) as det, torch_threads(config.num_threads):
         seed_everything(config.seed)
         started = time.perf_counter()
-        train_rows = 0
         if config.standardize and standardizer is None:
             moments = RunningMoments()
             for chunk in train_batches_fn():
                 moments.update(chunk.X)
-                train_rows += int(chunk.X.shape[0])
             standardizer = moments.result()
         stats_seconds = time.perf_counter() - started
 

@@ -297,7 +297,7 @@ for i = 1, #ARGV, 2 do
       local a = string.byte(rec, j)
       local b = string.byte(old, j)
       if a ~= b then
-        replace = a > b
+        replace = true
         break
       end
     end

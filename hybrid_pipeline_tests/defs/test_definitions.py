@@ -35,9 +35,15 @@ EXPECTED_GRAPH = {
     "gold/media_collection_stats": ("gold_analytics", {"bronze/media_files"}),
     "gold/user_features": ("gold_features", {"silver/events"}),
     "gold/user_labels": ("gold_features", {"gold/user_features", "silver/events"}),
+    "features/feast_registry": ("features", {"gold/user_features"}),
+    "features/user_features": ("features", {"gold/user_features"}),
+    "features/training_set": ("features", {"features/user_features", "features/feast_registry", "gold/user_labels"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
-UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k in {"silver/document_text", "gold/image_training_manifest"}}
+UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith("features/")} | {
+    "silver/document_text",
+    "gold/image_training_manifest",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +70,7 @@ def test_graph_has_exactly_the_expected_assets_groups_and_dependencies(repo):
 
 def test_every_asset_has_kinds_owners_description_and_daily_partitions(repo):
     for key, spec in _specs(repo).items():
-        assert "delta" in spec.kinds, key
+        assert spec.kinds & {"delta", "feast"}, key
         assert spec.owners, key
         assert spec.description and len(spec.description) > 20, key
         if key in UNPARTITIONED:
@@ -83,6 +89,9 @@ def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
         k: 26.0 for k in EXPECTED_GRAPH if k.startswith(("bronze", "silver"))
     }
     assert {k: v for k, v in hours.items() if k.startswith("gold")} == {k: 27.0 for k in EXPECTED_GRAPH if k.startswith("gold")}
+    assert {k: v for k, v in hours.items() if k.startswith("features")} == {
+        k: 28.0 for k in EXPECTED_GRAPH if k.startswith("features")
+    }
 
 
 def test_silver_contract_checks_are_blocking(repo):

@@ -1,0 +1,119 @@
+"""Feature store: the generated Feast repo, its feature views and point-in-time training sets."""
+
+import hashlib
+import io
+import json
+
+import dagster as dg
+import polars as pl
+
+from hybrid_pipeline.defs.keys import FEAST_REGISTRY, TRAINING_SET, USER_FEATURES, USER_FEATURES_VIEW, USER_LABELS, table_of
+from hybrid_pipeline.defs.metadata import measured, table_metadata
+from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.features import catalog
+
+_OWNERS = ["team:ml-platform"]
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    """The generated Feast repo (offline store: Delta; online store: SQLite or Redis)."""
+
+    repo_dir: str
+    online_store: str = "sqlite"
+
+    def write_repo(self, user_features_uri: str, version: int | None = None) -> None:
+        from hybrid_pipeline.features.repo import write_feature_repo
+
+        write_feature_repo(
+            self.repo_dir,
+            catalog.PROJECT,
+            catalog.feature_tables(user_features_uri, version),
+            catalog.online_store_config(self.online_store, self.repo_dir),
+            feature_services={catalog.PURCHASE_SERVICE: ["user_features"]},
+        )
+
+    def store(self):  # noqa: ANN201 - feast.FeatureStore, imported lazily (slow import)
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=self.repo_dir)
+
+
+def frame_hash(df: pl.DataFrame, keys: list[str]) -> str:
+    """SHA-256 of the rows in a canonical order and encoding: equal content, equal hash."""
+    buf = io.BytesIO()
+    df.sort(keys).write_ipc(buf, compression="uncompressed")
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(FEAST_REGISTRY, deps=[USER_FEATURES], group_name="features", kinds={"feast"}, owners=_OWNERS,
+                     description="`feast apply` of the repo generated from the feature tables: entity `user`, one "
+                     "feature view per gold feature table, the `purchase_model` feature service."),
+        dg.AssetSpec(USER_FEATURES_VIEW, deps=[USER_FEATURES], group_name="features", kinds={"feast", "delta"},
+                     owners=_OWNERS, description="Feast feature view `user_features` over gold/user_features "
+                     "(TTL 30 days), served offline from Delta and online from the online store."),
+    ]
+)
+@measured
+def feast_registry(lakehouse: LakehouseResource, feature_store: FeatureStoreResource):
+    from hybrid_pipeline.features.repo import apply_feature_repo
+
+    lh = lakehouse.lakehouse()
+    uri = lh.uri(table_of(USER_FEATURES))
+    feature_store.write_repo(uri)
+    store = apply_feature_repo(feature_store.repo_dir)
+    views = {v.name: v for v in store.list_feature_views()}
+    tables = catalog.feature_tables(uri)
+    yield dg.MaterializeResult(asset_key=FEAST_REGISTRY, metadata={
+        "repo": dg.MetadataValue.path(feature_store.repo_dir),
+        "feature_views": dg.MetadataValue.json(sorted(views)),
+        "feature_services": dg.MetadataValue.json(sorted(s.name for s in store.list_feature_services())),
+        "definitions_hash": catalog.definitions_hash(tables),
+    })
+    view = views["user_features"]
+    yield dg.MaterializeResult(asset_key=USER_FEATURES_VIEW, metadata={
+        "features": dg.MetadataValue.json([f.name for f in view.features]),
+        "ttl_days": view.ttl.days if view.ttl else -1,
+        "source": dg.MetadataValue.path(uri),
+        "source_version": lh.version(table_of(USER_FEATURES)) or 0,
+    })
+
+
+@dg.asset(key=TRAINING_SET, deps=[USER_FEATURES_VIEW, FEAST_REGISTRY, USER_LABELS], group_name="features",
+          kinds={"feast", "delta", "polars"}, owners=_OWNERS,
+          description="Labels joined point-in-time to the `purchase_model` features through Feast's "
+          "get_historical_features on the Delta offline store; records the Delta versions it read.")
+@measured
+def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+    lh = lakehouse.lakehouse()
+    features_version = lh.version(table_of(USER_FEATURES))
+    labels_version = lh.version(table_of(USER_LABELS))
+    # Pin the feature view's source to the version read now, so the retrieval is exactly
+    # reproducible from the recorded versions (time travel), whatever lands meanwhile.
+    feature_store.write_repo(lh.uri(table_of(USER_FEATURES)), features_version)
+    from hybrid_pipeline.features.repo import apply_feature_repo
+
+    store = apply_feature_repo(feature_store.repo_dir)
+    labels = lh.read(table_of(USER_LABELS), version=labels_version).select("user_id", "event_timestamp", "purchased_next_7d")
+    job = store.get_historical_features(entity_df=labels.to_pandas(), features=store.get_feature_service(catalog.PURCHASE_SERVICE))
+    rows = job.to_polars() if hasattr(job, "to_polars") else pl.from_pandas(job.to_df())
+    rows = rows.sort("user_id", "event_timestamp")
+    feature_store.write_repo(lh.uri(table_of(USER_FEATURES)))  # back to following the latest version
+    apply_feature_repo(feature_store.repo_dir)
+    table = table_of(TRAINING_SET)
+    version = lh.replace_where(table, rows, "true")
+    sources = {table_of(USER_FEATURES): features_version, table_of(USER_LABELS): labels_version}
+    context.log.info(f"training set: {rows.height} rows from {sources}")
+    return dg.MaterializeResult(metadata=table_metadata(
+        lh.uri(table), rows.schema, rows.height, version,
+        source_versions=dg.MetadataValue.json(sources),
+        content_sha256=frame_hash(rows, ["user_id", "event_timestamp"]),
+        definitions_hash=catalog.definitions_hash(catalog.feature_tables(lh.uri(table_of(USER_FEATURES)))),
+        positive_rate=round(float(rows["purchased_next_7d"].mean()), 4) if rows.height else 0.0,
+        null_feature_rows=int(rows["total_events"].null_count()) if rows.height else 0,
+    ))
+
+
+def build_feature_store() -> dg.Definitions:
+    return dg.Definitions(assets=[feast_registry, training_set])
