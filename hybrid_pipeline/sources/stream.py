@@ -329,14 +329,17 @@ class StreamConsumer:
             log.warning("consumer group %s of %s vanished; recreating it", self.group, self.stream)
             self.ensure_group()
             resp = self.redis.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count, block=block)
-        if isinstance(resp, dict):  # RESP3
-            items = next(iter(resp.values()), [[]])
-            entries = items[0] if items and isinstance(items[0], list) else items
-        else:
-            entries = resp[0][1] if resp else []
+        entries: list[Any]
+        if isinstance(resp, dict):  # RESP3: {stream: [[entries]]}
+            entries = next(iter(resp.values()), [])
+            if entries and isinstance(entries[0], list):
+                entries = entries[0]
+        else:  # RESP2: [[stream, [entries]]]
+            entries = list(resp[0][1]) if resp else []
         out = []
-        for entry_id, fields in entries:
-            text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        for entry in entries:  # (id, fields), or longer tuples when CLAIM is used
+            entry_id, fields = entry[0], entry[1]
+            text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             out.append(_Entry(text, parse_id(text), dict(fields or {})))
         return out
 
@@ -594,10 +597,10 @@ def streaming_features(
     ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
     if events.height == 0:
         return pl.DataFrame(schema=STREAMING_FEATURES_SCHEMA)
-    end = as_of if as_of is not None else events["ts"].max()
-    if end.tzinfo is None:  # type: ignore[union-attr]
-        end = end.replace(tzinfo=timezone.utc)  # type: ignore[union-attr]
-    start = end - window  # type: ignore[operator]
+    end: datetime = as_of if as_of is not None else events["ts"].max()  # type: ignore[assignment]
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=timezone.utc)
+    start = end - window
     return (
         events.filter((pl.col("ts") > start) & (pl.col("ts") <= end))
         .group_by("user_id")
@@ -614,5 +617,5 @@ def streaming_features(
         .with_columns(pl.lit(end).cast(pl.Datetime("us", "UTC")).alias("as_of"))
         .sort("user_id")
         .select(list(STREAMING_FEATURES_SCHEMA))
-        .cast(STREAMING_FEATURES_SCHEMA)
+        .cast(pl.Schema(STREAMING_FEATURES_SCHEMA))
     )
