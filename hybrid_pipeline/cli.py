@@ -73,7 +73,14 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
     """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
     import dagster as dg
 
-    from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
+    from hybrid_pipeline.definitions import (
+        FEATURES_JOB,
+        MEDIA_JOB,
+        ONLINE_JOB,
+        PIPELINE_JOB,
+        build_definitions,
+        daily_partitions,
+    )
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
@@ -105,7 +112,10 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
         runs.append(("media", defs.resolve_job_def(MEDIA_JOB), None))
     runs += [(key, job, key) for key in partitions]
     if not select and partitions:
+        # Unpartitioned feature store work once, then the newest day's features go online
+        # (every user with features inside the 30-day TTL has a row on the newest day).
         runs.append(("features", defs.resolve_job_def(FEATURES_JOB), None))
+        runs.append((f"online {max(partitions)}", defs.resolve_job_def(ONLINE_JOB), max(partitions)))
     summaries = []
     for label, run_job, key in runs:
         began = time.perf_counter()
@@ -161,6 +171,48 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+STREAM = "events"
+STREAM_GROUP = "bronze"
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.settings import Settings
+    from hybrid_pipeline.sources.generator import EventGenerator, GeneratorConfig
+    from hybrid_pipeline.sources.stream import produce
+
+    settings = Settings.from_env()
+    start = date.fromisoformat(args.start_date) if args.start_date else date.today()
+    gen = EventGenerator(GeneratorConfig(days=1, events_per_day=args.events, seed=args.seed, dirty_rate=0.0, start_date=start))
+    events = next(gen.days()).events.to_dicts()
+    began = time.perf_counter()
+    sent = produce(settings.redis_url, args.stream, events, rate=args.rate or None)
+    print(f"published {sent:,} events to {settings.redis_url} stream {args.stream!r} in {time.perf_counter() - began:.1f}s")
+    return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.lakehouse import Lakehouse
+    from hybrid_pipeline.settings import Settings
+    from hybrid_pipeline.sources.stream import StreamConsumer
+
+    settings = Settings.from_env()
+    on_batch = None
+    if not args.no_online:
+        from hybrid_pipeline.defs.streaming import push_streaming_features
+
+        def on_batch(rows):  # noqa: ANN001, ANN202
+            return push_streaming_features(rows, settings)
+
+    consumer = StreamConsumer(
+        settings.redis_url, args.stream, args.group, args.consumer, Lakehouse(settings.lakehouse_root),
+        batch_size=args.batch_size, block_ms=args.block_ms, on_batch=on_batch,
+    )
+    with consumer:
+        stats = consumer.run(max_batches=args.max_batches, max_idle_polls=args.max_idle_polls)
+    print(f"consumed {stats.rows:,} events in {stats.commits} commits ({stats.skipped_committed} already committed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--all-landed", action="store_true", help="every landing day found in the landing zone")
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:silver/events+' (default: the daily pipeline)")
     mat.set_defaults(func=_cmd_materialize)
+
+    prod = sub.add_parser("produce", help="replay generated events into the Redis stream at a rate")
+    prod.add_argument("--rate", type=float, default=1000.0, help="events per second (0 = as fast as possible)")
+    prod.add_argument("--events", type=int, default=10_000)
+    prod.add_argument("--seed", type=int, default=7)
+    prod.add_argument("--start-date", help="event day (default: today)")
+    prod.add_argument("--stream", default=STREAM)
+    prod.set_defaults(func=_cmd_produce)
+
+    st = sub.add_parser("stream", help="consume the Redis stream into bronze/events exactly once")
+    st.add_argument("--stream", default=STREAM)
+    st.add_argument("--group", default=STREAM_GROUP)
+    st.add_argument("--consumer", default="consumer-1")
+    st.add_argument("--batch-size", type=int, default=1000)
+    st.add_argument("--block-ms", type=int, default=500)
+    st.add_argument("--max-batches", type=int, help="stop after this many micro-batches")
+    st.add_argument("--max-idle-polls", type=int, help="stop after this many empty reads in a row")
+    st.add_argument("--no-online", action="store_true", help="do not push streaming features to the online store")
+    st.set_defaults(func=_cmd_stream)
     return parser
 
 

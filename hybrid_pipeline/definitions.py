@@ -10,8 +10,10 @@ from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.feature_store import FeatureStoreResource, build_feature_store
 from hybrid_pipeline.defs.gold_features import build_gold_features
+from hybrid_pipeline.defs.keys import ONLINE_USER_FEATURES
 from hybrid_pipeline.defs.maintenance import build_maintenance
 from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
+from hybrid_pipeline.defs.online import build_online
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
 from hybrid_pipeline.defs.silver import build_silver
 from hybrid_pipeline.settings import Settings
@@ -27,6 +29,7 @@ FRESHNESS_BY_LAYER = {
 PIPELINE_JOB = "daily_pipeline"
 MEDIA_JOB = "media_pipeline"
 FEATURES_JOB = "feature_store_pipeline"
+ONLINE_JOB = "online_features"
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
@@ -67,14 +70,20 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_maintenance(),
         build_media(),
         build_feature_store(),
+        build_online(partitions),
         build_automation(pipeline_job),
         dg.Definitions(
             jobs=[
                 pipeline_job,
                 dg.define_asset_job(
                     FEATURES_JOB,
-                    selection=dg.AssetSelection.groups("features"),
+                    selection=dg.AssetSelection.groups("features") - dg.AssetSelection.assets(ONLINE_USER_FEATURES),
                     description="Feast apply, feature views and the point-in-time training set (after the daily runs).",
+                ),
+                dg.define_asset_job(
+                    ONLINE_JOB,
+                    selection=dg.AssetSelection.assets(ONLINE_USER_FEATURES),
+                    description="A landing day's freshest features into the online store, with the skew check.",
                 ),
             ],
             resources={**resources(settings), **(resource_overrides or {})}),

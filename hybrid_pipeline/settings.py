@@ -25,6 +25,7 @@ class Settings:
     online_store: str
     dagster_home: Path
     feature_repo_dir: Path = Path("./data/feature_repo").resolve()
+    redis_url: str = "redis://127.0.0.1:6379/0"
     alert_webhook_url: str | None = None
     alert_file: Path | None = None
 
@@ -55,6 +56,7 @@ class Settings:
             online_store=env.get("HYBRID_ONLINE_STORE", "sqlite"),
             dagster_home=Path(env.get("DAGSTER_HOME", "./.dagster_home")).resolve(),
             feature_repo_dir=Path(env.get("HYBRID_FEATURE_REPO", "./data/feature_repo")).resolve(),
+            redis_url=env.get("HYBRID_REDIS_URL", "redis://127.0.0.1:6379/0"),
             alert_webhook_url=env.get("HYBRID_ALERT_WEBHOOK") or None,
             alert_file=Path(env["HYBRID_ALERT_FILE"]).resolve() if env.get("HYBRID_ALERT_FILE") else None,
         )

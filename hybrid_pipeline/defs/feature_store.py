@@ -32,6 +32,22 @@ class FeatureStoreResource(dg.ConfigurableResource):
             feature_services={catalog.PURCHASE_SERVICE: ["user_features"]},
         )
 
+    def online_url(self) -> str:
+        """The online store as the direct clients address it (same data Feast reads)."""
+        if self.online_store.strip().lower() in ("", "sqlite"):
+            return f"sqlite://{catalog.online_sqlite_path(self.repo_dir)}"
+        return self.online_store
+
+    def writer(self):  # noqa: ANN201
+        from hybrid_pipeline.online import OnlineWriter
+
+        return OnlineWriter.from_url(self.online_url(), catalog.PROJECT)
+
+    def reader(self):  # noqa: ANN201
+        from hybrid_pipeline.online import OnlineReader
+
+        return OnlineReader.from_url(self.online_url(), catalog.PROJECT)
+
     def store(self):  # noqa: ANN201 - feast.FeatureStore, imported lazily (slow import)
         from feast import FeatureStore
 

@@ -50,11 +50,14 @@ def definitions_hash(tables: list[FeatureTableSpec]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def online_sqlite_path(repo_dir: str) -> str:
+    return f"{repo_dir}/data/online_store.db"
+
+
 def online_store_config(setting: str, repo_dir: str) -> dict:
-    """``HYBRID_ONLINE_STORE``: ``sqlite`` (a file in the repo) or a ``redis://host:port/db`` URL."""
-    if setting.startswith("redis://"):
-        rest = setting[len("redis://") :]
-        hostport, _, db = rest.partition("/")
-        conn = hostport + (f",db={db}" if db else "")
-        return {"type": "redis", "connection_string": conn}
-    return {"type": "sqlite", "path": f"{repo_dir}/data/online_store.db"}
+    """``HYBRID_ONLINE_STORE`` (``sqlite`` or ``redis://host:port/db``) as our packed Feast online store."""
+    from hybrid_pipeline.online.config import online_store_block
+
+    if setting.strip().lower() in ("", "sqlite"):
+        return online_store_block(f"sqlite://{online_sqlite_path(repo_dir)}")  # repo_dir is absolute
+    return online_store_block(setting)

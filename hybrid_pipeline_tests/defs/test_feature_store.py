@@ -33,9 +33,9 @@ def built(tmp_path_factory):
 
 def test_all_runs_succeed_and_the_training_set_is_built(built):
     _, _, summaries, _ = built
-    assert [s.partition for s in summaries][-1] == "features"
+    assert [s.partition for s in summaries][-2:] == ["features", f"online 2024-01-{DAYS:02d}"]
     assert all(s.ok for s in summaries), [(s.partition, s.failed_steps) for s in summaries if not s.ok]
-    assert summaries[-1].rows["features/training_set"] > 0
+    assert summaries[-2].rows["features/training_set"] > 0
 
 
 def test_user_features_are_end_of_day_rows_with_windows_consistent_with_silver(built):
@@ -99,3 +99,49 @@ def test_feast_cli_lists_the_generated_feature_views(built):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "user_features" in out.stdout
+
+
+def _resources(root):
+    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+
+    return FeatureStoreResource(repo_dir=str(root / "feature_repo"))
+
+
+def test_online_store_serves_each_users_newest_features_through_feast_and_directly(built):
+    env, repo, summaries, _ = built
+    assert summaries[-1].partition == f"online 2024-01-{DAYS:02d}" and summaries[-1].ok
+    fs = _resources(repo.parent)
+    newest = env.lakehouse.read("gold/user_features").sort("event_timestamp").group_by("user_id").last()
+    users = sorted(newest["user_id"].to_list())[:5]
+    reader = fs.reader()
+    try:
+        direct = reader.get("user_features", users)
+    finally:
+        reader.close()
+    expected = {r["user_id"]: r for r in newest.iter_rows(named=True)}
+    for uid, got in zip(users, direct, strict=True):
+        assert got["total_events"] == expected[uid]["total_events"]
+        assert got["recent_event_types"] == expected[uid]["recent_event_types"]
+    feast_rows = fs.store().get_online_features(
+        features=["user_features:total_events", "user_features:events_7d"], entity_rows=[{"user_id": u} for u in users]
+    ).to_dict()
+    assert feast_rows["total_events"] == [expected[u]["total_events"] for u in users]
+
+
+def test_skew_check_fails_when_online_values_differ_from_offline(built):
+    from hybrid_pipeline.definitions import ONLINE_JOB, build_definitions
+
+    env, repo, _, instance = built
+    fs = _resources(repo.parent)
+    newest = env.lakehouse.read("gold/user_features").sort("event_timestamp").group_by("user_id").last()
+    tampered = newest.with_columns(pl.col("total_events") + 1000, pl.col("event_timestamp") + pl.duration(seconds=1))
+    writer = fs.writer()
+    try:
+        writer.write_frame("user_features", tampered, "user_id", "event_timestamp", features=FEATURE_COLUMNS)
+    finally:
+        writer.close()
+    job = build_definitions(env.settings).resolve_job_def(ONLINE_JOB)
+    checks_only = job.get_subset(asset_check_selection={dg.AssetCheckKey(dg.AssetKey(["features", "online_user_features"]), "online_matches_offline")}, asset_selection=set())
+    result = checks_only.execute_in_process(tags={"dagster/partition": f"2024-01-{DAYS:02d}"}, instance=instance, raise_on_error=False)
+    [evaluation] = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert not evaluation.passed and evaluation.metadata["mismatches"].value > 0
