@@ -37,6 +37,9 @@ ARCHITECTURE = "purchase_mlp"
 class PurchaseMLP(nn.Module):
     """``standardise -> [Linear -> ReLU -> Dropout] x len(hidden_sizes) -> Linear(1)``; returns logits."""
 
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
     def __init__(
         self,
         input_dim: int,

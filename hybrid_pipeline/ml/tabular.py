@@ -6,7 +6,8 @@ nothing goes through pandas.
 
 Path of the bytes: delta-rs resolves the table *at a pinned version* (the file
 list of that snapshot, so a concurrent writer cannot change what one epoch
-reads) and exposes it as a pyarrow dataset; its record batches are re-cut to
+reads) and exposes it as a pyarrow dataset (read through pyarrow's native
+local filesystem for local tables); its record batches are re-cut to
 exactly ``batch_rows`` rows by zero-copy slicing; each feature column is viewed
 as numpy without a copy when it is float32 with no nulls (other numeric types
 are cast on the way) and written once into a row-major ``rows x features``
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import torch
 from deltalake import DeltaTable
 
@@ -71,6 +74,24 @@ def _needs_engine_scan(dt: DeltaTable) -> bool:
     return bool(features & _DATASET_UNSUPPORTED_FEATURES)
 
 
+def _local_filesystem(dt: DeltaTable, table_uri: str) -> pafs.FileSystem | None:
+    """pyarrow's native local filesystem rooted at the table, when that is safe; else None.
+
+    Why: without one, ``to_pyarrow_dataset`` reads through delta-rs's
+    Python-implemented filesystem handler, which costs about as much as the
+    parquet decoding itself for float columns (see bench/training_input.py).
+    Only for local tables whose file paths have no percent-escapes (paths in
+    the Delta log are URI-encoded, and whether the names on disk carry the
+    escapes depends on the writer); anything else keeps delta-rs's handler.
+    """
+    if "://" in table_uri and not table_uri.startswith("file://"):
+        return None
+    root = Path(table_uri.removeprefix("file://")).resolve()
+    if any("%" in uri for uri in dt.file_uris()):
+        return None
+    return pafs.SubTreeFileSystem(str(root), pafs.LocalFileSystem())
+
+
 def iter_record_batches(
     table_uri: str,
     columns: Sequence[str],
@@ -88,16 +109,23 @@ def iter_record_batches(
     if missing:
         raise KeyError(f"{table_uri}@v{dt.version()} has no column(s) {missing}")
     if not _needs_engine_scan(dt):
-        dataset = dt.to_pyarrow_dataset()
+        dataset = dt.to_pyarrow_dataset(filesystem=_local_filesystem(dt, table_uri))
         yield from dataset.to_batches(columns=cols, filter=filter, batch_size=batch_rows)
         return
-    reader = pa.RecordBatchReader.from_stream(dt.scan(columns=cols))
+    # the filter may name columns outside the projection: scan them all, filter, then project
+    reader = pa.RecordBatchReader.from_stream(dt.scan(columns=None if filter is not None else cols))
     for batch in reader:
-        if filter is not None:
-            batch = pa.Table.from_batches([batch]).filter(filter).combine_chunks().to_batches()
-            yield from batch
-        else:
+        if filter is None:
             yield batch
+            continue
+        table = pa.Table.from_batches([batch])
+        for i, field in enumerate(table.schema):  # DataFusion yields string_view; pyarrow compares string
+            if pa.types.is_string_view(field.type):
+                table = table.set_column(i, field.name, table.column(i).cast(pa.string()))
+        kept = table.filter(filter).select(cols)
+        for out in kept.to_batches(max_chunksize=batch_rows):
+            if out.num_rows:
+                yield out
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[list[pa.RecordBatch]]:
