@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DAYS ?= 7
-EVENTS_PER_DAY ?= 200000
+DAYS ?= 14
+EVENTS_PER_DAY ?= 100000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: install run test dev bench clean

@@ -69,8 +69,14 @@ def ensure_dagster_home() -> Path:
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def materialize(partitions: Sequence[str], select: str | None = None, instance=None) -> list[RunSummary]:  # noqa: ANN001
-    """Run the pipeline in-process for each landing day against the DAGSTER_HOME instance."""
+def materialize(  # noqa: ANN001
+    partitions: Sequence[str], select: str | None = None, instance=None, daily_only: bool = False
+) -> list[RunSummary]:
+    """Run the pipeline in-process against the DAGSTER_HOME instance.
+
+    Media first (when media landed), then each landing day, then the feature store and the
+    newest day's online features; ``select`` or ``daily_only`` run just the landing days.
+    """
     import dagster as dg
 
     from hybrid_pipeline.definitions import (
@@ -108,10 +114,11 @@ def materialize(partitions: Sequence[str], select: str | None = None, instance=N
         )
     instance = instance or dg.DagsterInstance.get()
     runs: list[tuple[str, dg.JobDefinition, str | None]] = []
-    if not select and (settings.landing_dir / "media").is_dir():
+    extras = not select and not daily_only
+    if extras and (settings.landing_dir / "media").is_dir():
         runs.append(("media", defs.resolve_job_def(MEDIA_JOB), None))
     runs += [(key, job, key) for key in partitions]
-    if not select and partitions:
+    if extras and partitions:
         # Unpartitioned feature store work once, then the newest day's features go online
         # (every user with features inside the 30-day TTL has a row on the newest day).
         runs.append(("features", defs.resolve_job_def(FEATURES_JOB), None))

@@ -33,6 +33,8 @@ def make_env(root: Path, mp: pytest.MonkeyPatch) -> PipelineEnv:
         "HYBRID_START_DATE": "2024-01-01",
         "HYBRID_PII_SALT": TEST_SALT,
         "DAGSTER_HOME": str(root / "dagster_home"),
+        "HYBRID_FEATURE_REPO": str(root / "feature_repo"),
+        "HYBRID_ONLINE_STORE": "sqlite",
     }
     for k, v in env.items():
         mp.setenv(k, v)

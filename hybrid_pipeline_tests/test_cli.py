@@ -22,7 +22,9 @@ def test_materialize_prints_a_summary_and_exits_zero_when_all_is_well(pipeline_e
     main(["generate", "--days", "1", "--events-per-day", "400", "--start-date", "2024-02-01", "--no-media"])
     assert main(["materialize", "--all-landed"]) == 0
     out = capsys.readouterr().out
-    assert "2024-02-01  ok" in out and "silver/events" in out and "1/1 runs succeeded" in out
+    assert "2024-02-01  ok" in out and "silver/events" in out
+    # The landing day, then the feature store, then the newest day's online features.
+    assert "features  ok" in out and "online 2024-02-01  ok" in out and "3/3 runs succeeded" in out
 
 
 def test_materialize_exits_non_zero_when_an_error_check_fails(pipeline_env, capsys):

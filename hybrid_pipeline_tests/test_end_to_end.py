@@ -47,10 +47,10 @@ def lakehouse_run(tmp_path_factory):
         from dagster import instance_for_test
 
         with instance_for_test() as instance:
-            first = materialize(landed_dates(env.landing), instance=instance)
+            first = materialize(landed_dates(env.landing), instance=instance, daily_only=True)
             snap_first = _snapshot(env.lakehouse, SILVER_TABLES + GOLD_TABLES)
             bronze_rows_first = env.lakehouse.read("bronze/events").height
-            rerun = materialize(landed_dates(env.landing), instance=instance)
+            rerun = materialize(landed_dates(env.landing), instance=instance, daily_only=True)
             yield env, first, rerun, snap_first, bronze_rows_first
 
 

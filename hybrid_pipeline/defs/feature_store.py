@@ -11,6 +11,7 @@ from hybrid_pipeline.defs.keys import FEAST_REGISTRY, TRAINING_SET, USER_FEATURE
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.features import catalog
+from hybrid_pipeline.transforms.features import FEATURE_COLUMNS, FEATURES_SCHEMA
 
 _OWNERS = ["team:ml-platform"]
 
@@ -112,9 +113,14 @@ def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 
     store = apply_feature_repo(feature_store.repo_dir)
     labels = lh.read(table_of(USER_LABELS), version=labels_version).select("user_id", "event_timestamp", "purchased_next_7d")
-    job = store.get_historical_features(entity_df=labels.to_pandas(), features=store.get_feature_service(catalog.PURCHASE_SERVICE))
-    rows = job.to_polars() if hasattr(job, "to_polars") else pl.from_pandas(job.to_df())
-    rows = rows.sort("user_id", "event_timestamp")
+    if labels.height:
+        job = store.get_historical_features(entity_df=labels.to_pandas(), features=store.get_feature_service(catalog.PURCHASE_SERVICE))
+        rows = job.to_polars() if hasattr(job, "to_polars") else pl.from_pandas(job.to_df())
+        rows = rows.sort("user_id", "event_timestamp")
+    else:
+        # No label has a complete 7-day horizon yet: an empty set with the full schema.
+        context.log.warning("no labelled days yet (labels need 7 observed days after them)")
+        rows = labels.with_columns(pl.lit(None, FEATURES_SCHEMA[c]).alias(c) for c in FEATURE_COLUMNS)
     feature_store.write_repo(lh.uri(table_of(USER_FEATURES)))  # back to following the latest version
     apply_feature_repo(feature_store.repo_dir)
     table = table_of(TRAINING_SET)

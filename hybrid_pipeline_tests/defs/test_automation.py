@@ -57,7 +57,7 @@ def test_failed_checks_are_routed_to_the_alert_file(repo, pipeline_env, tmp_path
     alerts_file = tmp_path / "alerts.jsonl"
     sensor = repo.get_sensor_def("check_failure_alerts")
     with dg.instance_for_test() as instance:
-        [summary] = materialize(["2024-02-02"], instance=instance)
+        [summary] = materialize(["2024-02-02"], instance=instance, daily_only=True)
         assert not summary.ok
         result = sensor.evaluate_tick(
             dg.build_sensor_context(instance=instance, repository_def=repo, resources={"alerts": AlertsResource(file_path=str(alerts_file))})

@@ -27,7 +27,7 @@ def healthy(tmp_path_factory):
         env = make_env(root, mp)
         generate(GeneratorConfig(days=1, events_per_day=800, seed=3, dirty_rate=0.05, start_date=date(2024, 1, 1)), env.landing)
         with dg.instance_for_test() as instance:
-            [summary] = materialize([DAY], instance=instance)
+            [summary] = materialize([DAY], instance=instance, daily_only=True)
             assert summary.ok
             yield env, instance
 

@@ -24,7 +24,6 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("features")
     with pytest.MonkeyPatch.context() as mp:
         env = make_env(root, mp)
-        mp.setenv("HYBRID_FEATURE_REPO", str(root / "feature_repo"))
         generate(GeneratorConfig(days=DAYS, events_per_day=1500, seed=5, start_date=date(2024, 1, 1)), env.landing)
         with dg.instance_for_test() as instance:
             summaries = materialize([f"2024-01-{d:02d}" for d in range(1, DAYS + 1)], instance=instance)

@@ -23,7 +23,7 @@ def built(tmp_path_factory):
         env = make_env(root, mp)
         generate(GeneratorConfig(days=3, events_per_day=600, seed=11, start_date=date(2024, 1, 1)), env.landing)
         with dg.instance_for_test() as instance:
-            summaries = materialize(["2024-01-01", "2024-01-02", "2024-01-03"], instance=instance)
+            summaries = materialize(["2024-01-01", "2024-01-02", "2024-01-03"], instance=instance, daily_only=True)
             assert all(s.ok for s in summaries)
             yield env, instance
 
