@@ -137,8 +137,11 @@ _INT64_MIN = -(1 << 63)
 class SqliteBackend:
     """Packed records in a SQLite file (WAL), one table per feature view."""
 
-    def __init__(self, path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, timeout_s: float = 30.0):
+    def __init__(self, path: str | os.PathLike, batch_size: int = DEFAULT_BATCH_SIZE, timeout_s: float = 30.0,
+                 mmap_bytes: int = 256 << 20, cache_kib: int = 32 << 10):
         self.path = str(path)
+        self.mmap_bytes = int(mmap_bytes)
+        self.cache_kib = int(cache_kib)
         self.spec = BackendSpec("sqlite", self.path)
         self.batch_size = max(1, int(batch_size))
         self.timeout_s = timeout_s
@@ -159,6 +162,9 @@ class SqliteBackend:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+            # reads: map the file (no read() syscall per page) and keep a larger page cache
+            conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
+            conn.execute(f"PRAGMA cache_size=-{self.cache_kib}")
             self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
@@ -297,7 +303,7 @@ for i = 1, #ARGV, 2 do
       local a = string.byte(rec, j)
       local b = string.byte(old, j)
       if a ~= b then
-        replace = true
+        replace = a > b
         break
       end
     end
@@ -397,12 +403,12 @@ class RedisBackend:
         return n
 
     def read_one(self, table: str, key: str) -> Optional[bytes]:
-        return self.client.hget(self.hash_key(table), key)
+        return self.client.hget(self.hash_key(table), key)  # type: ignore[return-value]
 
     def read_many(self, table: str, keys: Sequence[str]) -> list[Optional[bytes]]:
         if len(keys) == 1:
-            return [self.client.hget(self.hash_key(table), keys[0])]
-        return self.client.hmget(self.hash_key(table), keys)
+            return [self.client.hget(self.hash_key(table), keys[0])]  # type: ignore[list-item]
+        return self.client.hmget(self.hash_key(table), keys)  # type: ignore[return-value]
 
 
 def open_backend(

@@ -138,6 +138,8 @@ class OnlineWriter(_Client):
         def rows() -> Iterator[Row]:
             for entity_id, features, event_ts, created_ts in records:
                 event_us, created_us = to_epoch_us(event_ts), to_epoch_us(created_ts)
+                if event_us is None:
+                    raise ValueError(f"record for {entity_id!r} has no event timestamp")
                 yield str(entity_id), event_us, created_us, pack_record(features, event_us, created_us)
 
         return self.backend.write(self.table(view), rows(), progress)
@@ -190,6 +192,7 @@ class OnlineWriter(_Client):
             .sort(["__event_us", "__created_us"] if created_col else ["__event_us"], nulls_last=False,
                   maintain_order=True)
             .unique(subset=["__key"], keep="last", maintain_order=True)
+            .sort("__key")  # B-tree order: SQLite appends instead of splitting pages at random
         )
         keys = frame.get_column("__key").to_list()
         events = frame.get_column("__event_us").to_list()

@@ -122,7 +122,9 @@ def python_to_proto(value: Any, value_type: ValueType) -> ValueProto:
             import json
 
             value = json.dumps(value)
-        return ValueProto(**{attr: value if type(value) is cast else cast(value)})
+        proto = ValueProto()
+        setattr(proto, attr, value if type(value) is cast else cast(value))
+        return proto
     direct = _DIRECT_LISTS.get(value_type)
     if direct is not None:
         attr, cast = direct

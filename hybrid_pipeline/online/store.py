@@ -24,6 +24,7 @@ features replaces the whole record (features it lacks read back as missing).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from datetime import datetime, timezone
@@ -61,11 +62,12 @@ __all__ = [
     "table_name",
 ]
 
+
 class PackedOnlineStoreConfig(FeastConfigBaseModel):
     """``online_store`` block of :class:`PackedOnlineStore`."""
 
     type: Literal["hybrid_pipeline.online.store.PackedOnlineStore", "hybrid_pipeline.online.PackedOnlineStore"] = (
-        PACKED_ONLINE_STORE_TYPE
+        "hybrid_pipeline.online.store.PackedOnlineStore"  # == PACKED_ONLINE_STORE_TYPE
     )
     url: StrictStr = "sqlite"
     """Backend, ``HYBRID_ONLINE_STORE`` syntax: ``sqlite``, ``sqlite:///path.db``, ``redis://host:port/db``."""
@@ -163,6 +165,26 @@ class PackedOnlineStore(OnlineStore):
                     values[name] = python_to_proto(record.features[name], types[name])
             result.append((record.event_ts.astimezone(timezone.utc), values))
         return result
+
+    async def online_read_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: List[EntityKeyProto],
+        requested_features: Optional[List[str]] = None,
+    ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
+        """``get_online_features_async``: the blocking read on a worker thread."""
+        return await asyncio.to_thread(self.online_read, config, table, entity_keys, requested_features)
+
+    async def online_write_batch_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: List[Tuple[EntityKeyProto, Dict[str, ValueProto], datetime, Optional[datetime]]],
+        progress: Optional[Callable[[int], Any]],
+    ) -> None:
+        """``write_to_online_store_async``: the blocking write on a worker thread."""
+        await asyncio.to_thread(self.online_write_batch, config, table, data, progress)
 
     def update(
         self,

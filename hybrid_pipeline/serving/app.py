@@ -44,6 +44,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 __all__ = ["MAX_BATCH", "USER_ID_PATTERN", "create_app", "valid_user_id"]
 
@@ -153,6 +154,17 @@ class _Metrics:
         )
         self._found = self.lookups.labels("found")
         self._missing = self.lookups.labels("missing")
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.latency.labels(route, method), self.requests.labels(route, method, str(status)))
+            if len(self._children) < 1000:  # label values are bounded (route templates, methods, statuses)
+                self._children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def count_lookups(self, found: int, missing: int) -> None:
         if found:
@@ -164,9 +176,21 @@ class _Metrics:
 class _MetricsMiddleware:
     """Pure ASGI middleware: request count and latency labelled by the matched route template."""
 
-    def __init__(self, app: Any, metrics: _Metrics):
+    def __init__(self, app: Any, metrics: _Metrics, router: Any):
         self.app = app
         self.metrics = metrics
+        self.router = router
+
+    def _template(self, scope) -> str:
+        """The matched route's path template (bounded label values), found like the router does."""
+        partial = None
+        for route in self.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route.path
+            if match is Match.PARTIAL and partial is None:
+                partial = route.path
+        return partial or "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -184,11 +208,8 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(template, method, str(status)).inc()
+            elapsed = time.perf_counter() - start
+            self.metrics.record(self._template(scope), scope.get("method", ""), status, elapsed)
 
 
 # --------------------------------------------------------------------------- request parsing
@@ -260,6 +281,7 @@ def create_app(
     max_batch: int = MAX_BATCH,
     max_body_bytes: int = MAX_BODY_BYTES,
     title: str = "hybrid_pipeline feature serving",
+    telemetry: Optional[dict] = None,
 ) -> FastAPI:
     """Build the serving app.
 
@@ -273,6 +295,8 @@ def create_app(
             ``POST /predict``. Sync (run in the thread pool) or async.
         max_batch: most ids per batch request (default 1000).
         max_body_bytes: largest accepted request body (413 above).
+        telemetry: FastAPI's native OpenTelemetry settings (``FastAPI(telemetry=...)``); default
+            FastAPI's (spans/metrics on the global OpenTelemetry providers, no-ops unless configured).
     """
     if not isinstance(feature_view, str) or not feature_view:
         raise ValueError("feature_view must be a non-empty string")
@@ -283,11 +307,12 @@ def create_app(
     get_records = getattr(reader, "get_records", None)
     view = feature_view
 
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=telemetry)  # type: ignore[arg-type]
     app.state.metrics_registry = metrics.registry
     app.state.reader = reader
     app.state.feature_view = feature_view
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, router=app.router)
 
     # ---- errors: every client mistake is a JSON 4xx; surprises are a JSON 500, logged
 
@@ -338,8 +363,7 @@ def create_app(
 
     # ---- routes
 
-    @app.get("/health")
-    async def health():
+    async def health(request: Request):
         try:
             ok = bool(reader.ping()) if hasattr(reader, "ping") else True
         except Exception as exc:
@@ -349,13 +373,12 @@ def create_app(
             return _json_response({"status": "unavailable", "feature_view": view}, 503)
         return _json_response({"status": "ok", "feature_view": view, "predict": predictor is not None})
 
-    @app.get("/metrics")
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/features/{user_id}")
-    async def features_one(user_id: str, request: Request):
+    async def features_one(request: Request):
         check_key(request)
+        user_id = request.path_params["user_id"]
         if not valid_user_id(user_id):
             raise ApiError(422, "invalid_user_id",
                            f"invalid user id {_short(user_id, 40)}; a user id is 1-64 characters of letters, digits "
@@ -367,7 +390,6 @@ def create_app(
             {"user_id": user_id, "found": True, "event_timestamp": event_ts, "features": _features_json(features)}
         )
 
-    @app.post("/features")
     async def features_batch(request: Request):
         check_key(request)
         ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
@@ -385,7 +407,6 @@ def create_app(
         is_async = inspect.iscoroutinefunction(predictor) or inspect.iscoroutinefunction(
             getattr(predictor, "__call__", None))
 
-        @app.post("/predict")
         async def predict(request: Request):
             check_key(request)
             ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
@@ -397,7 +418,7 @@ def create_app(
                 start = time.perf_counter()
                 try:
                     if is_async:
-                        raw = await predictor(found_rows)
+                        raw = await predictor(found_rows)  # type: ignore[misc]
                     else:
                         raw = await run_in_threadpool(predictor, found_rows)
                     scores = list(raw.tolist() if hasattr(raw, "tolist") else raw)
@@ -416,5 +437,13 @@ def create_app(
             ]
             return _json_response({"feature_view": view, "found_count": len(found_rows),
                                    "missing_count": len(ids) - len(found_rows), "results": results})
+
+    # Plain Starlette routes: FastAPI's dependency solving would cost more than the lookup.
+    app.add_route("/health", health, methods=["GET"])
+    app.add_route("/metrics", prometheus_metrics, methods=["GET"])
+    app.add_route("/features/{user_id}", features_one, methods=["GET"])
+    app.add_route("/features", features_batch, methods=["POST"])
+    if predictor is not None:
+        app.add_route("/predict", predict, methods=["POST"])
 
     return app

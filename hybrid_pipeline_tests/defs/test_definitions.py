@@ -38,9 +38,12 @@ EXPECTED_GRAPH = {
     "features/feast_registry": ("features", {"gold/user_features"}),
     "features/user_features": ("features", {"gold/user_features"}),
     "features/training_set": ("features", {"features/user_features", "features/feast_registry", "gold/user_labels"}),
+    "features/online_user_features": ("features", {"gold/user_features", "features/user_features"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
-UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith("features/")} | {
+UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith("features/")} - {
+    "features/online_user_features"
+} | {
     "silver/document_text",
     "gold/image_training_manifest",
 }
