@@ -208,7 +208,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         from hybrid_pipeline.defs.streaming import push_streaming_features
 
         def on_batch(rows):  # noqa: ANN001, ANN202
-            return push_streaming_features(rows, settings)
+            return push_streaming_features(rows, settings, batch_id=rows["file_sha256"][0] if rows.height else None)
 
     consumer = StreamConsumer(
         settings.redis_url, args.stream, args.group, args.consumer, Lakehouse(settings.lakehouse_root),
@@ -218,6 +218,31 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         stats = consumer.run(max_batches=args.max_batches, max_idle_polls=args.max_idle_polls)
     print(f"consumed {stats.rows:,} events in {stats.commits} commits ({stats.skipped_committed} already committed)")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.features.streaming import CombinedReader
+    from hybrid_pipeline.serving import create_app
+    from hybrid_pipeline.serving.server import run_server
+    from hybrid_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
+    reader = CombinedReader(fs.reader())
+    api_key = os.environ.get("HYBRID_SERVING_API_KEY") or None
+    app = create_app(reader, "user_features", api_key=api_key, predictor=_production_predictor(settings))
+    print(f"serving {fs.online_url()} on http://{args.host}:{args.port} (API key {'required' if api_key else 'off'})")
+    run_server(app, host=args.host, port=args.port)
+    return 0
+
+
+def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a model is in production
+    try:
+        from hybrid_pipeline.defs.models import production_predictor
+    except ImportError:
+        return None
+    return production_predictor(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--all-landed", action="store_true", help="every landing day found in the landing zone")
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:silver/events+' (default: the daily pipeline)")
     mat.set_defaults(func=_cmd_materialize)
+
+    srv = sub.add_parser("serve", help="serve online features (and predictions) over HTTP")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.set_defaults(func=_cmd_serve)
 
     prod = sub.add_parser("produce", help="replay generated events into the Redis stream at a rate")
     prod.add_argument("--rate", type=float, default=1000.0, help="events per second (0 = as fast as possible)")

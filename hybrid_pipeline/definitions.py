@@ -16,6 +16,7 @@ from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
 from hybrid_pipeline.defs.online import build_online
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
 from hybrid_pipeline.defs.silver import build_silver
+from hybrid_pipeline.defs.streaming import build_streaming
 from hybrid_pipeline.settings import Settings
 
 # Freshness per layer: a daily pipeline that may run a couple of hours late.
@@ -71,6 +72,7 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_media(),
         build_feature_store(),
         build_online(partitions),
+        build_streaming(settings),
         build_automation(pipeline_job),
         dg.Definitions(
             jobs=[

@@ -1,0 +1,75 @@
+"""The stream's online path: events published to Redis reach bronze once and the online store within a batch."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+from hybrid_pipeline.defs.streaming import push_streaming_features
+from hybrid_pipeline.features.streaming import VIEW, CombinedReader, merge_window
+from hybrid_pipeline.sources.stream import StreamConsumer, produce
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def stream_name():
+    name = f"hybrid-test:events:{uuid.uuid4().hex[:8]}"
+    yield name
+    redis.Redis.from_url(REDIS).delete(name)
+
+
+def _event(i: int, user: str, at: datetime, revenue: float | None = None) -> dict:
+    return {
+        "event_id": f"s-{i}", "user_id": user, "session_id": "s", "event_type": "purchase" if revenue else "view",
+        "timestamp": at.isoformat(), "product_id": "p", "session_duration": 1.0, "revenue": revenue,
+        "user_segment": "new", "email": "x@example.com",
+    }
+
+
+def test_published_events_reach_bronze_once_and_the_online_hourly_counts(pipeline_env, stream_name):
+    now = datetime.now(timezone.utc)
+    recent = now - timedelta(minutes=5)
+    events = [_event(i, f"u{i % 3}", recent, 10.0 if i % 10 == 0 else None) for i in range(30)]
+    events += [_event(100, "u0", now - timedelta(hours=2)), _event(101, "u0", now - timedelta(hours=3))]
+    assert produce(REDIS, stream_name, events) == 32
+    settings = pipeline_env.settings
+
+    def consume():
+        consumer = StreamConsumer(
+            REDIS, stream_name, "g", "c1", pipeline_env.lakehouse, batch_size=10, block_ms=0,
+            on_batch=lambda rows: push_streaming_features(rows, settings, batch_id=rows["file_sha256"][0]),
+        )
+        with consumer:
+            return consumer.run(max_idle_polls=1)
+
+    stats = consume()
+    assert stats.rows == 32 and stats.commits == 4
+    assert pipeline_env.lakehouse.read("bronze/events").height == 32
+
+    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
+    reader = CombinedReader(fs.reader())
+    try:
+        got = reader.get("user_features", ["u0", "u1", "u2", "nobody"])
+    finally:
+        reader.close()
+    assert [g["events_1h"] if g else None for g in got] == [10, 10, 10, None]  # the 2 old u0 events are outside the hour
+    # Purchases are events 0, 10 and 20: one each for u0, u1 and u2.
+    assert [g["revenue_1h"] for g in got[:3]] == [10.0, 10.0, 10.0]
+    # Consuming again changes nothing: already committed, already merged.
+    assert consume().rows == 0
+    assert pipeline_env.lakehouse.read("bronze/events").height == 32
+
+
+def test_a_replayed_batch_is_not_counted_twice_and_old_buckets_fall_off():
+    now = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+    minute = int(now.timestamp() // 60)
+    first = merge_window(None, {minute: (3, 5.0)}, now, batch_id="b1")
+    again = merge_window(first, {minute: (3, 5.0)}, now, batch_id="b1")
+    assert again["events_1h"] == 3 and again["revenue_1h"] == 5.0
+    later = merge_window(again, {minute + 61: (1, 0.0)}, now + timedelta(minutes=61), batch_id="b2")
+    assert later["events_1h"] == 1
