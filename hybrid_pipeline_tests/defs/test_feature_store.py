@@ -144,3 +144,40 @@ def test_skew_check_fails_when_online_values_differ_from_offline(built):
     result = checks_only.execute_in_process(tags={"dagster/partition": f"2024-01-{DAYS:02d}"}, instance=instance, raise_on_error=False)
     [evaluation] = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert not evaluation.passed and evaluation.metadata["mismatches"].value > 0
+
+
+def test_serve_command_answers_feature_lookups_over_http(built):
+    import os
+    import socket
+    import time
+
+    import requests
+
+    env, repo, _, _ = built
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hybrid_pipeline.cli", "serve", "--port", str(port)],
+        env={**os.environ, "HYBRID_FEATURE_REPO": str(repo), "HYBRID_SERVING_API_KEY": "k"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"{base}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        newest = env.lakehouse.read("gold/user_features").sort("event_timestamp").group_by("user_id").last()
+        user = newest.row(0, named=True)
+        assert requests.get(f"{base}/features/{user['user_id']}", timeout=5).status_code == 401
+        resp = requests.get(f"{base}/features/{user['user_id']}", headers={"X-API-Key": "k"}, timeout=5)
+        assert resp.status_code == 200
+        assert resp.json()["features"]["total_events"] == user["total_events"]
+        assert requests.get(f"{base}/features/nobody", headers={"X-API-Key": "k"}, timeout=5).status_code == 404
+        assert "requests" in requests.get(f"{base}/metrics", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
