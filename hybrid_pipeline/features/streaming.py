@@ -20,14 +20,9 @@ FEATURES = ("events_1h", "revenue_1h")
 
 def minute_buckets(rows: pl.DataFrame) -> dict[str, dict[int, tuple[int, float]]]:
     """Bronze stream rows -> {user_id: {epoch_minute: (events, revenue)}}; bad payloads are skipped."""
-    from hybrid_pipeline.transforms.silver import parse_timestamps
+    from hybrid_pipeline.sources.stream import stream_events
 
-    payload = pl.col("payload")
-    events = rows.select(
-        payload.str.json_path_match("$.user_id").alias("user_id"),
-        parse_timestamps(payload.str.json_path_match("$.timestamp")).alias("ts"),
-        payload.str.json_path_match("$.revenue").cast(pl.Float64, strict=False).alias("revenue"),
-    ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
+    events = stream_events(rows)
     grouped = (
         events.with_columns(
             (pl.col("ts").dt.epoch("s") // 60).alias("minute"),

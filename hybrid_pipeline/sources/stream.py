@@ -576,6 +576,18 @@ STREAMING_FEATURES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def stream_events(rows_df: pl.DataFrame) -> pl.DataFrame:
+    """``user_id``, ``ts`` (UTC) and ``revenue`` of the bronze stream rows that carry a user and a time."""
+    from hybrid_pipeline.transforms.silver import parse_timestamps
+
+    payload = pl.col("payload")
+    return rows_df.select(
+        payload.str.json_path_match("$.user_id").alias("user_id"),
+        parse_timestamps(payload.str.json_path_match("$.timestamp")).alias("ts"),
+        payload.str.json_path_match("$.revenue").cast(pl.Float64, strict=False).alias("revenue"),
+    ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
+
+
 def streaming_features(
     rows_df: pl.DataFrame, as_of: datetime | None = None, window: timedelta = timedelta(hours=1)
 ) -> pl.DataFrame:
@@ -587,14 +599,7 @@ def streaming_features(
     revenue sums the non-negative numeric ``revenue`` values (null/invalid -> 0).
     Malformed payloads are ignored here (bronze still holds them).
     """
-    from hybrid_pipeline.transforms.silver import parse_timestamps
-
-    payload = pl.col("payload")
-    events = rows_df.select(
-        payload.str.json_path_match("$.user_id").alias("user_id"),
-        parse_timestamps(payload.str.json_path_match("$.timestamp")).alias("ts"),
-        payload.str.json_path_match("$.revenue").cast(pl.Float64, strict=False).alias("revenue"),
-    ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
+    events = stream_events(rows_df)
     if events.height == 0:
         return pl.DataFrame(schema=STREAMING_FEATURES_SCHEMA)
     end: datetime = as_of if as_of is not None else events["ts"].max()  # type: ignore[assignment]
