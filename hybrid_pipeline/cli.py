@@ -237,11 +237,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a model is in production
+    from hybrid_pipeline.defs.models import default_registry_uri, purchase_predictor
+
     try:
-        from hybrid_pipeline.defs.models import production_predictor
-    except ImportError:
+        return purchase_predictor(default_registry_uri(settings), version="production")
+    except Exception as exc:  # noqa: BLE001 - no production model yet: serve features only
+        print(f"no production model ({exc.__class__.__name__}): POST /predict is off")
         return None
-    return production_predictor(settings)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import json
+
+    from hybrid_pipeline.defs.models import default_registry_uri
+    from hybrid_pipeline.ml.reproduce import ReproduceError, reproduce
+    from hybrid_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    tracking_uri = args.tracking_uri or default_registry_uri(settings)
+    try:
+        report = reproduce(args.model, args.version, settings.lakehouse_root, tracking_uri, device=args.device,
+                           num_threads=args.threads, retrain=not args.no_retrain, tolerance=args.tolerance)
+    except ReproduceError as exc:
+        print(f"cannot reproduce {args.model} {args.version}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.summary())
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--all-landed", action="store_true", help="every landing day found in the landing zone")
     mat.add_argument("--select", help="Dagster asset selection, e.g. 'key:silver/events+' (default: the daily pipeline)")
     mat.set_defaults(func=_cmd_materialize)
+
+    rep = sub.add_parser("reproduce", help="rebuild a registered model version's training set by Delta time travel, "
+                         "check its content hash and retrain it with the recorded seed and hyperparameters")
+    rep.add_argument("--model", default="purchase_model")
+    rep.add_argument("--version", default="production", help="version number or alias (default: production)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<lakehouse parent>/mlflow/mlflow.db)")
+    rep.add_argument("--device", default="cpu", help="cpu (bit-identical retrain) or cuda")
+    rep.add_argument("--threads", type=int, help="CPU threads (default: the thread count the run recorded)")
+    rep.add_argument("--tolerance", type=float, help="max |metric delta| (default 1e-6 CPU vs CPU, 0.02 across devices)")
+    rep.add_argument("--no-retrain", action="store_true", help="only rebuild the training set and compare its hash")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON")
+    rep.set_defaults(func=_cmd_reproduce)
 
     srv = sub.add_parser("serve", help="serve online features (and predictions) over HTTP")
     srv.add_argument("--host", default="127.0.0.1")

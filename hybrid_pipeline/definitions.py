@@ -7,12 +7,14 @@ import dagster as dg
 
 from hybrid_pipeline.defs.automation import alerts_resource, build_automation
 from hybrid_pipeline.defs.bronze import build_bronze
+from hybrid_pipeline.defs.compute import apply_compute_policy
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.feature_store import FeatureStoreResource, build_feature_store
 from hybrid_pipeline.defs.gold_features import build_gold_features
 from hybrid_pipeline.defs.keys import ONLINE_USER_FEATURES
 from hybrid_pipeline.defs.maintenance import build_maintenance
 from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
+from hybrid_pipeline.defs.models import build_models, model_resources
 from hybrid_pipeline.defs.online import build_online
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
 from hybrid_pipeline.defs.silver import build_silver
@@ -25,6 +27,8 @@ FRESHNESS_BY_LAYER = {
     "silver": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
     "gold": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=27), warn_window=timedelta(hours=26)),
     "features": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=28), warn_window=timedelta(hours=27)),
+    # Models retrain weekly at least (or on drift): stale after 8 days.
+    "models": dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)),
 }
 
 PIPELINE_JOB = "daily_pipeline"
@@ -45,6 +49,7 @@ def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "policy": DataPolicyResource(pii_salt=settings.pii_salt),
         "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store),
         "alerts": alerts_resource(settings.alert_file or settings.dagster_home / "alerts.jsonl", settings.alert_webhook_url),
+        **model_resources(settings),
     }
 
 
@@ -73,6 +78,7 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_feature_store(),
         build_online(partitions),
         build_streaming(settings),
+        build_models(partitions),
         build_automation(pipeline_job),
         dg.Definitions(
             jobs=[
@@ -90,7 +96,7 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
             ],
             resources={**resources(settings), **(resource_overrides or {})}),
     )
-    return merged.map_asset_specs(func=_with_layer_policy)
+    return apply_compute_policy(merged.map_asset_specs(func=_with_layer_policy))
 
 
 @dg.definitions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,13 @@ EXPECTED_GRAPH = {
     "features/user_features": ("features", {"gold/user_features"}),
     "features/training_set": ("features", {"features/user_features", "features/feast_registry", "gold/user_labels"}),
     "features/online_user_features": ("features", {"gold/user_features", "features/user_features"}),
+    "models/purchase_model": ("models", {"features/training_set", "gold/user_features"}),
+    "models/production_purchase_model": ("models", {"models/purchase_model"}),
+    "models/digit_classifier": ("models", {"gold/image_training_manifest"}),
+    "gold/predictions": ("models", {"models/production_purchase_model", "gold/user_features"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
-UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith("features/")} - {
+UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith(("features/", "models/"))} - {
     "features/online_user_features"
 } | {
     "silver/document_text",
@@ -73,7 +78,7 @@ def test_graph_has_exactly_the_expected_assets_groups_and_dependencies(repo):
 
 def test_every_asset_has_kinds_owners_description_and_daily_partitions(repo):
     for key, spec in _specs(repo).items():
-        assert spec.kinds & {"delta", "feast"}, key
+        assert spec.kinds & {"delta", "feast", "mlflow"}, key
         assert spec.owners, key
         assert spec.description and len(spec.description) > 20, key
         if key in UNPARTITIONED:
@@ -92,6 +97,7 @@ def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
         k: 26.0 for k in EXPECTED_GRAPH if k.startswith(("bronze", "silver"))
     }
     assert {k: v for k, v in hours.items() if k.startswith("gold")} == {k: 27.0 for k in EXPECTED_GRAPH if k.startswith("gold")}
+    assert {k: v for k, v in hours.items() if k.startswith("models")} == {k: 192.0 for k in EXPECTED_GRAPH if k.startswith("models")}
     assert {k: v for k, v in hours.items() if k.startswith("features")} == {
         k: 28.0 for k in EXPECTED_GRAPH if k.startswith("features")
     }
@@ -137,3 +143,21 @@ def test_project_instance_config_queues_runs_and_limits_pools(tmp_path, monkeypa
         assert settings.run_queue_config.max_concurrent_runs == 4
     finally:
         instance.dispose()
+
+
+def test_every_pytorch_asset_and_only_those_get_the_gpu_pool_tag_and_k8s_request(repo):
+    torch_assets = set()
+    for key, assets_def in repo.assets_defs_by_key.items():
+        spec = assets_def.specs_by_key[key]
+        op = assets_def.node_def
+        if "pytorch" in spec.kinds:
+            torch_assets.add(key.to_user_string())
+            assert op.pool == "gpu", key
+            assert spec.tags.get("compute") == "gpu" and op.tags.get("compute") == "gpu", key
+            k8s = op.tags["dagster-k8s/config"]
+            k8s = json.loads(k8s) if isinstance(k8s, str) else k8s  # op tags are stored as JSON text
+            limits = k8s["container_config"]["resources"]["limits"]
+            assert limits["nvidia.com/gpu"] == "1", key
+        else:
+            assert op.pool != "gpu" and "compute" not in spec.tags and "dagster-k8s/config" not in op.tags, key
+    assert torch_assets == {"models/purchase_model", "models/digit_classifier", "gold/predictions"}

@@ -1,0 +1,388 @@
+"""Model assets end to end: 14 landed days -> training set -> purchase model (gated, promoted) -> predictions;
+digit CNN on the media manifest; feature drift check; retraining automation; reproduction after the
+sources moved on.
+
+The definitions are the project's ``build_definitions`` merged with ``build_models`` and passed through
+the GPU compute policy, as ``definitions.py`` does.
+"""
+
+
+import warnings
+from datetime import date, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import dagster as dg
+import polars as pl
+import pytest
+
+pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
+
+from hybrid_pipeline.cli import materialize
+from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
+from hybrid_pipeline.defs.compute import GPU_POOL, apply_compute_policy
+from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES
+from hybrid_pipeline.defs.models import (
+    DIGIT_CLASSIFIER,
+    DIGIT_TRAINING_JOB,
+    DRIFT_CHECK,
+    DRIFT_CHECK_KEY,
+    DRIFT_COLUMNS,
+    GATE_CHECK,
+    PREDICTIONS,
+    PREDICTIONS_JOB,
+    PRODUCTION_PURCHASE_MODEL,
+    PURCHASE_MODEL,
+    PURCHASE_TRAINING_JOB,
+    ModelPolicyResource,
+    ModelRegistryResource,
+    TorchDeviceResource,
+    build_models,
+    model_resources,
+    purchase_predictor,
+)
+from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.ml.registry import default_tracking_uri, get_production, get_run
+from hybrid_pipeline.ml.reproduce import MODEL_NAME, reproduce
+from hybrid_pipeline.sources.generator import GeneratorConfig, generate
+from hybrid_pipeline.transforms.features import FEATURE_COLUMNS
+from hybrid_pipeline_tests.conftest import make_env
+
+pytestmark = pytest.mark.integration
+DAYS = 14
+LAST_DAY = f"2024-01-{DAYS:02d}"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def model_definitions(settings, tracking_uri: str, **policy) -> dg.Definitions:
+    """Project definitions + model definitions, CPU with one thread, GPU policy applied like definitions.py."""
+    resources = model_resources(settings, tracking_uri)
+    resources["torch_device"] = TorchDeviceResource(device="cpu", num_threads=1)
+    resources["model_policy"] = ModelPolicyResource(**policy)
+    partitions = daily_partitions(settings)
+    merged = dg.Definitions.merge(build_definitions(settings, resource_overrides=resources), build_models(partitions))
+    return apply_compute_policy(merged)
+
+
+def run_job(defs: dg.Definitions, name: str, instance, partition_key: str | None = None, config: dict | None = None):
+    job = defs.resolve_job_def(name)
+    return job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
+                                  run_config={**QUIET, **(config or {})})
+
+
+def run_drift_check(defs: dg.Definitions, instance, partition_key: str):
+    """Only the drift check of one partition (the daily pipeline selects it with gold/user_features)."""
+    job = defs.resolve_job_def(PIPELINE_JOB).get_subset(asset_check_selection={DRIFT_CHECK_KEY}, asset_selection=set())
+    return job.execute_in_process(instance=instance, tags={"dagster/partition": partition_key}, raise_on_error=False,
+                                  run_config=QUIET)
+
+
+def materialization(result, key: dg.AssetKey) -> dict:
+    [mat] = [e.event_specific_data.materialization for e in result.all_events
+             if e.is_step_materialization and e.event_specific_data.materialization.asset_key == key]
+    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+
+
+def check_evaluation(result, name: str):
+    [ev] = [e.event_specific_data for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name]
+    return ev
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from hybrid_pipeline.media.demo import write_demo_media
+
+    root = tmp_path_factory.mktemp("models")
+    with pytest.MonkeyPatch.context() as mp:
+        env = make_env(root, mp)
+        generate(GeneratorConfig(days=DAYS, events_per_day=1500, seed=5, start_date=date(2024, 1, 1)), env.landing)
+        write_demo_media(env.landing / "media", seed=5, n_docs=2)
+        uri = default_tracking_uri(root / "mlflow")
+        with dg.instance_for_test() as instance:
+            daily = materialize([f"2024-01-{d:02d}" for d in range(1, DAYS + 1)], instance=instance, daily_only=True)
+            defs = model_definitions(env.settings, uri)
+            runs = {
+                "features": run_job(defs, FEATURES_JOB, instance),
+                "media": run_job(defs, MEDIA_JOB, instance),
+                "train": run_job(defs, PURCHASE_TRAINING_JOB, instance),
+                "digits": run_job(defs, DIGIT_TRAINING_JOB, instance,
+                                  config={"ops": {"models__digit_classifier": {"config": {"max_epochs": 5}}}}),
+                "predict": run_job(defs, PREDICTIONS_JOB, instance, partition_key=LAST_DAY),
+                "drift": run_drift_check(defs, instance, LAST_DAY),
+            }
+            yield SimpleNamespace(env=env, uri=uri, instance=instance, defs=defs, daily=daily, runs=runs,
+                                  model=materialization(runs["train"], PURCHASE_MODEL),
+                                  training_set=materialization(runs["features"], TRAINING_SET))
+
+
+def test_every_run_succeeds(built):
+    assert all(s.ok for s in built.daily), [(s.partition, s.failed_steps) for s in built.daily if not s.ok]
+    failed = {name: [e.step_key for e in r.all_events if e.is_step_failure] for name, r in built.runs.items() if not r.success}
+    assert not failed
+
+
+def test_purchase_model_learns_the_generated_propensity_and_reports_it(built):
+    m = built.model
+    assert m["test_auc"] >= 0.75 and m["valid_auc"] >= 0.7  # the data gives ~0.8-0.87 over seeds/salts
+    assert 0 < m["test_log_loss"] < 0.69 and 0 <= m["test_calibration_error"] < 0.25
+    assert m["dagster/row_count"] == built.training_set["dagster/row_count"] > 200
+    assert set(m["rows"]) == {"train", "valid", "test"} and m["rows"]["test"] >= 30
+    assert m["n_params"] > 0 and m["train_seconds"] > 0 and m["epochs_run"] >= 2
+    assert m["device"] == "cpu" and m["deterministic"] is True
+    assert m["model_name"] == MODEL_NAME and m["model_version"] == 1 and len(m["mlflow_run_id"]) == 32
+    assert m["loss_curve_plot"].startswith("![") and "data:image/png;base64," in m["roc_curve_plot"]
+    assert m["training_set_sha256"] == built.training_set["content_sha256"]
+    assert m["input_versions"] == {"features/training_set": built.training_set["delta_version"],
+                                   **built.training_set["source_versions"]}
+
+
+def test_torch_device_resource_on_cpu(built):
+    import torch
+
+    cpu = TorchDeviceResource(device="cpu").settings()
+    assert cpu.device == "cpu" and not cpu.amp and not cpu.pin_memory
+    assert TorchDeviceResource().settings().device == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            TorchDeviceResource(device="cuda").settings()
+    with pytest.raises(ValueError):
+        TorchDeviceResource(device="tpu").settings()
+
+
+def test_the_registry_records_inputs_code_seed_and_hyperparameters(built):
+    run = get_run(built.uri, built.model["mlflow_run_id"])
+    params, tags = run["params"], run["tags"]
+    versions = built.training_set["source_versions"]
+    assert params["input_version.features/training_set"] == str(built.training_set["delta_version"])
+    assert params["input_version.gold/user_features"] == str(versions["gold/user_features"])
+    assert params["input_version.gold/user_labels"] == str(versions["gold/user_labels"])
+    assert params["seed"] == "0" and params["recipe.learning_rate"] == "0.003" and params["num_threads"] == "1"
+    assert len(params["feature_definition_hash"]) == 64 and params["code_version"]
+    assert tags["training_set.content_sha256"] == built.training_set["content_sha256"]
+    assert tags["training_set.definitions_hash"] == built.training_set["definitions_hash"]
+    assert tags["device"] == "cpu" and tags["dagster.asset"] == "models/purchase_model"
+    assert run["metrics"]["test_auc"] == pytest.approx(built.model["test_auc"])
+
+
+def test_checks_pass_and_the_version_is_promoted(built):
+    result = built.runs["train"]
+    assert check_evaluation(result, "training_converged").passed
+    gate = check_evaluation(result, GATE_CHECK)
+    assert gate.passed and gate.metadata["auc"].value == pytest.approx(built.model["test_auc"])
+    assert gate.metadata["production_version"].value == -1  # nothing in production before
+    assert materialization(result, PRODUCTION_PURCHASE_MODEL)["model_version"] == 1
+    assert get_production(built.uri, MODEL_NAME) == 1
+
+
+def test_digit_classifier_reaches_the_expected_accuracy(built):
+    m = materialization(built.runs["digits"], DIGIT_CLASSIFIER)
+    assert m["test_accuracy"] >= 0.95 and m["model_version"] == 1 and m["device"] == "cpu"
+    assert m["rows"]["test"] > 100
+    assert check_evaluation(built.runs["digits"], "test_accuracy_floor").passed
+    run = get_run(built.uri, m["mlflow_run_id"])
+    assert run["params"]["input_version.gold/image_training_manifest"] == str(m["manifest_version"])
+
+
+def test_predictions_score_every_user_with_features_that_day(built):
+    lh = built.env.lakehouse
+    preds = lh.read("gold/predictions").filter(pl.col("prediction_date") == date.fromisoformat(LAST_DAY))
+    users = lh.read("gold/user_features").filter(pl.col("event_date") == date.fromisoformat(LAST_DAY))
+    assert preds.height == users.height > 0
+    assert sorted(preds["user_id"].to_list()) == sorted(users["user_id"].to_list())
+    assert preds["score"].is_between(0.0, 1.0).all() and (preds["model_version"] == 1).all()
+    meta = materialization(built.runs["predict"], PREDICTIONS)
+    assert meta["dagster/row_count"] == preds.height and meta["model_version"] == 1
+    # a rerun replaces the day's rows instead of appending
+    assert run_job(built.defs, PREDICTIONS_JOB, built.instance, partition_key=LAST_DAY).success
+    assert lh.read("gold/predictions").height == preds.height
+
+
+def test_the_predictor_serves_post_predict_with_the_batch_scores(built, tmp_path):
+    from hybrid_pipeline.online import OnlineReader, OnlineWriter
+    from hybrid_pipeline.serving import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    lh = built.env.lakehouse
+    rows = lh.read("gold/user_features").filter(pl.col("event_date") == date.fromisoformat(LAST_DAY)).sort("user_id").head(5)
+    batch = dict(lh.read("gold/predictions").select("user_id", "score").iter_rows())
+    predictor = purchase_predictor(built.uri)
+    assert predictor.version == 1
+    dicts = rows.select(FEATURE_COLUMNS).to_dicts()
+    assert predictor(dicts) == pytest.approx([batch[u] for u in rows["user_id"]], abs=1e-6)
+
+    url = f"sqlite://{tmp_path / 'online.db'}"
+    with OnlineWriter.from_url(url, "proj") as writer:
+        writer.write_records("user_features", [(r["user_id"], {c: r[c] for c in FEATURE_COLUMNS}, r["event_timestamp"], None)
+                                               for r in rows.to_dicts()])
+    reader = OnlineReader.from_url(url, "proj")
+    try:
+        with TestClient(create_app(reader, "user_features", predictor=predictor)) as client:
+            response = client.post("/predict", json={"user_ids": [*rows["user_id"], "nobody"]})
+    finally:
+        reader.close()
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["score"] for r in results[:5]] == pytest.approx([batch[u] for u in rows["user_id"]], abs=1e-6)
+    assert results[-1] == {"user_id": "nobody", "found": False, "score": None}
+
+
+def test_drift_check_compares_the_partition_with_the_production_training_snapshot(built):
+    ev = check_evaluation(built.runs["drift"], DRIFT_CHECK)
+    meta = {k: getattr(v, "value", v) for k, v in ev.metadata.items()}
+    assert meta["partition"] == LAST_DAY and meta["production_version"] == 1
+    assert meta["reference"] == f"features/training_set@v{built.training_set['delta_version']}"
+    assert set(meta["psi"]) == set(DRIFT_COLUMNS)
+    worst = meta["max_psi"]
+    assert ev.passed == (worst < 0.1)
+    if not ev.passed:
+        assert ev.severity == (dg.AssetCheckSeverity.ERROR if worst >= 0.25 else dg.AssetCheckSeverity.WARN)
+
+
+def test_a_failing_gate_blocks_the_promotion(built):
+    from mlflow.tracking import MlflowClient
+
+    strict = model_definitions(built.env.settings, built.uri, auc_floor=0.999)
+    result = run_job(strict, PURCHASE_TRAINING_JOB, built.instance)
+    gate = check_evaluation(result, GATE_CHECK)
+    assert not gate.passed and gate.severity == dg.AssetCheckSeverity.ERROR and "floor" in gate.description
+    # the same data and seed give the same model: both versions score the same holdout alike
+    assert gate.metadata["production_version"].value == 1
+    assert gate.metadata["production_auc"].value == pytest.approx(gate.metadata["auc"].value)
+    assert not result.success  # a failed blocking ERROR check fails the run
+    assert not [e for e in result.all_events if e.is_step_materialization
+                and e.event_specific_data.materialization.asset_key == PRODUCTION_PURCHASE_MODEL]
+    assert get_production(built.uri, MODEL_NAME) == 1
+    assert MlflowClient(built.uri, built.uri).get_model_version(MODEL_NAME, "2").tags["evaluation_gate"] == "failed"
+    # promoting on its own cannot skip the gate either
+    alone = strict.resolve_job_def(PURCHASE_TRAINING_JOB).get_subset(asset_selection={PRODUCTION_PURCHASE_MODEL})
+    assert not alone.execute_in_process(instance=built.instance, raise_on_error=False, run_config=QUIET).success
+    assert get_production(built.uri, MODEL_NAME) == 1
+
+
+def test_model_assets_get_the_gpu_policy_from_their_kind(built):
+    graph = built.defs.resolve_asset_graph()
+    for key in (PURCHASE_MODEL, DIGIT_CLASSIFIER, PREDICTIONS):
+        node = graph.get(key)
+        assert "pytorch" in node.kinds and node.tags.get("compute") == "gpu"
+        assert built.defs.resolve_assets_def(key).node_def.pool == GPU_POOL
+    assert graph.get(PRODUCTION_PURCHASE_MODEL).tags.get("compute") is None
+    assert graph.get(PREDICTIONS).partitions_def is not None and graph.get(PURCHASE_MODEL).partitions_def is None
+
+
+def test_reproduce_after_the_sources_moved_on(built):
+    """Last: lands a 15th day, compacts and vacuums (inside the retention), then rebuilds version 1."""
+    env = built.env
+    lh = env.lakehouse
+    generate(GeneratorConfig(days=1, events_per_day=1500, seed=6, start_date=date(2024, 1, 15)), env.landing)
+    [day15] = materialize(["2024-01-15"], instance=built.instance, daily_only=True)
+    assert day15.ok
+    versions = built.training_set["source_versions"]
+    assert lh.version("gold/user_labels") > versions["gold/user_labels"]
+    for table in ("gold/user_features", "gold/user_labels"):
+        lh.optimize(table, ["user_id", "event_date"])
+        lh.vacuum(table, timedelta(hours=168))
+
+    report = reproduce(MODEL_NAME, 1, lh, built.uri)
+
+    assert report.input_versions == built.model["input_versions"]
+    assert report.hash_matches and report.rebuilt_sha256 == built.training_set["content_sha256"], report.summary()
+    assert report.matches_stored_snapshot is True
+    assert report.metrics_match and max(report.metric_deltas.values()) <= 1e-6, report.summary()
+
+
+# --------------------------------------------------------------------------- automation
+
+
+P = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC", end_offset=1)
+
+
+class _DriftStub(dg.Config):
+    drift: bool = False
+
+
+@dg.asset(key=USER_FEATURES, partitions_def=P)
+def _user_features_stub() -> None:
+    return None
+
+
+@dg.asset_check(asset=USER_FEATURES, name=DRIFT_CHECK, partitions_def=P)
+def _drift_stub(config: _DriftStub) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=not config.drift, severity=dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset(key=TRAINING_SET)
+def _training_set_stub() -> None:
+    return None
+
+
+def _automation_defs() -> dg.Definitions:
+    """The real purchase_model/production assets (their conditions) over stand-ins for the upstream assets."""
+    models = build_models(P)
+    assets = [a for a in models.assets if a.key in (PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL)]
+    resources = {"lakehouse": LakehouseResource(root="/nonexistent"),
+                 "model_registry": ModelRegistryResource(tracking_uri="sqlite:////nonexistent/mlflow.db"),
+                 "torch_device": TorchDeviceResource(device="cpu"), "model_policy": ModelPolicyResource()}
+    return dg.Definitions(assets=[_user_features_stub, _training_set_stub, *assets], asset_checks=[_drift_stub],
+                          resources=resources)
+
+
+def _features_updated(instance, drift: bool, day: str = "2024-01-14") -> None:
+    result = dg.materialize([_user_features_stub, _drift_stub], partition_key=day, instance=instance, run_config={
+        **QUIET, "ops": {"gold__user_features_feature_drift": {"config": {"drift": drift}}}})
+    assert result.success
+
+
+def test_retrain_condition_needs_drift_and_waits_for_upstream():
+    defs = _automation_defs()
+    now = datetime(2024, 1, 15, 3, 0, tzinfo=timezone.utc)
+    ticks = iter(range(1, 100))
+
+    def tick(cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
+                                                   evaluation_time=now + timedelta(minutes=next(ticks)))
+        return result, result.get_num_requested(PURCHASE_MODEL), result.get_num_requested(PRODUCTION_PURCHASE_MODEL)
+
+    with dg.instance_for_test() as instance:
+        first, n, _ = tick(None)
+        assert n == 0
+        # features updated, drift check passed: no retrain
+        _features_updated(instance, drift=False)
+        no_drift, n, _ = tick(first.cursor)
+        assert n == 0
+        # features updated and the drift check failed: retrain, and the promotion rides along
+        # in the same run (its blocking gate decides inside that run)
+        _features_updated(instance, drift=True)
+        drifted, n, promote = tick(no_drift.cursor)
+        assert (n, promote) == (1, 1)
+        quiet, n, _ = tick(drifted.cursor)  # the tick after a request counts it as handled
+        assert n == 0
+        # drift again, but an upstream run is in progress: wait ...
+        _features_updated(instance, drift=True)
+        job = dg.Definitions(assets=[_user_features_stub, _training_set_stub]).resolve_implicit_global_asset_job_def()
+        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, asset_selection={TRAINING_SET})
+        waiting, n, _ = tick(quiet.cursor)
+        assert n == 0
+        # ... and retrain once it is over
+        instance.report_run_failed(running)
+        after, n, _ = tick(waiting.cursor)
+        assert n == 1
+
+
+def test_weekly_retrain_without_drift():
+    defs = _automation_defs()
+    sunday = datetime(2024, 1, 14, 23, 0, tzinfo=timezone.utc)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=sunday)
+        monday = sunday + timedelta(hours=5, minutes=30)  # Monday 04:30 UTC: the weekly tick has passed
+        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=monday, cursor=first.cursor)
+        assert second.get_num_requested(PURCHASE_MODEL) == 0  # nothing updated since the tick yet
+        _features_updated(instance, drift=False, day="2024-01-15")
+        dg.materialize([_training_set_stub], instance=instance, run_config=QUIET)
+        third = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=monday + timedelta(minutes=5),
+                                                  cursor=second.cursor)
+        assert third.get_num_requested(PURCHASE_MODEL) == 1
+    label = defs.resolve_assets_def(PURCHASE_MODEL).automation_conditions_by_key[PURCHASE_MODEL].get_label()
+    assert label and "drift or weekly" in label
