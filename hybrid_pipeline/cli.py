@@ -71,12 +71,14 @@ _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def materialize(  # noqa: ANN001
-    partitions: Sequence[str], select: str | None = None, instance=None, daily_only: bool = False
+    partitions: Sequence[str], select: str | None = None, instance=None, daily_only: bool = False, models: bool = True
 ) -> list[RunSummary]:
     """Run the pipeline in-process against the DAGSTER_HOME instance.
 
     Media first (when media landed), then each landing day, then the feature store and the
-    newest day's online features; ``select`` or ``daily_only`` run just the landing days.
+    newest day's online features, then model training and the newest day's predictions once
+    there are labels (``models=False`` skips them); ``select`` or ``daily_only`` run just the
+    landing days.
     """
     import dagster as dg
 
@@ -122,8 +124,15 @@ def materialize(  # noqa: ANN001
         # (every user with features inside the 30-day TTL has a row on the newest day).
         runs.append(("features", defs.resolve_job_def(FEATURES_JOB), None))
         runs.append((f"online {max(partitions)}", defs.resolve_job_def(ONLINE_JOB), max(partitions)))
+        if models:
+            runs.append(("models", None, max(partitions)))  # decided after the feature store ran
     summaries = []
-    for label, run_job, key in runs:
+    pending = list(runs)
+    while pending:
+        label, run_job, key = pending.pop(0)
+        if run_job is None:  # expands only now: it depends on what the runs before it wrote
+            pending[:0] = _model_runs(defs, settings, key)
+            continue
         began = time.perf_counter()
         result = run_job.execute_in_process(
             partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS
@@ -143,6 +152,30 @@ def materialize(  # noqa: ANN001
                 summary.failed_steps.append(event.step_key or "?")
         summaries.append(summary)
     return summaries
+
+
+MIN_TRAINING_ROWS = 100
+
+
+def _model_runs(defs, settings, newest: str) -> list:  # noqa: ANN001
+    """Model training (and the newest day's predictions) once there is data to learn from."""
+    from hybrid_pipeline.defs.models import DIGIT_TRAINING_JOB, PREDICTIONS_JOB, PURCHASE_TRAINING_JOB
+    from hybrid_pipeline.lakehouse import Lakehouse
+
+    lh = Lakehouse(settings.lakehouse_root)
+
+    def rows(table: str) -> int:
+        return lh.read(table).height if lh.exists(table) else 0
+
+    out = []
+    if rows("features/training_set") >= MIN_TRAINING_ROWS:
+        out.append(("purchase model", defs.resolve_job_def(PURCHASE_TRAINING_JOB), None))
+        out.append((f"predictions {newest}", defs.resolve_job_def(PREDICTIONS_JOB), newest))
+    else:
+        print(f"models: fewer than {MIN_TRAINING_ROWS} labelled rows yet (labels need 7 observed days); not training")
+    if rows("gold/image_training_manifest") >= MIN_TRAINING_ROWS:
+        out.append(("digit classifier", defs.resolve_job_def(DIGIT_TRAINING_JOB), None))
+    return out
 
 
 def print_summary(summaries: Sequence[RunSummary]) -> None:
@@ -202,7 +235,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from hybrid_pipeline.sources.stream import StreamConsumer
 
     settings = Settings.from_env()
-    on_batch = None
+    on_batch = None  # replaced below unless --no-online
     if not args.no_online:
         from hybrid_pipeline.defs.streaming import push_streaming_features
 
@@ -239,6 +272,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a model is in production
     from hybrid_pipeline.defs.models import default_registry_uri, purchase_predictor
 
+    uri = default_registry_uri(settings)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        print("no model registry yet: POST /predict is off")  # and MLflow is not even imported
+        return None
     try:
         return purchase_predictor(default_registry_uri(settings), version="production")
     except Exception as exc:  # noqa: BLE001 - no production model yet: serve features only

@@ -2,8 +2,7 @@
 digit CNN on the media manifest; feature drift check; retraining automation; reproduction after the
 sources moved on.
 
-The definitions are the project's ``build_definitions`` merged with ``build_models`` and passed through
-the GPU compute policy, as ``definitions.py`` does.
+The definitions are the project's own ``build_definitions`` (models and GPU policy included).
 """
 
 
@@ -18,8 +17,8 @@ import pytest
 pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
 
 from hybrid_pipeline.cli import materialize
-from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions, daily_partitions
-from hybrid_pipeline.defs.compute import GPU_POOL, apply_compute_policy
+from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions
+from hybrid_pipeline.defs.compute import GPU_POOL
 from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES
 from hybrid_pipeline.defs.models import (
     DIGIT_CLASSIFIER,
@@ -54,13 +53,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def model_definitions(settings, tracking_uri: str, **policy) -> dg.Definitions:
-    """Project definitions + model definitions, CPU with one thread, GPU policy applied like definitions.py."""
+    """The project's definitions (models and GPU policy included), CPU with one thread."""
     resources = model_resources(settings, tracking_uri)
     resources["torch_device"] = TorchDeviceResource(device="cpu", num_threads=1)
     resources["model_policy"] = ModelPolicyResource(**policy)
-    partitions = daily_partitions(settings)
-    merged = dg.Definitions.merge(build_definitions(settings, resource_overrides=resources), build_models(partitions))
-    return apply_compute_policy(merged)
+    return build_definitions(settings, resource_overrides=resources)
 
 
 def run_job(defs: dg.Definitions, name: str, instance, partition_key: str | None = None, config: dict | None = None):

@@ -1,0 +1,273 @@
+"""Benchmark: the same silver and gold work on polars and on Spark (local[1] vs local[2]).
+
+Prepared once (not timed): generated landings with dirt, ingested into ``bronze/events`` with
+delta-rs. Then each engine runs in its own child process over the same bronze table and writes
+its own lakehouse: per landing day, silver (events, quarantine, duplicates: one replace-where
+each), then gold ``daily_metrics`` and ``user_features`` over all silver. Spark uses
+``engines.spark_silver`` and ``engines.shared`` and writes through ``engines.delta_commit``.
+
+Memory: the parent samples the child's process tree with psutil every 0.1 s. For polars that is
+one process (its ru_maxrss is reported too). For Spark it is the Python driver, the JVM (driver
+and, in local mode, the executors) and the Python workers the JVM starts for ``mapInArrow``;
+the peak of each and the peak of their sum are reported.
+
+At the end the polars and Spark outputs are compared (silver row counts, daily_metrics exactly).
+
+    python bench/engines.py --events 10000000          # the default size (2 cores: long)
+    python bench/engines.py --events 1000000 --days 5  # what fits in a few minutes here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+START = date(2024, 1, 1)
+SALT = "bench-salt"
+SILVER = {"events": "silver/events", "quarantine": "silver/events_quarantine", "duplicates": "silver/events_duplicates"}
+SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "duplicates": ["landing_date"]}
+
+
+# -- preparation ---------------------------------------------------------------------------------
+
+
+def prepare(work: Path, events: int, days: int, dirty: float) -> tuple[Path, list[str], int]:
+    from hybrid_pipeline.lakehouse import Lakehouse
+    from hybrid_pipeline.sources.generator import GeneratorConfig, generate
+    from hybrid_pipeline.sources.landing import collect_landing, landed_dates
+
+    bronze_root = work / f"bronze-{days}x{events // days}-{dirty}"
+    marker = bronze_root / ".complete"
+    landing = bronze_root / "landing"
+    if not marker.exists():
+        shutil.rmtree(bronze_root, ignore_errors=True)
+        t = time.perf_counter()
+        generate(GeneratorConfig(days=days, events_per_day=events // days, dirty_rate=dirty, seed=42, start_date=START), landing)
+        lh = Lakehouse(str(bronze_root / "lake"))
+        now = datetime(2024, 6, 1, tzinfo=timezone.utc)
+        for day in landed_dates(landing):
+            lh.append("bronze/events", collect_landing(landing, day, {}, now).records, partition_by=["landing_date"])
+        print(f"prepared {events:,} events over {days} days in {time.perf_counter() - t:.1f}s (not timed below)", flush=True)
+        marker.touch()
+    from hybrid_pipeline.lakehouse import Lakehouse
+
+    lh = Lakehouse(str(bronze_root / "lake"))
+    rows = lh.scan("bronze/events").select("landing_date").collect()
+    return bronze_root / "lake", sorted(rows["landing_date"].unique().to_list()), rows.height
+
+
+# -- engine runs (child processes) ---------------------------------------------------------------
+
+
+def run_polars(bronze_root: str, out_root: str, days: list[str]) -> dict:
+    import polars as pl
+
+    from hybrid_pipeline.lakehouse import Lakehouse
+    from hybrid_pipeline.transforms.contract import silver_schema
+    from hybrid_pipeline.transforms.features import user_features
+    from hybrid_pipeline.transforms.gold import daily_metrics
+    from hybrid_pipeline.transforms.silver import clean_events
+
+    bronze, out = Lakehouse(bronze_root), Lakehouse(out_root)
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    for day in days:
+        records = bronze.scan("bronze/events").filter(pl.col("landing_date") == day).collect()
+        existing = out.scan_or_empty(SILVER["events"], silver_schema()).filter(pl.col("landing_date") != day)
+        batch = clean_events(records, existing, SALT)
+        for name, table in SILVER.items():
+            out.replace_where(table, getattr(batch, name), f"landing_date = '{day}'", partition_by=SILVER_PARTITIONS[name])
+    stages["silver"] = time.perf_counter() - t
+    t = time.perf_counter()
+    metrics = daily_metrics(out.scan(SILVER["events"]))
+    out.replace_where("gold/daily_metrics", metrics, "true", partition_by=["event_date"])
+    stages["daily_metrics"] = time.perf_counter() - t
+    t = time.perf_counter()
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    features = user_features(out.scan(SILVER["events"]), first, last)
+    out.replace_where("gold/user_features", features, "true", partition_by=["event_date"])
+    stages["user_features"] = time.perf_counter() - t
+    stages["ru_maxrss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    return stages
+
+
+def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, driver_memory: str) -> dict:
+    from hybrid_pipeline.engines.delta_commit import SparkLakehouse
+    from hybrid_pipeline.engines.shared import Engine, run_on
+    from hybrid_pipeline.engines.spark_session import SparkSettings, get_spark
+    from hybrid_pipeline.engines.spark_silver import clean_events
+    from hybrid_pipeline.lakehouse import Lakehouse
+
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    spark = get_spark(SparkSettings(master=master, driver_memory=driver_memory))
+    spark.range(1).count()
+    stages["startup"] = time.perf_counter() - t
+    bronze, out = SparkLakehouse(Lakehouse(bronze_root), spark), SparkLakehouse(Lakehouse(out_root), spark)
+    t = time.perf_counter()
+    for day in days:
+        records = bronze.scan("bronze/events", predicate=f"landing_date = '{day}'")
+        if out.exists(SILVER["events"]):
+            existing = out.scan(SILVER["events"], predicate=f"landing_date != '{day}'")
+        else:
+            existing = spark.createDataFrame([], "event_id string, landing_date string, source_file string, line_number long")
+        batch = clean_events(records, existing, SALT)
+        try:
+            for name, table in SILVER.items():
+                out.replace_where(table, getattr(batch, name), f"landing_date = '{day}'", partition_by=SILVER_PARTITIONS[name])
+        finally:
+            batch.unpersist()
+    stages["silver"] = time.perf_counter() - t
+    engine = Engine("spark", spark)
+    t = time.perf_counter()
+    metrics = run_on(engine, "daily_metrics", out.scan(SILVER["events"]), collect=False)
+    out.replace_where("gold/daily_metrics", metrics, "true", partition_by=["event_date"])
+    stages["daily_metrics"] = time.perf_counter() - t
+    t = time.perf_counter()
+    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
+    features = run_on(engine, "user_features", out.scan(SILVER["events"]), collect=False, start=first, end=last)
+    out.replace_where("gold/user_features", features, "true", partition_by=["event_date"])
+    stages["user_features"] = time.perf_counter() - t
+    spark.stop()
+    return stages
+
+
+# -- measurement -------------------------------------------------------------------------------
+
+
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run a child; sample RSS of its process tree by role; return its JSON result plus memory."""
+    import psutil
+
+    began = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, cwd=PROJECT, text=True)
+        root = psutil.Process(proc.pid)
+        peaks = {"driver_python": 0, "jvm": 0, "python_workers": 0, "total": 0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    now = {"driver_python": root.memory_info().rss, "jvm": 0, "python_workers": 0}
+                    for child in root.children(recursive=True):
+                        try:
+                            name = child.name()
+                            rss = child.memory_info().rss
+                        except psutil.Error:
+                            continue
+                        if "java" in name:
+                            now["jvm"] += rss
+                        else:
+                            now["python_workers"] += rss
+                    now["total"] = sum(now.values())
+                    for k, v in now.items():
+                        peaks[k] = max(peaks[k], v)
+                except psutil.Error:
+                    pass
+                stop.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        out, _ = proc.communicate()
+        stop.set()
+        sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} failed; see {log}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["wall"] = time.perf_counter() - began
+    result.update({f"peak_{k}_gib": v / 2**30 for k, v in peaks.items()})
+    return result
+
+
+def compare(polars_root: Path, spark_root: Path) -> dict:
+    from polars.testing import assert_frame_equal
+
+    from hybrid_pipeline.lakehouse import Lakehouse
+
+    a, b = Lakehouse(str(polars_root)), Lakehouse(str(spark_root))
+    counts = {
+        name: (a.scan(t).select(pl_len()).collect().item(), b.scan(t).select(pl_len()).collect().item())
+        for name, t in {**SILVER, "user_features": "gold/user_features"}.items()
+    }
+    key = ["event_date", "user_segment"]
+    assert_frame_equal(a.read("gold/daily_metrics").sort(key), b.read("gold/daily_metrics").sort(key))
+    return {"rows(polars, spark)": counts, "daily_metrics": "identical"}
+
+
+def pl_len():  # noqa: ANN201
+    import polars as pl
+
+    return pl.len()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--days", type=int, default=5)
+    ap.add_argument("--dirty-rate", type=float, default=0.02)
+    ap.add_argument("--masters", default="local[1],local[2]", help="Spark masters to compare, comma separated")
+    ap.add_argument("--driver-memory", default="3g")
+    ap.add_argument("--engines", default="polars,spark")
+    ap.add_argument("--workdir", default=str(HERE / "results" / "engines"))
+    ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args._child:
+        kind, bronze_root, out_root, days_csv, *rest = args._child
+        days = days_csv.split(",")
+        result = run_polars(bronze_root, out_root, days) if kind == "polars" else run_spark(bronze_root, out_root, days, *rest)
+        print(json.dumps(result), flush=True)
+        return
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    bronze_root, days, bronze_rows = prepare(work, args.events, args.days, args.dirty_rate)
+    print(f"bronze: {bronze_rows:,} records over {len(days)} landing days; cores: {os.cpu_count()}", flush=True)
+    runs: dict[str, dict] = {}
+    engines = args.engines.split(",")
+    plan = (["polars"] if "polars" in engines else []) + (
+        [f"spark {m}" for m in args.masters.split(",")] if "spark" in engines else []
+    )
+    for name in plan:
+        out = work / ("out-" + name.replace(" ", "-").replace("[", "").replace("]", ""))
+        shutil.rmtree(out, ignore_errors=True)
+        child = [sys.executable, str(Path(__file__).resolve()), "--_child"]
+        if name == "polars":
+            child += ["polars", str(bronze_root), str(out), ",".join(days)]
+        else:
+            child += ["spark", str(bronze_root), str(out), ",".join(days), name.split()[1], args.driver_memory]
+        runs[name] = measure(child, work / f"{out.name}.log")
+        runs[name]["out"] = str(out)
+        r = runs[name]
+        stages = " ".join(f"{k}={r[k]:.1f}s" for k in ("startup", "silver", "daily_metrics", "user_features") if k in r)
+        print(
+            f"{name:16s} wall={r['wall']:.1f}s {stages} | peak RSS total={r['peak_total_gib']:.2f} GiB "
+            f"(driver python {r['peak_driver_python_gib']:.2f}, jvm {r['peak_jvm_gib']:.2f}, "
+            f"python workers {r['peak_python_workers_gib']:.2f})"
+            + (f" ru_maxrss={r['ru_maxrss_gib']:.2f} GiB" if "ru_maxrss_gib" in r else ""),
+            flush=True,
+        )
+    if "polars" in runs and len(runs) > 1:
+        spark_name = [n for n in runs if n != "polars"][-1]
+        print("check:", json.dumps(compare(Path(runs["polars"]["out"]), Path(runs[spark_name]["out"]))), flush=True)
+    summary = {"events": args.events, "bronze_rows": bronze_rows, "days": len(days), "runs": runs}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    for name, r in runs.items():
+        per_s = bronze_rows / (r["silver"] + r["daily_metrics"] + r["user_features"])
+        print(f"{name:16s} {per_s:,.0f} bronze records/s through silver+gold (startup excluded)")
+
+
+if __name__ == "__main__":
+    main()

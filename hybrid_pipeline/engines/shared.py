@@ -1,0 +1,333 @@
+"""Gold transforms written once, run on polars or on Spark (narwhals' lazy API).
+
+What is shared
+    :func:`daily_metrics` and :func:`user_features` are single definitions in narwhals
+    expressions; narwhals translates them to polars lazy plans or to Spark SQL column
+    expressions (its "spark-like" backend). They mirror ``transforms.gold.daily_metrics`` and
+    ``transforms.features.user_features`` (same rows, same columns, same semantics); the
+    equivalence tests hold all four to the same output. :func:`dim_date` needs no port: it is
+    computed on the driver from a (small) list of dates, the same polars function for both
+    engines.
+
+Where the definitions differ from the polars originals, and why
+    * narwhals has no time-based ``rolling_sum_by`` nor ``date_ranges``/``explode`` on lazy
+      backends, and Spark's narwhals backend cannot subtract dates (``total_seconds`` is not
+      implemented there). The per-user daily grid is therefore built by joining user spans to a
+      small *calendar* frame made on the driver (``event_date``, a day number ``day_n`` and the
+      end-of-day ``event_timestamp``); on a complete daily grid a window of ``w`` days is a window
+      of ``w`` rows, and days-since is a difference of day numbers.
+    * "last 5 event types of the day" (a list ``tail`` + ``list.join`` in polars) becomes five
+      ranked columns and ``concat_str(ignore_nulls=True)``; "last segment of the day" the
+      rank-1 value. Ranks come from ``cum_count(reverse=True).over(order_by=[timestamp, event_id])``.
+    * ``n_unique`` of the purchasers: narwhals (like polars) counts null as a value, so the
+      purchasers are ``n_unique(when(purchase, user_id)) - any(non-purchase)``; user_id is never
+      null in silver (contract).
+    * booleans are cast to Int64 before ``sum`` (Spark cannot sum booleans).
+    * floating sums (``avg_session_duration``) are summed in whatever order the engine uses, so
+      they may differ from polars' in the last bits; money is summed in integer cents, exactly,
+      as in the originals.
+
+Engine output is normalised by :func:`run_on`: cast to the polars schema of the original
+(Spark gives int64 counts, timestamps in the session zone, which is always UTC) and sorted on
+the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+import narwhals as nw
+import polars as pl
+
+from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, HORIZON_DAYS, SEQUENCE_LENGTH, WINDOWS
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import SparkSession
+
+EngineName = Literal["polars", "spark"]
+
+
+# ---------------------------------------------------------------------------------------------
+# engines
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """Where a shared transform runs: ``polars`` (in process) or ``spark`` (a SparkSession)."""
+
+    name: EngineName = "polars"
+    spark: SparkSession | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ("polars", "spark"):
+            raise ValueError(f"engine must be 'polars' or 'spark', got {self.name!r}")
+        if self.name == "spark" and self.spark is None:
+            raise ValueError("the spark engine needs a SparkSession")
+
+    def lazy(self, frame: Any) -> nw.LazyFrame:
+        """A narwhals LazyFrame on this engine from a polars, pyarrow, Spark or narwhals frame."""
+        if isinstance(frame, nw.LazyFrame):
+            return frame
+        if isinstance(frame, nw.DataFrame):
+            frame = frame.to_polars()
+        if self.name == "polars":
+            if isinstance(frame, pl.DataFrame):
+                return nw.from_native(frame.lazy())
+            if isinstance(frame, pl.LazyFrame):
+                return nw.from_native(frame)
+            import pyarrow as pa
+
+            if isinstance(frame, pa.Table):
+                return nw.from_native(pl.from_arrow(frame).lazy())  # type: ignore[union-attr]
+            raise TypeError(f"cannot run {type(frame).__name__} on polars")
+        if isinstance(frame, pl.LazyFrame):
+            frame = frame.collect()
+        if isinstance(frame, pl.DataFrame):
+            frame = self.spark.createDataFrame(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))  # type: ignore[union-attr]
+        else:
+            import pyarrow as pa
+
+            if isinstance(frame, pa.Table):
+                frame = self.spark.createDataFrame(frame)  # type: ignore[union-attr]
+        return nw.from_native(frame)
+
+    def frame(self, data: dict[str, list], schema: dict[str, pl.DataType]) -> nw.LazyFrame:
+        """A small frame built on the driver (e.g. a calendar), on this engine."""
+        return self.lazy(pl.DataFrame(data, schema=schema))
+
+    def collect(self, lf: nw.LazyFrame) -> pl.DataFrame:
+        return lf.collect("polars").to_native()
+
+
+def as_engine(engine: Engine | EngineName, spark: SparkSession | None = None) -> Engine:
+    return engine if isinstance(engine, Engine) else Engine(engine, spark)
+
+
+# ---------------------------------------------------------------------------------------------
+# daily_metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def daily_metrics(silver: nw.LazyFrame) -> nw.LazyFrame:
+    """Events, users, revenue and conversion per event date and user segment (cf. ``gold.daily_metrics``)."""
+    is_purchase = nw.col("event_type") == "purchase"
+    return (
+        silver.group_by("event_date", "user_segment")
+        .agg(
+            nw.len().cast(nw.Int64).alias("events"),
+            nw.col("user_id").n_unique().cast(nw.Int64).alias("unique_users"),
+            is_purchase.cast(nw.Int64).sum().alias("purchases"),
+            # distinct purchasers: the null of the non-purchase rows counts as one value
+            (
+                nw.when(is_purchase).then(nw.col("user_id")).n_unique().cast(nw.Int64)
+                - (~is_purchase).cast(nw.Int64).max().fill_null(0)
+            ).alias("purchasing_users"),
+            # integer cents: exact, so engines agree to the last digit
+            (nw.col("revenue") * 100).round(0).cast(nw.Int64).sum().alias("_revenue_cents"),
+        )
+        .with_columns(
+            (nw.col("_revenue_cents") / 100).alias("total_revenue"),
+            (nw.col("purchasing_users") / nw.col("unique_users")).alias("conversion_rate"),
+        )
+        .select(*DAILY_METRICS_SCHEMA)
+        .sort("event_date", "user_segment")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# user_features
+# ---------------------------------------------------------------------------------------------
+
+CALENDAR_SCHEMA: dict[str, pl.DataType] = {
+    "event_date": pl.Date(),
+    "day_n": pl.Int64(),
+    "event_timestamp": pl.Datetime("us", "UTC"),
+}
+
+
+def calendar(first: date, last: date) -> dict[str, list]:
+    """Every day from ``first`` to ``last``: its number (0 = ``first``) and its end-of-day instant."""
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)] if first <= last else []
+    return {
+        "event_date": days,
+        "day_n": [(d - first).days for d in days],
+        "event_timestamp": [
+            datetime.combine(d, time(23, 59, 59, 999_999), tzinfo=timezone.utc) for d in days
+        ],
+    }
+
+
+def daily_user_activity(silver: nw.LazyFrame) -> nw.LazyFrame:
+    """Per user and day: counts, revenue in cents, durations, the last event types and segment."""
+    rank = (
+        nw.col("event_id")
+        .cum_count(reverse=True)
+        .over("user_id", "event_date", order_by=["timestamp", "event_id"])
+        .alias("_from_last")
+    )
+    last = nw.col("_from_last")
+    return (
+        silver.with_columns(rank)
+        .group_by("user_id", "event_date")
+        .agg(
+            nw.len().cast(nw.Int64).alias("events"),
+            (nw.col("revenue").fill_null(0.0) * 100).round(0).cast(nw.Int64).sum().alias("revenue_cents"),
+            (nw.col("event_type") == "purchase").cast(nw.Int64).sum().alias("purchases"),
+            (nw.col("event_type") == "add_to_cart").cast(nw.Int64).sum().alias("add_to_carts"),
+            nw.col("session_duration").sum().alias("duration_sum"),
+            *[nw.when(last == k).then(nw.col("event_type")).max().alias(f"_t{k}") for k in range(1, SEQUENCE_LENGTH + 1)],
+            nw.when(last == 1).then(nw.col("user_segment")).max().alias("user_segment"),
+        )
+        .with_columns(
+            nw.concat_str(
+                [nw.col(f"_t{k}") for k in range(SEQUENCE_LENGTH, 0, -1)], separator=",", ignore_nulls=True
+            ).alias("last_types")
+        )
+        .drop(*[f"_t{k}" for k in range(1, SEQUENCE_LENGTH + 1)])
+    )
+
+
+def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, first_day: date | None = None) -> nw.LazyFrame:
+    """Feature rows for days ``start``..``end`` (cf. ``features.user_features``).
+
+    ``first_day`` is the earliest event date in ``silver`` (computed with one small query when
+    not given); the calendar runs from it to ``end``.
+    """
+    silver = silver.filter(nw.col("event_date") <= nw.lit(end))
+    if first_day is None:
+        first_day = engine.collect(silver.select(nw.col("event_date").min().alias("d")))["d"][0]
+    if first_day is None or first_day > end:
+        return engine.frame({k: [] for k in FEATURES_SCHEMA}, FEATURES_SCHEMA)
+    cal = engine.frame(calendar(first_day, end), CALENDAR_SCHEMA)
+    end_n, start_n = (end - first_day).days, (start - first_day).days
+    daily = daily_user_activity(silver).join(cal.select("event_date", "day_n"), on="event_date", how="inner")
+    spans = (
+        daily.group_by("user_id")
+        .agg(nw.col("day_n").min().alias("_first"), nw.col("day_n").max().alias("_last_event"))
+        .with_columns(nw.min_horizontal(nw.col("_last_event") + (HORIZON_DAYS - 1), nw.lit(end_n)).alias("_last"))
+    )
+    grid = (
+        spans.join(cal, how="cross")
+        .filter((nw.col("day_n") >= nw.col("_first")) & (nw.col("day_n") <= nw.col("_last")))
+        .select("user_id", "event_date", "day_n", "event_timestamp")
+    )
+    zero = ["events", "revenue_cents", "purchases", "add_to_carts", "duration_sum"]
+    frame = grid.join(daily.drop("day_n"), on=["user_id", "event_date"], how="left").with_columns(
+        *[nw.col(c).fill_null(0) for c in zero]
+    )
+
+    def per_user(expr: nw.Expr) -> nw.Expr:
+        return expr.over("user_id", order_by="day_n")
+
+    def rolling(col: str, days: int) -> nw.Expr:  # complete daily grid: `days` rows == `days` days
+        return per_user(nw.col(col).rolling_sum(window_size=days, min_samples=1))
+
+    rolled = frame.with_columns(
+        *[rolling("events", w).alias(f"events_{w}d") for w in WINDOWS],
+        *[(rolling("revenue_cents", w) / 100).alias(f"revenue_{w}d") for w in WINDOWS],
+        rolling("purchases", 30).alias("purchases_30d"),
+        rolling("add_to_carts", 7).alias("add_to_carts_7d"),
+        per_user(nw.col("events").cum_sum()).alias("total_events"),
+        per_user(nw.col("duration_sum").cum_sum()).alias("_duration_total"),
+        per_user(nw.when(nw.col("purchases") > 0).then(nw.col("day_n")).fill_null(strategy="forward")).alias(
+            "_last_purchase"
+        ),
+        per_user(nw.col("last_types").fill_null(strategy="forward")).alias("recent_event_types"),
+        per_user(nw.col("user_segment").fill_null(strategy="forward")).alias("user_segment"),
+    )
+    return (
+        rolled.filter((nw.col("day_n") >= start_n) & (nw.col("day_n") <= end_n))
+        .with_columns(
+            (nw.col("_duration_total") / nw.col("total_events")).alias("avg_session_duration"),
+            (nw.col("day_n") - nw.col("_last_purchase")).alias("days_since_last_purchase"),
+        )
+        .select(*FEATURES_SCHEMA)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# running a shared transform
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SharedTransform:
+    fn: Callable[..., nw.LazyFrame]
+    schema: dict[str, pl.DataType]
+    sort: tuple[str, ...]
+    needs_engine: bool = False
+
+
+TRANSFORMS: dict[str, SharedTransform] = {
+    "daily_metrics": SharedTransform(daily_metrics, DAILY_METRICS_SCHEMA, ("event_date", "user_segment")),
+    "user_features": SharedTransform(user_features, FEATURES_SCHEMA, ("user_id", "event_date"), needs_engine=True),
+}
+
+
+def normalise(df: pl.DataFrame, schema: dict[str, pl.DataType], sort: Sequence[str]) -> pl.DataFrame:
+    """The documented normalisation: columns and dtypes of the polars original, rows sorted."""
+    return df.select(list(schema)).cast(schema).sort(list(sort))
+
+
+def spark_types(schema: dict[str, pl.DataType]) -> dict[str, str]:
+    """Spark SQL types for a polars schema (the types silver and gold tables have in Delta)."""
+    mapping = {
+        pl.String: "string",
+        pl.Int8: "tinyint",
+        pl.Int16: "smallint",
+        pl.Int32: "int",
+        pl.Int64: "bigint",
+        pl.Float32: "float",
+        pl.Float64: "double",
+        pl.Boolean: "boolean",
+        pl.Date: "date",
+    }
+    out = {}
+    for name, dtype in schema.items():
+        if isinstance(dtype, pl.Datetime):
+            out[name] = "timestamp" if dtype.time_zone else "timestamp_ntz"
+        else:
+            out[name] = mapping[dtype.base_type()]
+    return out
+
+
+def to_spark_schema(df: SparkDataFrame, schema: dict[str, pl.DataType]) -> SparkDataFrame:
+    """Select and cast a Spark frame to a polars schema's columns and types."""
+    from pyspark.sql import functions as F
+
+    return df.select(*[F.col(c).cast(t).alias(c) for c, t in spark_types(schema).items()])
+
+
+def run_on(
+    engine: Engine | EngineName,
+    transform: str,
+    *inputs: Any,
+    spark: SparkSession | None = None,
+    collect: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """Run a shared transform by name on an engine.
+
+    ``inputs`` are polars, pyarrow, Spark or narwhals frames (converted to the engine). Returns
+    the normalised polars DataFrame, or with ``collect=False`` the engine's native lazy result
+    (a polars LazyFrame, or a Spark DataFrame with the table's column types) to be written
+    without passing through the driver.
+    """
+    eng = as_engine(engine, spark)
+    spec = TRANSFORMS[transform]
+    frames = [eng.lazy(f) for f in inputs]
+    if spec.needs_engine:
+        kwargs["engine"] = eng
+    result = spec.fn(*frames, **kwargs)
+    if collect:
+        return normalise(eng.collect(result), spec.schema, spec.sort)
+    native = result.to_native()
+    if eng.name == "spark":
+        return to_spark_schema(native, spec.schema)
+    return native.select(list(spec.schema)).cast(spec.schema)
