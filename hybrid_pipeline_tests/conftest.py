@@ -1,18 +1,23 @@
-"""Shared fixtures: an isolated landing zone, lakehouse and Dagster instance per test."""
+"""Shared fixtures: an isolated landing zone, lakehouse and Dagster instance per test, and a
+real Redis (skipped when none answers) under a unique key prefix deleted afterwards."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import redis
 
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.settings import Settings
 
 TEST_SALT = "test-salt"
+REDIS_URL = os.environ.get("HYBRID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass
@@ -52,3 +57,44 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineEnv
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as inst:
         yield inst
+
+
+# -- a real Redis ------------------------------------------------------------------------
+def delete_prefix(client: redis.Redis, prefix: str) -> int:
+    """Delete the keys ``<prefix>:*`` (never a flush: the server may be shared)."""
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.unlink(*keys)
+    return len(keys)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    """A client of the test Redis (``HYBRID_TEST_REDIS_URL``); the test is skipped when none answers."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        pytest.skip(f"no Redis server at {REDIS_URL}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test alone; every ``<prefix>:*`` key is deleted afterwards."""
+    prefix = f"hybrid-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    delete_prefix(redis_client, prefix)
+
+
+@pytest.fixture
+def stream_name(redis_prefix: str) -> str:
+    """A Redis stream of this test alone (under :func:`redis_prefix`, so deleted afterwards)."""
+    return f"{redis_prefix}:stream"
