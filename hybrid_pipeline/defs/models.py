@@ -44,6 +44,7 @@ from hybrid_pipeline.defs.keys import IMAGE_TRAINING_MANIFEST, TRAINING_SET, USE
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.ml import reproduce as recipe_mod
+from hybrid_pipeline.ml.digit_config import DigitTrainConfig
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
 
 PURCHASE_MODEL = dg.AssetKey(["models", "purchase_model"])
@@ -66,6 +67,7 @@ AUTOMATION_SENSOR: Final = "models_automation_sensor"
 PURCHASE_TRAINING_JOB: Final = "purchase_model_training"
 DIGIT_TRAINING_JOB: Final = "digit_classifier_training"
 PREDICTIONS_JOB: Final = "batch_predictions"
+_DIGIT_DEFAULTS = DigitTrainConfig()
 _OWNERS = ["team:ml-platform"]
 _GROUP = "models"
 PREDICTIONS_SCHEMA: dict[str, pl.DataType] = {
@@ -177,18 +179,24 @@ class PurchaseModelConfig(dg.Config):
 
 
 class DigitModelConfig(dg.Config):
-    """Hyperparameters of ``models/digit_classifier``."""
+    """Hyperparameters of ``models/digit_classifier`` (defaults: :class:`~hybrid_pipeline.ml.digit_config.DigitTrainConfig`)."""
 
-    channels: list[int] = [16, 32]
-    hidden: int = 64
-    dropout: float = 0.25
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 10
-    patience: int = 3
-    seed: int = 0
-    verify_sha256: bool = True
+    channels: list[int] = list(_DIGIT_DEFAULTS.channels)
+    hidden: int = _DIGIT_DEFAULTS.hidden
+    dropout: float = _DIGIT_DEFAULTS.dropout
+    learning_rate: float = _DIGIT_DEFAULTS.learning_rate
+    weight_decay: float = _DIGIT_DEFAULTS.weight_decay
+    batch_size: int = _DIGIT_DEFAULTS.batch_size
+    max_epochs: int = _DIGIT_DEFAULTS.max_epochs
+    patience: int = _DIGIT_DEFAULTS.patience
+    min_delta: float = _DIGIT_DEFAULTS.min_delta
+    seed: int = _DIGIT_DEFAULTS.seed
+    verify_sha256: bool = _DIGIT_DEFAULTS.verify_sha256
+
+    def train_config(self, device: str, num_threads: int | None) -> DigitTrainConfig:
+        d = self.model_dump()
+        d["channels"] = tuple(d["channels"])
+        return DigitTrainConfig(**d, device=device, num_threads=num_threads)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -654,7 +662,7 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         model_policy: ModelPolicyResource,
     ) -> dg.MaterializeResult:
         from hybrid_pipeline.defs.media import media_root
-        from hybrid_pipeline.ml.digit_model import DigitTrainConfig, train_digit_classifier
+        from hybrid_pipeline.ml.digit_model import train_digit_classifier
         from hybrid_pipeline.ml.plots import loss_curve_markdown, metrics_markdown
 
         lh = lakehouse.lakehouse()
@@ -664,12 +672,7 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             raise dg.Failure(f"{table} does not exist yet: run the media pipeline first")
         manifest = lh.read(table, version=version)
         settings = torch_device.settings()
-        cfg = DigitTrainConfig(
-            channels=tuple(config.channels), hidden=config.hidden, dropout=config.dropout,
-            learning_rate=config.learning_rate, weight_decay=config.weight_decay, batch_size=config.batch_size,
-            max_epochs=config.max_epochs, patience=config.patience, seed=config.seed, device=settings.device,
-            num_threads=torch_device.num_threads, verify_sha256=config.verify_sha256,
-        )
+        cfg = config.train_config(device=settings.device, num_threads=torch_device.num_threads)
         result = train_digit_classifier(manifest, media_root(lakehouse), cfg, device=settings)
         m = result.metrics
         registry = model_registry.registry()

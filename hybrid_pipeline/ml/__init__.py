@@ -39,7 +39,7 @@ _LAZY = {
     "predict_proba": "purchase_model",
     "train_purchase_model": "purchase_model",
     "DigitCNN": "digit_model",
-    "DigitTrainConfig": "digit_model",
+    "DigitTrainConfig": "digit_config",
     "train_digit_classifier": "digit_model",
     "build_model": "architectures",
     "ModelRegistry": "registry",

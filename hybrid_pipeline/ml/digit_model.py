@@ -8,8 +8,8 @@ early-stops on the validation loss and reports test accuracy.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hybrid_pipeline.media.dataset import ImageManifestDataset, make_loader
+from hybrid_pipeline.ml.digit_config import DigitTrainConfig
 from hybrid_pipeline.ml.device import DeviceSettings, pick_device
 from hybrid_pipeline.ml.metrics import expected_calibration_error
-from hybrid_pipeline.ml.training import (
-    EarlyStopping,
-    EpochLoss,
-    TrainResult,
-    count_parameters,
-    deterministic_mode,
-    seed_everything,
-    torch_threads,
-)
+from hybrid_pipeline.ml.training import TrainResult, deterministic_mode, fit, seed_everything, torch_threads
 
 ARCHITECTURE = "digit_cnn"
 
@@ -83,32 +76,6 @@ class DigitCNN(nn.Module):
                        "hidden": self.hidden, "dropout": self.dropout, "in_channels": self.in_channels,
                        "image_size": self.image_size, "class_names": self.class_names},
         }
-
-
-@dataclass(frozen=True)
-class DigitTrainConfig:
-    image_size: tuple[int, int] | None = None  # None: the files' own size (32x32 for the demo digits)
-    channels: tuple[int, ...] = (16, 32)
-    hidden: int = 64
-    dropout: float = 0.25
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 10
-    patience: int = 3
-    min_delta: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    deterministic: bool = True
-    num_threads: int | None = None  # CPU intra-op threads for this call (None: torch's default)
-    verify_sha256: bool = True
-
-    def to_params(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size) if self.image_size else None
-        d["channels"] = list(self.channels)
-        return d
 
 
 def _classes(manifest: pl.DataFrame) -> list[str]:
@@ -186,41 +153,16 @@ def train_digit_classifier(
                          image_size=image_size, class_names=classes).to(dev)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                       weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler("cuda") if settings.needs_grad_scaler else None
         train_loader = loader(train_ds, shuffle=True)
         valid_loader = loader(valid_ds, shuffle=False)
-        stopper = EarlyStopping(config.patience, config.min_delta)
-        curve: list[EpochLoss] = []
-        stopped_early = False
-        for epoch in range(1, config.max_epochs + 1):
-            t_epoch = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-            seen = 0
+
+        def minibatches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for xb, yb in train_loader:
-                xb = xb.to(dev, non_blocking=settings.pin_memory)
-                yb = yb.to(dev, non_blocking=settings.pin_memory)
-                optimizer.zero_grad(set_to_none=True)
-                with settings.autocast():
-                    logits = model(xb)
-                loss = nn.functional.cross_entropy(logits.float(), yb)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                loss_sum += loss.detach().double() * yb.shape[0]
-                seen += int(yb.shape[0])
-            valid_loss, _, _ = _evaluate(model, valid_loader, settings)
-            curve.append(EpochLoss(epoch, float(loss_sum.item()) / seen, valid_loss,
-                                   time.perf_counter() - t_epoch))
-            if stopper.step(epoch, valid_loss, model):
-                stopped_early = epoch < config.max_epochs
-                break
-        stopper.restore(model)
-        model.eval()
+                yield xb.to(dev, non_blocking=settings.pin_memory), yb.to(dev, non_blocking=settings.pin_memory)
+
+        fitted = fit(model, optimizer, nn.functional.cross_entropy, minibatches,
+                     lambda m: _evaluate(m, valid_loader, settings)[0], settings,
+                     max_epochs=config.max_epochs, patience=config.patience, min_delta=config.min_delta)
         train_seconds = time.perf_counter() - started
 
     metrics: dict[str, float] = {}
@@ -233,33 +175,11 @@ def train_digit_classifier(
         metrics[f"{split}_loss"] = loss_value
         metrics[f"{split}_accuracy"] = float(np.mean(prob.argmax(axis=1) == y))
         metrics[f"{split}_ece"] = expected_calibration_error(y, prob)
-    n_params = count_parameters(model)
-    metrics.update({
-        "train_rows": float(len(train_ds)),
-        "valid_rows": float(len(valid_ds)),
-        "test_rows": float(len(test_ds)),
-        "n_params": float(n_params),
-        "epochs_run": float(len(curve)),
-        "best_epoch": float(stopper.best_epoch),
-        "best_valid_loss": stopper.best_loss,
-        "train_seconds": train_seconds,
-        "seconds_per_epoch": float(np.mean([e.seconds for e in curve])),
-    })
-    return TrainResult(
-        model=model,
-        model_spec=model.spec(),
-        params=config.to_params(),
-        metrics=metrics,
-        loss_curve=curve,
-        best_epoch=stopper.best_epoch,
-        epochs_run=len(curve),
-        stopped_early=stopped_early,
-        rows=len(train_ds),
-        n_params=n_params,
-        train_seconds=train_seconds,
-        device=settings.description(),
-        deterministic=det,
-        predictions=predictions,
+    metrics.update({"train_rows": float(len(train_ds)), "valid_rows": float(len(valid_ds)),
+                    "test_rows": float(len(test_ds))})
+    return fitted.result(
+        model, params=config.to_params(), metrics=metrics, train_seconds=train_seconds, settings=settings,
+        deterministic=det, predictions=predictions,
         extra={"classes": classes, "image_size": image_size, "device_settings": asdict(settings),
                "split_rows": {"train": len(train_ds), "validation": len(valid_ds), "test": len(test_ds)}},
     )

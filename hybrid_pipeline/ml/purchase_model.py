@@ -10,7 +10,7 @@ validation loss and returns the best epoch's weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -21,15 +21,7 @@ from torch import nn
 from hybrid_pipeline.ml.device import DeviceSettings, pick_device
 from hybrid_pipeline.ml.metrics import binary_metrics
 from hybrid_pipeline.ml.tabular import RunningMoments, Standardizer, TensorBatch
-from hybrid_pipeline.ml.training import (
-    EarlyStopping,
-    EpochLoss,
-    TrainResult,
-    count_parameters,
-    deterministic_mode,
-    seed_everything,
-    torch_threads,
-)
+from hybrid_pipeline.ml.training import TrainResult, deterministic_mode, fit, seed_everything, torch_threads
 
 ARCHITECTURE = "purchase_mlp"
 
@@ -199,19 +191,10 @@ def train_purchase_model(
                                       weight_decay=config.weight_decay)
         pos_weight = (torch.tensor(config.pos_weight, device=dev) if config.pos_weight is not None else None)
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        eval_loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        scaler = torch.amp.GradScaler("cuda") if settings.needs_grad_scaler else None
         shuffle_gen = torch.Generator().manual_seed(config.seed)
-        stopper = EarlyStopping(config.patience, config.min_delta)
-        curve: list[EpochLoss] = []
-        stopped_early = False
-        epoch_rows = 0
 
-        for epoch in range(1, config.max_epochs + 1):
-            t_epoch = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-            epoch_rows = 0
+        def minibatches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            """Each chunk moved to the device once, shuffled with the seeded generator, cut into minibatches."""
             for chunk in train_batches_fn():
                 X, y = chunk.X, chunk.y
                 if y is None:
@@ -223,36 +206,17 @@ def train_purchase_model(
                     X, y = X.pin_memory(), y.pin_memory()
                 X = X.to(dev, non_blocking=settings.pin_memory)
                 y = y.to(dev, non_blocking=settings.pin_memory)
-                order = (torch.randperm(n, generator=shuffle_gen) if config.shuffle
-                         else torch.arange(n)).to(dev)
+                order = (torch.randperm(n, generator=shuffle_gen) if config.shuffle else torch.arange(n)).to(dev)
                 for start in range(0, n, config.batch_size):
                     idx = order[start:start + config.batch_size]
-                    xb, yb = X[idx], y[idx]
-                    optimizer.zero_grad(set_to_none=True)
-                    with settings.autocast():
-                        logits = model(xb)
-                    loss = loss_fn(logits.float(), yb)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    loss_sum += loss.detach().double() * idx.shape[0]
-                epoch_rows += n
-            if epoch_rows == 0:
-                raise ValueError("train_batches_fn yielded no rows")
-            train_loss = float(loss_sum.item()) / epoch_rows
-            valid_logits = _logits(model, Xv, dev, config.eval_batch_size)
-            with torch.no_grad():
-                valid_loss = float(eval_loss_fn(valid_logits.to(dev), yv.to(dev)).item())
-            curve.append(EpochLoss(epoch, train_loss, valid_loss, time.perf_counter() - t_epoch))
-            if stopper.step(epoch, valid_loss, model):
-                stopped_early = epoch < config.max_epochs
-                break
-        stopper.restore(model)
-        model.eval()
+                    yield X[idx], y[idx]
+
+        @torch.no_grad()
+        def valid_loss(m: nn.Module) -> float:
+            return float(loss_fn(_logits(m, Xv, dev, config.eval_batch_size).to(dev), yv.to(dev)).item())
+
+        fitted = fit(model, optimizer, loss_fn, minibatches, valid_loss, settings,
+                     max_epochs=config.max_epochs, patience=config.patience, min_delta=config.min_delta)
         train_seconds = time.perf_counter() - started
 
     metrics: dict[str, float] = {}
@@ -263,33 +227,14 @@ def train_purchase_model(
         predictions[split] = (y_np, prob)
         for k, v in binary_metrics(y_np, prob).items():
             metrics[f"{split}_{k}"] = v
-    n_params = count_parameters(model)
     metrics.update({
-        "best_valid_loss": stopper.best_loss,
-        "train_rows": float(epoch_rows),
-        "n_params": float(n_params),
-        "epochs_run": float(len(curve)),
-        "best_epoch": float(stopper.best_epoch),
-        "train_seconds": train_seconds,
+        "train_rows": float(fitted.rows),
         "standardize_seconds": stats_seconds,
-        "seconds_per_epoch": float(np.mean([e.seconds for e in curve])),
-        "train_rows_per_second": epoch_rows / float(np.mean([e.seconds for e in curve])),
+        "train_rows_per_second": fitted.rows / float(np.mean([e.seconds for e in fitted.loss_curve])),
     })
-    return TrainResult(
-        model=model,
-        model_spec=model.spec(),
-        params=config.to_params(),
-        metrics=metrics,
-        loss_curve=curve,
-        best_epoch=stopper.best_epoch,
-        epochs_run=len(curve),
-        stopped_early=stopped_early,
-        rows=epoch_rows,
-        n_params=n_params,
-        train_seconds=train_seconds,
-        device=settings.description(),
-        deterministic=det,
-        predictions=predictions,
+    return fitted.result(
+        model, params=config.to_params(), metrics=metrics, train_seconds=train_seconds, settings=settings,
+        deterministic=det, predictions=predictions,
         extra={"standardizer": standardizer.to_dict() if standardizer is not None else None,
                "device_settings": asdict(settings)},
     )

@@ -195,7 +195,7 @@ def iter_delta_batches(
     feature_cols: Sequence[str],
     label_col: str | None,
     version: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = DEFAULT_BATCH_ROWS,
     storage_options: dict[str, str] | None = None,
     *,
     filter: pc.Expression | None = None,
@@ -203,21 +203,21 @@ def iter_delta_batches(
 ) -> Iterator[TensorBatch]:
     """Stream the table as ``TensorBatch`` chunks of exactly ``batch_rows`` rows (last may be short).
 
-    ``version=None`` reads the latest snapshot *as of the call*; pass a version
-    (see :func:`pin_version` or :class:`DeltaTensorSource`) to make reruns read
-    the same bytes. ``filter`` is a pyarrow expression pushed into the scan
-    (partition pruning, row-group statistics). Nulls in a feature raise unless
-    ``fill_null`` is given; a null label always raises.
+    ``batch_rows=None``: the whole table as one chunk (one, possibly empty). ``version=None``
+    reads the latest snapshot *as of the call*; pass a version (see :func:`pin_version` or
+    :class:`DeltaTensorSource`) to make reruns read the same bytes. ``filter`` is a pyarrow
+    expression pushed into the scan (partition pruning, row-group statistics). Nulls in a
+    feature raise unless ``fill_null`` is given; a null label always raises.
     """
-    if batch_rows < 1:
+    if batch_rows is not None and batch_rows < 1:
         raise ValueError("batch_rows must be >= 1")
     feature_cols = list(feature_cols)
     if not feature_cols:
         raise ValueError("need at least one feature column")
     columns = feature_cols + ([label_col] if label_col is not None and label_col not in feature_cols else [])
     raw = iter_record_batches(table_uri, columns, version, storage_options, filter=filter,
-                              batch_rows=batch_rows)
-    for group in _rebatch(raw, batch_rows):
+                              batch_rows=batch_rows or DEFAULT_BATCH_ROWS)
+    for group in _rebatch(raw, batch_rows) if batch_rows is not None else [list(raw)]:
         yield batches_to_tensors(group, feature_cols, label_col, fill_null=fill_null)
 
 
@@ -232,12 +232,9 @@ def load_tensors(
     fill_null: float | None = None,
 ) -> TensorBatch:
     """The whole (small) table as one ``TensorBatch``; still no pandas, still one copy."""
-    columns = list(feature_cols) + ([label_col] if label_col is not None and label_col not in feature_cols else [])
-    raw = list(iter_record_batches(table_uri, columns, version, storage_options, filter=filter))
-    if not raw:
-        X = torch.empty((0, len(feature_cols)), dtype=torch.float32)
-        return TensorBatch(X, torch.empty(0, dtype=torch.float32) if label_col is not None else None)
-    return batches_to_tensors(raw, list(feature_cols), label_col, fill_null=fill_null)
+    [whole] = iter_delta_batches(table_uri, feature_cols, label_col, version, None, storage_options,
+                                 filter=filter, fill_null=fill_null)
+    return whole
 
 
 class DeltaTensorSource:

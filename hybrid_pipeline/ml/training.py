@@ -1,4 +1,5 @@
-"""What every training loop here shares: seeding, determinism, early stopping, the result.
+"""What every training loop here shares: seeding, determinism, the epoch loop with early
+stopping (:func:`fit`), and the result (:class:`TrainResult`).
 
 Why a context manager for determinism: ``torch.use_deterministic_algorithms``
 and the cuDNN flags are process-global; a training call switches them on for
@@ -12,13 +13,17 @@ import contextlib
 import copy
 import os
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from hybrid_pipeline.ml.device import DeviceSettings
 
 
 def seed_everything(seed: int) -> None:
@@ -164,12 +169,126 @@ class TrainResult:
         return copy.deepcopy(self.model).to("cpu").eval()
 
 
+@dataclass
+class Fit:
+    """What :func:`fit` produced: the loss curve, the best epoch (its weights are in the model), how it stopped."""
+
+    loss_curve: list[EpochLoss]
+    best_epoch: int
+    best_loss: float
+    stopped_early: bool
+    rows: int  # training rows of the last epoch
+
+    def result(
+        self,
+        model: nn.Module,
+        *,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        train_seconds: float,
+        settings: DeviceSettings,
+        deterministic: bool,
+        predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+        extra: dict[str, Any],
+    ) -> TrainResult:
+        """The :class:`TrainResult` of ``model`` (which has a ``spec()``): ``metrics`` plus what every run reports
+        (parameter count, epochs, best epoch and loss, timings)."""
+        n_params = count_parameters(model)
+        metrics = {
+            **metrics,
+            "n_params": float(n_params),
+            "epochs_run": float(len(self.loss_curve)),
+            "best_epoch": float(self.best_epoch),
+            "best_valid_loss": self.best_loss,
+            "train_seconds": train_seconds,
+            "seconds_per_epoch": float(np.mean([e.seconds for e in self.loss_curve])),
+        }
+        return TrainResult(
+            model=model,
+            model_spec=model.spec(),  # type: ignore[operator]
+            params=params,
+            metrics=metrics,
+            loss_curve=self.loss_curve,
+            best_epoch=self.best_epoch,
+            epochs_run=len(self.loss_curve),
+            stopped_early=self.stopped_early,
+            rows=self.rows,
+            n_params=n_params,
+            train_seconds=train_seconds,
+            device=settings.description(),
+            deterministic=deterministic,
+            predictions=predictions,
+            extra=extra,
+        )
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    valid_loss: Callable[[nn.Module], float],
+    settings: DeviceSettings,
+    *,
+    max_epochs: int,
+    patience: int,
+    min_delta: float,
+) -> Fit:
+    """The epoch loop every model here trains with; returns with the best epoch's weights loaded, in eval mode.
+
+    Each epoch: ``train_batches()`` yields ``(x, y)`` minibatches already on the device; per
+    minibatch one optimizer step on ``loss_fn(logits, y)`` (the forward pass under the device's
+    autocast, the loss in float32, a gradient scaler where fp16 needs one); then
+    ``valid_loss(model)`` feeds :class:`EarlyStopping`. The epoch's train loss is the
+    row-weighted mean of its minibatch losses.
+    """
+    if max_epochs < 1:
+        raise ValueError("max_epochs must be >= 1")
+    dev = settings.torch_device
+    scaler = torch.amp.GradScaler("cuda") if settings.needs_grad_scaler else None
+    stopper = EarlyStopping(patience, min_delta)
+    curve: list[EpochLoss] = []
+    stopped_early = False
+    rows = 0
+    for epoch in range(1, max_epochs + 1):
+        t_epoch = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        rows = 0
+        for xb, yb in train_batches():
+            optimizer.zero_grad(set_to_none=True)
+            with settings.autocast():
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach().double() * yb.shape[0]
+            rows += int(yb.shape[0])
+        if rows == 0:
+            raise ValueError("the training batches yielded no rows")
+        epoch_valid_loss = valid_loss(model)
+        curve.append(EpochLoss(epoch, float(loss_sum.item()) / rows, epoch_valid_loss, time.perf_counter() - t_epoch))
+        if stopper.step(epoch, epoch_valid_loss, model):
+            stopped_early = epoch < max_epochs
+            break
+    stopper.restore(model)
+    model.eval()
+    return Fit(curve, stopper.best_epoch, stopper.best_loss, stopped_early, rows)
+
+
 __all__ = [
     "EarlyStopping",
     "EpochLoss",
+    "Fit",
     "TrainResult",
     "count_parameters",
     "deterministic_mode",
+    "fit",
     "seed_everything",
     "torch_threads",
 ]
