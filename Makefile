@@ -25,10 +25,7 @@ run: install
 	@echo "Lakehouse: ./data/lakehouse   Open the UI with: make dev   (http://127.0.0.1:3000)"
 
 test: install
-	# The serving tests run in a process of their own: in one process with the whole suite,
-	# three Prometheus metrics tests count requests of other apps (cause not yet found).
-	$(BIN)/python -m pytest --ignore=hybrid_pipeline_tests/serving
-	$(BIN)/python -m pytest hybrid_pipeline_tests/serving
+	$(BIN)/python -m pytest
 
 dev: install
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml || true

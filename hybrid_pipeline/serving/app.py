@@ -29,11 +29,14 @@ from __future__ import annotations
 import base64
 import hmac
 import inspect
+import itertools
 import json
 import logging
 import math
 import re
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any, Optional
@@ -41,7 +44,9 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -130,47 +135,116 @@ def _short(value: Any, limit: int = 80) -> str:
 # --------------------------------------------------------------------------- metrics
 
 
+class _Counter:
+    """A labelled counter kept in this app's memory."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labelvalues: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        self.values[labelvalues] = self.values.get(labelvalues, 0.0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, value in list(self.values.items()):
+            family.add_metric(labelvalues, value)
+        return family
+
+
+class _Histogram:
+    """A labelled histogram kept in this app's memory (per-bucket counts, sum)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = ()) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.values: dict[tuple[str, ...], list] = {}  # labels -> [counts per bucket (last: +Inf), sum]
+
+    def child(self, labelvalues: tuple[str, ...] = ()) -> list:
+        state = self.values.get(labelvalues)
+        if state is None:
+            state = self.values[labelvalues] = [[0] * (len(self.bounds) + 1), 0.0]
+        return state
+
+    def observe_child(self, state: list, value: float) -> None:
+        state[0][bisect_left(self.bounds, value)] += 1  # first bucket whose upper bound is >= value
+        state[1] += value
+
+    def observe(self, value: float, labelvalues: tuple[str, ...] = ()) -> None:
+        self.observe_child(self.child(labelvalues), value)
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labelvalues, (counts, total) in list(self.values.items()):
+            cumulative = list(itertools.accumulate(counts))
+            family.add_metric(labelvalues, list(zip(self._les, cumulative)), total)
+        return family
+
+
 class _Metrics:
+    """The metrics of ONE app, in its own :class:`CollectorRegistry`.
+
+    The values live in this object, not in ``prometheus_client`` metric objects: when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set before ``prometheus_client`` is first imported
+    (``import feast`` sets it), every ``Counter``/``Histogram`` of the process keeps its
+    value in a per-process file keyed by metric name and labels, so two apps in one process
+    (or an app and a test) would count each other's requests. A collector over plain
+    in-memory values counts this app's requests only, whatever mode the process is in.
+    Updates happen on the event loop thread; a lock still guards them against other threads.
+    """
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = _Counter(
             "hybrid_serving_requests", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"], registry=self.registry,
+            ["route", "method", "status"],
         )
-        self.latency = Histogram(
+        self.latency = _Histogram(
             "hybrid_serving_request_duration_seconds", "HTTP request latency (server side) by route and method.",
-            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            _LATENCY_BUCKETS, ["route", "method"],
         )
-        self.predict_latency = Histogram(
-            "hybrid_serving_predict_duration_seconds", "Predictor call latency.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        self.predict_latency = _Histogram(
+            "hybrid_serving_predict_duration_seconds", "Predictor call latency.", _LATENCY_BUCKETS,
         )
-        self.lookups = Counter(
-            "hybrid_serving_feature_lookups", "Entity lookups by result.", ["result"], registry=self.registry,
+        self.lookups = _Counter("hybrid_serving_feature_lookups", "Entity lookups by result.", ["result"])
+        self.batch_sizes = _Histogram(
+            "hybrid_serving_batch_size", "User ids per batch request.", _BATCH_BUCKETS, ["route"],
         )
-        self.batch_size = Histogram(
-            "hybrid_serving_batch_size", "User ids per batch request.", ["route"],
-            buckets=_BATCH_BUCKETS, registry=self.registry,
-        )
-        self._found = self.lookups.labels("found")
-        self._missing = self.lookups.labels("missing")
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._metrics = (self.requests, self.latency, self.predict_latency, self.lookups, self.batch_sizes)
+        self._lock = threading.Lock()
+        self._latency_children: dict[tuple[str, str], list] = {}
+        self.registry.register(self)
+
+    def collect(self):  # noqa: ANN201 - the prometheus_client Collector protocol
+        with self._lock:
+            return [m.family() for m in self._metrics]
 
     def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.latency.labels(route, method), self.requests.labels(route, method, str(status)))
-            if len(self._children) < 1000:  # label values are bounded (route templates, methods, statuses)
-                self._children[key] = children
-        children[0].observe(seconds)
-        children[1].inc()
+        key = (route, method)
+        with self._lock:
+            child = self._latency_children.get(key)
+            if child is None:
+                child = self.latency.child(key)
+                if len(self._latency_children) < 1000:  # label values are bounded (route templates, methods)
+                    self._latency_children[key] = child
+            self.latency.observe_child(child, seconds)
+            self.requests.inc((route, method, str(status)))
+
+    def observe_predict(self, seconds: float) -> None:
+        with self._lock:
+            self.predict_latency.observe(seconds)
+
+    def observe_batch_size(self, route: str, size: int) -> None:
+        with self._lock:
+            self.batch_sizes.observe(size, (route,))
 
     def count_lookups(self, found: int, missing: int) -> None:
-        if found:
-            self._found.inc(found)
-        if missing:
-            self._missing.inc(missing)
+        with self._lock:
+            if found:
+                self.lookups.inc(("found",), found)
+            if missing:
+                self.lookups.inc(("missing",), missing)
 
 
 class _MetricsMiddleware:
@@ -393,7 +467,7 @@ def create_app(
     async def features_batch(request: Request):
         check_key(request)
         ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
-        metrics.batch_size.labels("/features").observe(len(ids))
+        metrics.observe_batch_size("/features", len(ids))
         rows = lookup(ids)
         results = [
             {"user_id": u, "found": f is not None, "event_timestamp": ts, "features": _features_json(f)}
@@ -410,7 +484,7 @@ def create_app(
         async def predict(request: Request):
             check_key(request)
             ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
-            metrics.batch_size.labels("/predict").observe(len(ids))
+            metrics.observe_batch_size("/predict", len(ids))
             rows = lookup(ids)
             found_rows = [f for f, _ in rows if f is not None]
             scores: list[Any] = []
@@ -426,7 +500,7 @@ def create_app(
                     log.exception("predictor failed")
                     return _error_response(500, "prediction_failed", "the model failed on this batch")
                 finally:
-                    metrics.predict_latency.observe(time.perf_counter() - start)
+                    metrics.observe_predict(time.perf_counter() - start)
                 if len(scores) != len(found_rows):
                     log.error("predictor returned %d scores for %d rows", len(scores), len(found_rows))
                     return _error_response(500, "prediction_failed", "the model returned a wrong number of scores")

@@ -302,6 +302,47 @@ def test_each_app_has_its_own_registry(reader):
         assert metric(cb.get("/metrics").text, "hybrid_serving_requests_total", route=route, status="200") == 1
 
 
+def test_apps_count_only_their_own_requests_in_prometheus_multiprocess_mode(tmp_path: Path):
+    """``import feast`` sets PROMETHEUS_MULTIPROC_DIR; when that happens before prometheus_client is
+    first imported, stock metrics of one process share their values by name and labels. The
+    apps' counts must stay their own (run in a fresh interpreter: the mode is chosen at import)."""
+    script = f"""
+import os
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(tmp_path)!r}
+from prometheus_client import values
+assert values.ValueClass is not values.MutexValue  # the process is in multiprocess mode
+from hybrid_pipeline_tests.serving.conftest import TestClient, mean_clicks_predictor, USERS, T0, VIEW
+from hybrid_pipeline_tests.serving.test_api import metric
+from hybrid_pipeline.online import OnlineReader, OnlineWriter
+from hybrid_pipeline.serving import create_app
+url = "sqlite://{tmp_path / 'online.db'}"
+with OnlineWriter.from_url(url, "proj") as writer:
+    writer.write_records(VIEW, [(u, f, T0, None) for u, f in USERS.items()])
+reader = OnlineReader.from_url(url, "proj")
+a, b = create_app(reader, VIEW, predictor=mean_clicks_predictor), create_app(reader, VIEW, predictor=mean_clicks_predictor)
+with TestClient(a) as ca, TestClient(b) as cb:
+    for _ in range(3):
+        ca.get("/features/u1")
+        ca.post("/predict", json={{"user_ids": ["u1", "ghost"]}})
+    cb.get("/features/u1")
+    ta, tb = ca.get("/metrics").text, cb.get("/metrics").text
+route = "/features/{{user_id}}"
+got = (
+    metric(ta, "hybrid_serving_requests_total", route=route, status="200"),
+    metric(tb, "hybrid_serving_requests_total", route=route, status="200"),
+    metric(ta, "hybrid_serving_predict_duration_seconds_count"),
+    metric(tb, "hybrid_serving_predict_duration_seconds_count"),
+    metric(ta, "hybrid_serving_feature_lookups_total", result="missing"),
+    metric(tb, "hybrid_serving_feature_lookups_total", result="found"),
+)
+assert got == (3, 1, 3, 0, 3, 1), got
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
 # --------------------------------------------------------------------------- failures and contracts
 
 
