@@ -38,12 +38,19 @@ def column_lineage(deps: Mapping[str, Sequence[tuple[dg.AssetKey, str]]]) -> dg.
     )
 
 
-def check_result(outcome, **extra: Any) -> dg.AssetCheckResult:  # noqa: ANN001 - Outcome
-    """An :class:`Outcome` of :mod:`hybrid_pipeline.transforms.quality` as a check result."""
+def check_result(  # noqa: ANN001 - Outcome
+    outcome, *, asset_key: dg.AssetKey | None = None, check_name: str | None = None, **extra: Any
+) -> dg.AssetCheckResult:
+    """An :class:`Outcome` of :mod:`hybrid_pipeline.transforms.quality` as a check result.
+
+    ``asset_key`` and ``check_name`` name the check when one step evaluates several.
+    """
     severity = dg.AssetCheckSeverity.WARN if outcome.severity == "WARN" else dg.AssetCheckSeverity.ERROR
     meta = {k: (v if isinstance(v, (int, float, str, bool)) else dg.MetadataValue.json(v)) for k, v in outcome.metadata.items()}
     meta.update(extra)
     return dg.AssetCheckResult(
+        asset_key=asset_key,
+        check_name=check_name,
         passed=outcome.passed,
         severity=severity,
         metadata=meta,

@@ -1,6 +1,8 @@
 """Silver: typed, validated, deduplicated events, and what was set aside with reasons."""
 
 
+from collections.abc import Iterator
+
 import dagster as dg
 import polars as pl
 
@@ -10,7 +12,7 @@ from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
 from hybrid_pipeline.transforms import quality
-from hybrid_pipeline.transforms.contract import silver_schema
+from hybrid_pipeline.transforms.contract import REQUIRED_KEYS, silver_schema
 from hybrid_pipeline.transforms.silver import DUPLICATES_SCHEMA, QUARANTINE_SCHEMA, clean_events
 
 _OWNERS = ["team:data-platform"]
@@ -108,62 +110,52 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             metadata=table_metadata(lh.uri(duplicates), DUPLICATES_SCHEMA, batch.duplicates.height, v_duplicates),
         )
 
-    def silver_check(name: str, description: str):  # noqa: ANN202 - decorator factory
-        return dg.asset_check(
-            asset=SILVER_EVENTS,
-            name=name,
-            description=description,
-            blocking=True,
-            partitions_def=partitions,
-        )
+    checks = {
+        "schema_matches_contract": "silver/events has exactly the contract's columns and types.",
+        "keys_not_null": "No null event_id, user_id, session_id, event_type or timestamp.",
+        "event_id_unique": "event_id is unique across the whole table: the landing day's ids are distinct "
+        "and none is stored under another landing day.",
+        "event_type_valid": "Every event_type is one of the contract's values.",
+        "row_conservation": "bronze rows == silver + quarantine + duplicates for the landing day.",
+        "quarantine_rate": "Share of the landing day's records quarantined: WARN or ERROR above thresholds.",
+    }
 
-    @silver_check("schema_matches_contract", "silver/events has exactly the contract's columns and types.")
-    def schema_matches_contract(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-        lh = lakehouse.lakehouse()
-        return check_result(quality.schema_matches(dict(lh.scan(table_of(SILVER_EVENTS)).collect_schema()), silver_schema()))
-
-    @silver_check("keys_not_null", "No null event_id, user_id, session_id, event_type or timestamp.")
-    def keys_not_null(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-        lh = lakehouse.lakehouse()
-        return check_result(quality.keys_not_null(_rows(lh, table_of(SILVER_EVENTS), silver_schema(), context.partition_key)))
-
-    @silver_check("event_id_unique", "event_id is unique across the whole table (all days).")
-    def event_id_unique(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-        lh = lakehouse.lakehouse()
-        return check_result(quality.event_ids_unique(lh.scan(table_of(SILVER_EVENTS)).select("event_id")))
-
-    @silver_check("event_type_valid", "Every event_type is one of the contract's values.")
-    def event_type_valid(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-        lh = lakehouse.lakehouse()
-        return check_result(quality.enums_valid(_rows(lh, table_of(SILVER_EVENTS), silver_schema(), context.partition_key)))
-
-    @silver_check("row_conservation", "bronze rows == silver + quarantine + duplicates for the landing day.")
-    def row_conservation(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-        lh, day = lakehouse.lakehouse(), context.partition_key
-        return check_result(
-            quality.row_conservation(
-                _count(_rows(lh, table_of(BRONZE_EVENTS), BRONZE_SCHEMA, day)),
-                _count(_rows(lh, table_of(SILVER_EVENTS), silver_schema(), day)),
-                _count(_rows(lh, table_of(SILVER_QUARANTINE), QUARANTINE_SCHEMA, day)),
-                _count(_rows(lh, table_of(SILVER_DUPLICATES), DUPLICATES_SCHEMA, day)),
-            )
-        )
-
-    @silver_check("quarantine_rate", "Share of the landing day's records quarantined: WARN or ERROR above thresholds.")
-    def quarantine_rate(
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(name, asset=SILVER_EVENTS, description=text, blocking=True, partitions_def=partitions)
+            for name, text in checks.items()
+        ],
+        can_subset=True,
+        description="The silver contract for one landing day, read back from the stored tables.",
+    )
+    def silver_checks(
         context: dg.AssetCheckExecutionContext, lakehouse: LakehouseResource, policy: DataPolicyResource
-    ) -> dg.AssetCheckResult:
+    ) -> Iterator[dg.AssetCheckResult]:
+        # One step reads each stored table once for all of the day's checks; each check can
+        # still be run on its own (can_subset) from the UI.
         lh, day = lakehouse.lakehouse(), context.partition_key
-        return check_result(
-            quality.quarantine_rate(
-                _count(_rows(lh, table_of(BRONZE_EVENTS), BRONZE_SCHEMA, day)),
-                _count(_rows(lh, table_of(SILVER_QUARANTINE), QUARANTINE_SCHEMA, day)),
-                policy.quarantine_warn_rate,
-                policy.quarantine_error_rate,
-            )
-        )
+        selected = {key.name for key in context.selected_asset_check_keys}
+        events = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
+        rows = events.filter(pl.col("landing_date") == day).select(*REQUIRED_KEYS).collect()
+        bronze = _count(_rows(lh, table_of(BRONZE_EVENTS), BRONZE_SCHEMA, day))
+        quarantined = _count(_rows(lh, table_of(SILVER_QUARANTINE), QUARANTINE_SCHEMA, day))
+        outcomes = {
+            "schema_matches_contract": lambda: quality.schema_matches(dict(events.collect_schema()), silver_schema()),
+            "keys_not_null": lambda: quality.keys_not_null(rows.lazy()),
+            "event_id_unique": lambda: quality.event_ids_unique(rows.lazy(), events.filter(pl.col("landing_date") != day)),
+            "event_type_valid": lambda: quality.enums_valid(rows.lazy()),
+            "row_conservation": lambda: quality.row_conservation(
+                bronze, rows.height, quarantined, _count(_rows(lh, table_of(SILVER_DUPLICATES), DUPLICATES_SCHEMA, day))
+            ),
+            "quarantine_rate": lambda: quality.quarantine_rate(
+                bronze, quarantined, policy.quarantine_warn_rate, policy.quarantine_error_rate
+            ),
+        }
+        for name in checks:
+            if name in selected:
+                yield check_result(outcomes[name](), asset_key=SILVER_EVENTS, check_name=name)
 
     return dg.Definitions(
         assets=[silver_events],
-        asset_checks=[schema_matches_contract, keys_not_null, event_id_unique, event_type_valid, row_conservation, quarantine_rate],
+        asset_checks=[silver_checks],
     )

@@ -39,10 +39,22 @@ def keys_not_null(events: pl.LazyFrame) -> Outcome:
     return Outcome(not bad, metadata={"null_keys": bad or "none"})
 
 
-def event_ids_unique(event_ids: pl.LazyFrame) -> Outcome:
-    dupes = event_ids.group_by("event_id").len().filter(pl.col("len") > 1).collect()
-    sample = dupes.head(5)["event_id"].to_list()
-    return Outcome(dupes.height == 0, metadata={"duplicated_event_ids": dupes.height, "sample": sample})
+def event_ids_unique(event_ids: pl.LazyFrame, elsewhere: pl.LazyFrame | None = None) -> Outcome:
+    """No event_id twice in ``event_ids``, and none of them in ``elsewhere``.
+
+    Checking a partition against the rest of the table (``elsewhere``) proves whole-table
+    uniqueness for it at the cost of one hash probe per stored id, instead of grouping every
+    id of the table again after each landing day.
+    """
+    ids = event_ids.select("event_id").collect()
+    dupes = ids.group_by("event_id").len().filter(pl.col("len") > 1)
+    clashes = (
+        elsewhere.select("event_id").join(ids.lazy().unique(), on="event_id", how="semi").unique().collect()
+        if elsewhere is not None
+        else pl.DataFrame(schema={"event_id": pl.String})
+    )
+    found = pl.concat([dupes.select("event_id"), clashes]).unique(maintain_order=True)
+    return Outcome(found.height == 0, metadata={"duplicated_event_ids": found.height, "sample": found.head(5)["event_id"].to_list()})
 
 
 def enums_valid(events: pl.LazyFrame) -> Outcome:

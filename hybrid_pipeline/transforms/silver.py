@@ -90,11 +90,13 @@ def unknown_fields(good: pl.DataFrame) -> dict[str, int]:
     Only records with more keys than contract keys can carry one, so only those are
     decoded again (one by one); the count is exact, the cost proportional to drift.
     """
-    keys = pl.col("payload").str.count_matches(_KEY)
     present = pl.sum_horizontal(
         pl.col("payload").str.contains(f'"{f}":', literal=True).cast(pl.Int32) for f in CONTRACT_FIELDS
     )
-    suspects = good.filter(keys > present)["payload"]
+    # Every key ends in a quote and a colon, so this count is never below the number of keys
+    # (it may be above it); only rows that pass it are counted exactly.
+    maybe = good.filter(pl.col("payload").str.count_matches(r'"\s*:') > present)
+    suspects = maybe.filter(pl.col("payload").str.count_matches(_KEY) > present)["payload"]
     counts: dict[str, int] = {}
     for payload in suspects.to_list():
         # Few rows, any JSON types: the json module is exact where a typed reader would clash.
@@ -113,7 +115,9 @@ def decode_payloads(bronze: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, d
     own first. The decoded frame keeps lineage and ``payload`` for later quarantine.
     """
     trimmed = pl.col("payload").str.strip_chars()
-    candidate = bronze.filter(trimmed.str.starts_with("{") & trimmed.str.ends_with("}"))
+    is_candidate = trimmed.str.starts_with("{") & trimmed.str.ends_with("}")
+    flagged = bronze.with_columns(is_candidate.fill_null(False).alias("_object"))
+    candidate = flagged.filter("_object")
     decoded = None
     if candidate.height:
         try:
@@ -123,12 +127,13 @@ def decode_payloads(bronze: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, d
         except pl.exceptions.PolarsError:
             decoded = None
         if decoded is None:
-            candidate = candidate.filter(pl.col("payload").str.json_path_match("$").is_not_null())
+            flagged = flagged.with_columns(pl.col("_object") & pl.col("payload").str.json_path_match("$").is_not_null())
+            candidate = flagged.filter("_object")
             decoded = _read_objects(candidate) if candidate.height else None
     if decoded is None:
         decoded = pl.DataFrame(schema={f: pl.String for f in CONTRACT_FIELDS})
     good = candidate
-    malformed = bronze.join(good.select("source_file", "line_number"), on=["source_file", "line_number"], how="anti")
+    malformed = flagged.filter(~pl.col("_object"))
     drift = unknown_fields(good) if good.height else {}
     decoded = pl.concat([good.select("payload", *LINEAGE), decoded], how="horizontal")
     return decoded, malformed.select("payload", *LINEAGE), drift
@@ -242,6 +247,8 @@ def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFra
     ordered = valid.sort("source_file", "line_number")
     first = ordered.filter(pl.col("event_id").is_first_distinct())
     repeats = ordered.filter(~pl.col("event_id").is_first_distinct())
+    # Ids first: a cross-day repeat is rare, so lineage is read only for the ids that clash.
+    clashing = existing.select("event_id").join(first.lazy().select("event_id"), on="event_id", how="semi").unique().collect()
     seen = (
         existing.select(
             "event_id",
@@ -249,7 +256,7 @@ def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFra
             pl.col("source_file").alias("kept_source_file"),
             pl.col("line_number").alias("kept_line_number"),
         )
-        .join(first.lazy().select("event_id"), on="event_id", how="semi")
+        .filter(pl.col("event_id").is_in(clashing["event_id"].implode()))
         .unique("event_id", keep="first")
         .collect()
     )

@@ -102,6 +102,23 @@ def test_event_ids_unique_fails_and_samples_the_duplicated_ids() -> None:
     assert sorted(outcome.metadata["sample"]) == ["a", "c"]
 
 
+def test_event_ids_unique_passes_when_a_partition_shares_no_id_with_the_rest_of_the_table() -> None:
+    outcome = event_ids_unique(pl.LazyFrame({"event_id": ["a", "b"]}), elsewhere=pl.LazyFrame({"event_id": ["c", "d"]}))
+
+    assert outcome.passed
+
+
+def test_event_ids_unique_fails_when_a_partition_repeats_an_id_stored_elsewhere() -> None:
+    partition = pl.LazyFrame({"event_id": ["a", "b", "b"]})
+    rest = pl.LazyFrame({"event_id": ["a", "a", "z"]})
+
+    outcome = event_ids_unique(partition, elsewhere=rest)
+
+    assert not outcome.passed
+    assert outcome.metadata["duplicated_event_ids"] == 2
+    assert sorted(outcome.metadata["sample"]) == ["a", "b"]
+
+
 def test_enums_valid_passes_on_contract_event_types() -> None:
     outcome = enums_valid(SILVER.lazy())
 
