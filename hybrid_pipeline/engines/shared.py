@@ -1,13 +1,14 @@
 """Gold transforms written once, run on polars or on Spark (narwhals' lazy API).
 
 What is shared
-    :func:`daily_metrics` and :func:`user_features` are single definitions in narwhals
-    expressions; narwhals translates them to polars lazy plans or to Spark SQL column
-    expressions (its "spark-like" backend). They mirror ``transforms.gold.daily_metrics`` and
-    ``transforms.features.user_features`` (same rows, same columns, same semantics); the
-    equivalence tests hold all four to the same output. :func:`dim_date` needs no port: it is
-    computed on the driver from a (small) list of dates, the same polars function for both
-    engines.
+    :func:`daily_metrics`, :func:`user_features`, :func:`fact_events` and :func:`dim_user` are
+    single definitions in narwhals expressions; narwhals translates them to polars lazy plans or
+    to Spark SQL column expressions (its "spark-like" backend). They mirror
+    ``transforms.gold.daily_metrics``, ``transforms.features.user_features``,
+    ``transforms.gold.fact_events`` and ``transforms.gold.dim_user`` (same rows, same columns,
+    same semantics); the equivalence tests hold each pair to the same output. :func:`dim_date`
+    needs no port: it is computed on the driver from a (small) list of dates, the same polars
+    function for both engines.
 
 Where the definitions differ from the polars originals, and why
     * narwhals has no time-based ``rolling_sum_by`` nor ``date_ranges``/``explode`` on lazy
@@ -27,6 +28,16 @@ Where the definitions differ from the polars originals, and why
       they may differ from polars' in the last bits; money is summed in integer cents, exactly,
       as in the originals.
 
+    * the stable user key (``gold.user_keys``: blake2b of the user id, 63 bits) has no Spark SQL
+      function (Spark offers md5/sha1/sha2/xxhash64/murmur3, not blake2b). The distinct user ids
+      of the input are collected to the driver, keyed there by the polars code itself (one key
+      definition, no copy) and joined back as a small lookup frame (a broadcast on Spark). The
+      driver therefore holds one row per *distinct user of the run* (a landing day's users for
+      fact_events, the touched users for dim_user), never one per event.
+    * "last segment" and "last non-null e-mail hash" in (timestamp, event_id) order (a sort and
+      ``last()`` / ``drop_nulls().last()`` in polars) are rank-1 values of
+      ``cum_count(reverse=True).over(user_id[, has_email], order_by=[timestamp, event_id])``.
+
 Engine output is normalised by :func:`run_on`: cast to the polars schema of the original
 (Spark gives int64 counts, timestamps in the session zone, which is always UTC) and sorted on
 the same keys.
@@ -43,7 +54,8 @@ import narwhals as nw
 import polars as pl
 
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, HORIZON_DAYS, SEQUENCE_LENGTH, WINDOWS
-from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA
+from hybrid_pipeline.transforms.contract import silver_schema
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, user_keys
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pyspark.sql import DataFrame as SparkDataFrame
@@ -252,6 +264,91 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
 
 
 # ---------------------------------------------------------------------------------------------
+# star schema: fact_events, dim_user
+# ---------------------------------------------------------------------------------------------
+
+_SILVER = silver_schema()
+FACT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "event_date": pl.Date(),
+    "date_key": pl.Int32(),
+    "user_key": pl.Int64(),
+    "session_id": pl.String(),
+    "event_type": pl.String(),
+    "product_id": pl.String(),
+    "timestamp": _SILVER["timestamp"],
+    "hour": pl.Int8(),
+    "session_duration": pl.Float64(),
+    "revenue": pl.Float64(),
+    "landing_date": pl.String(),
+}
+DIM_USER_SCHEMA: dict[str, pl.DataType] = {
+    "user_key": pl.Int64(),
+    "user_id": pl.String(),
+    "user_segment": pl.String(),
+    "email_hash": pl.String(),
+    "first_seen": _SILVER["timestamp"],
+    "last_seen": _SILVER["timestamp"],
+    "lifetime_events": pl.Int64(),
+}
+USER_KEYS_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String(), "user_key": pl.Int64()}
+
+
+def user_key_lookup(frame: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
+    """``user_id -> user_key`` for the distinct users of ``frame``, keyed on the driver by ``gold.user_keys``."""
+    ids = engine.collect(frame.select("user_id").unique())["user_id"].drop_nulls().cast(pl.String)
+    return engine.frame({"user_id": ids.to_list(), "user_key": user_keys(ids).to_list()}, USER_KEYS_SCHEMA)
+
+
+def date_key(col: str) -> nw.Expr:
+    """yyyymmdd as an integer (cf. ``gold.date_key``)."""
+    c = nw.col(col)
+    return (c.dt.year().cast(nw.Int32) * 10_000 + c.dt.month().cast(nw.Int32) * 100 + c.dt.day().cast(nw.Int32)).cast(
+        nw.Int32
+    )
+
+
+def fact_events(silver: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
+    """One row per event keyed to the date and user dimensions (cf. ``gold.fact_events``)."""
+    keys = user_key_lookup(silver, engine)
+    return (
+        silver.join(keys, on="user_id", how="left")
+        .select(
+            "event_id",
+            "event_date",
+            date_key("event_date").alias("date_key"),
+            "user_key",
+            "session_id",
+            "event_type",
+            "product_id",
+            "timestamp",
+            "hour",
+            "session_duration",
+            nw.col("revenue").fill_null(0.0).alias("revenue"),
+            "landing_date",
+        )
+    )
+
+
+def dim_user(silver_for_users: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
+    """One row per user over its whole history, latest segment wins (cf. ``gold.dim_user``)."""
+    order = ["timestamp", "event_id"]
+    ranked = silver_for_users.with_columns(nw.col("email_hash").is_null().alias("_no_email")).with_columns(
+        nw.col("event_id").cum_count(reverse=True).over("user_id", order_by=order).alias("_from_last"),
+        nw.col("event_id").cum_count(reverse=True).over("user_id", "_no_email", order_by=order).alias("_email_from_last"),
+    )
+    users = ranked.group_by("user_id").agg(
+        nw.when(nw.col("_from_last") == 1).then(nw.col("user_segment")).max().alias("user_segment"),
+        nw.when(~nw.col("_no_email") & (nw.col("_email_from_last") == 1)).then(nw.col("email_hash")).max().alias("email_hash"),
+        nw.col("timestamp").min().alias("first_seen"),
+        nw.col("timestamp").max().alias("last_seen"),
+        nw.len().cast(nw.Int64).alias("lifetime_events"),
+    )
+    keys = user_key_lookup(users, engine)
+    return users.join(keys, on="user_id", how="left").select(*DIM_USER_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------
 # running a shared transform
 # ---------------------------------------------------------------------------------------------
 
@@ -267,6 +364,8 @@ class SharedTransform:
 TRANSFORMS: dict[str, SharedTransform] = {
     "daily_metrics": SharedTransform(daily_metrics, DAILY_METRICS_SCHEMA, ("event_date", "user_segment")),
     "user_features": SharedTransform(user_features, FEATURES_SCHEMA, ("user_id", "event_date"), needs_engine=True),
+    "fact_events": SharedTransform(fact_events, FACT_EVENTS_SCHEMA, ("event_date", "timestamp", "event_id"), needs_engine=True),
+    "dim_user": SharedTransform(dim_user, DIM_USER_SCHEMA, ("user_id",), needs_engine=True),
 }
 
 

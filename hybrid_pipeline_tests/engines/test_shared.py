@@ -1,4 +1,5 @@
-"""One definition of daily_metrics and user_features, identical results on polars and on Spark.
+"""One definition of daily_metrics, user_features, fact_events and dim_user, identical results on
+polars and on Spark.
 
 Normalisation (documented in ``engines.shared``): outputs are cast to the polars originals'
 schema and sorted on their keys; ``avg_session_duration`` is a floating sum whose order differs
@@ -13,9 +14,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from hybrid_pipeline.engines.shared import Engine, calendar, run_on
+from hybrid_pipeline.engines.shared import DIM_USER_SCHEMA, FACT_EVENTS_SCHEMA, Engine, calendar, run_on
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, user_features
-from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, daily_metrics
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, daily_metrics, dim_user, fact_events
 
 from .conftest import START, PolarsRun, SparkRun
 
@@ -87,3 +88,52 @@ def test_unknown_engine_is_refused() -> None:
         Engine("duckdb")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="SparkSession"):
         Engine("spark")
+
+
+# -- star schema: fact_events and dim_user ----------------------------------------------------
+
+
+def silver_with_gaps(silver: pl.DataFrame) -> pl.DataFrame:
+    """Silver with what the generated data lacks: users whose newest event has no e-mail (the
+    newest *non-null* hash must win), users without any e-mail, and a segment change."""
+    users = silver["user_id"].unique().sort()
+    no_email = set(users[:5].to_list())
+    newest = silver.sort("timestamp", "event_id").group_by("user_id").agg(pl.col("event_id").last())["event_id"]
+    return silver.with_columns(
+        pl.when(pl.col("user_id").is_in(list(no_email)) | pl.col("event_id").is_in(newest.head(40).to_list()))
+        .then(None)
+        .otherwise(pl.col("email_hash"))
+        .alias("email_hash"),
+        pl.when(pl.col("event_id").is_in(newest.head(20).to_list()))
+        .then(pl.lit("changed"))
+        .otherwise(pl.col("user_segment"))
+        .alias("user_segment"),
+    )
+
+
+def test_shared_fact_events_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
+    silver = polars_run.silver
+    got = run_on("polars", "fact_events", silver)
+    assert_frame_equal(fact_events(silver), got)  # exact, schema included
+    assert got.schema == pl.Schema(FACT_EVENTS_SCHEMA)
+
+
+def test_shared_dim_user_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
+    silver = silver_with_gaps(polars_run.silver)
+    reference = dim_user(silver.lazy())
+    assert reference["email_hash"].null_count() == 5 and (reference["user_segment"] == "changed").sum() == 20
+    got = run_on("polars", "dim_user", silver)
+    assert_frame_equal(reference, got)
+    assert got.schema == pl.Schema(DIM_USER_SCHEMA)
+
+
+def test_fact_events_on_spark_equals_polars(spark, polars_run: PolarsRun) -> None:
+    silver = polars_run.silver
+    got = run_on("spark", "fact_events", silver, spark=spark)
+    assert_frame_equal(fact_events(silver), got)  # exact: keys, revenue, timestamps
+    assert got["user_key"].null_count() == 0
+
+
+def test_dim_user_on_spark_equals_polars(spark, polars_run: PolarsRun) -> None:
+    silver = silver_with_gaps(polars_run.silver)
+    assert_frame_equal(dim_user(silver.lazy()), run_on("spark", "dim_user", silver, spark=spark))
