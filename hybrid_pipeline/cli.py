@@ -235,19 +235,30 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from hybrid_pipeline.sources.stream import StreamConsumer
 
     settings = Settings.from_env()
-    on_batch = None  # replaced below unless --no-online
+    on_batch = reporter = None  # replaced below unless --no-online
     if not args.no_online:
-        from hybrid_pipeline.defs.streaming import push_streaming_features
+        import dagster as dg
+
+        from hybrid_pipeline.defs.streaming import ActivityReporter, push_streaming_features
+
+        ensure_dagster_home()
+        reporter = ActivityReporter(dg.DagsterInstance.get())
 
         def on_batch(rows):  # noqa: ANN001, ANN202
-            return push_streaming_features(rows, settings, batch_id=rows["file_sha256"][0] if rows.height else None)
+            users = push_streaming_features(rows, settings, batch_id=rows["file_sha256"][0] if rows.height else None)
+            reporter.batch(rows, users)
+            return users
 
     consumer = StreamConsumer(
         settings.redis_url, args.stream, args.group, args.consumer, Lakehouse(settings.lakehouse_root),
         batch_size=args.batch_size, block_ms=args.block_ms, on_batch=on_batch,
     )
-    with consumer:
-        stats = consumer.run(max_batches=args.max_batches, max_idle_polls=args.max_idle_polls)
+    try:
+        with consumer:
+            stats = consumer.run(max_batches=args.max_batches, max_idle_polls=args.max_idle_polls)
+    finally:
+        if reporter is not None:
+            reporter.flush()
     print(f"consumed {stats.rows:,} events in {stats.commits} commits ({stats.skipped_committed} already committed)")
     return 0
 

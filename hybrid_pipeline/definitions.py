@@ -27,6 +27,8 @@ FRESHNESS_BY_LAYER = {
     "silver": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25)),
     "gold": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=27), warn_window=timedelta(hours=26)),
     "features": dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=28), warn_window=timedelta(hours=27)),
+    # Streaming features are pushed by every micro-batch: stale after minutes, not hours.
+    "streaming": dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=15), warn_window=timedelta(minutes=5)),
     # Models retrain weekly at least (or on drift): stale after 8 days.
     "models": dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)),
 }

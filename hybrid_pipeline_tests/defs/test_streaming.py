@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import dagster as dg
+import polars as pl
 import pytest
 import redis
 
@@ -73,3 +75,48 @@ def test_a_replayed_batch_is_not_counted_twice_and_old_buckets_fall_off():
     assert again["events_1h"] == 3 and again["revenue_1h"] == 5.0
     later = merge_window(again, {minute + 61: (1, 0.0)}, now + timedelta(minutes=61), batch_id="b2")
     assert later["events_1h"] == 1
+
+
+def test_the_stream_sensor_consumes_and_reports_the_streaming_features_asset(pipeline_env, stream_name, instance):
+    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.defs.streaming import build_streaming
+
+    now = datetime.now(timezone.utc)
+    assert produce(REDIS, stream_name, [_event(i, f"u{i % 2}", now) for i in range(5)]) == 5
+    sensor = build_streaming(pipeline_env.settings, stream=stream_name).resolve_sensor_def("event_stream_sensor")
+
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    [event] = first.asset_events
+    assert event.asset_key == STREAMING_USER_ACTIVITY
+    assert event.metadata["events"].value == 5 and event.metadata["users_updated"].value == 2
+    assert pipeline_env.lakehouse.read("bronze/events").height == 5
+
+    second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    assert second.asset_events == [] and "no new events" in second.skip_message
+
+
+def test_the_cli_reporter_batches_streaming_materializations(instance):
+    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.defs.streaming import ActivityReporter
+
+    reporter = ActivityReporter(instance, every_s=3600)
+    rows = pl.DataFrame({"event_id": ["a", "b", "c"]})
+    reporter.batch(rows, users=2)  # the first batch is reported at once
+    reporter.batch(rows, users=1)  # within the interval: held back
+    reporter.batch(rows, users=1)
+    reporter.flush()
+    reporter.flush()  # nothing pending: no event
+
+    events = instance.fetch_materializations(STREAMING_USER_ACTIVITY, limit=10).records
+    metadata = sorted((e.asset_materialization.metadata["events"].value, e.asset_materialization.metadata["micro_batches"].value) for e in events)
+    assert metadata == [(3, 1), (6, 2)]
+
+
+def test_streaming_features_are_fresh_within_minutes_not_hours():
+    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.definitions import build_definitions
+    from hybrid_pipeline.settings import Settings
+
+    defs = build_definitions(Settings.from_env({}))
+    spec = next(s for s in defs.resolve_all_asset_specs() if s.key == STREAMING_USER_ACTIVITY)
+    assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(minutes=15)
