@@ -14,6 +14,7 @@ from hybrid_pipeline.defs.gold_features import build_gold_features
 from hybrid_pipeline.defs.keys import ONLINE_USER_FEATURES
 from hybrid_pipeline.defs.maintenance import build_maintenance
 from hybrid_pipeline.defs.media import MEDIA_ASSETS, build_media
+from hybrid_pipeline.defs.monitoring import build_monitoring
 from hybrid_pipeline.defs.models import DRIFT_CHECK_KEY, build_models, model_resources
 from hybrid_pipeline.defs.online import build_online
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource, LandingZoneResource
@@ -85,6 +86,7 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
         build_streaming(settings),
         build_models(partitions),
         build_automation(pipeline_job),
+        build_monitoring(),
         dg.Definitions(
             jobs=[
                 pipeline_job,

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from hybrid_pipeline.defs.keys import SILVER_EVENTS
 from hybrid_pipeline.definitions import build_definitions
 from hybrid_pipeline.settings import Settings
 
@@ -41,13 +42,14 @@ EXPECTED_GRAPH = {
     "features/training_set": ("features", {"features/user_features", "features/feast_registry", "gold/user_labels"}),
     "features/online_user_features": ("features", {"gold/user_features", "features/user_features"}),
     "streaming/user_activity_1h": ("features", {"bronze/events"}),
+    "monitoring/pipeline_runs": ("monitoring", set()),
     "models/purchase_model": ("models", {"features/training_set", "gold/user_features"}),
     "models/production_purchase_model": ("models", {"models/purchase_model"}),
     "models/digit_classifier": ("models", {"gold/image_training_manifest"}),
     "gold/predictions": ("models", {"models/production_purchase_model", "gold/user_features"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
-UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith(("features/", "models/", "streaming/"))} - {
+UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith(("features/", "models/", "streaming/", "monitoring/"))} - {
     "features/online_user_features"
 } | {
     "silver/document_text",
@@ -79,7 +81,7 @@ def test_graph_has_exactly_the_expected_assets_groups_and_dependencies(repo):
 
 def test_every_asset_has_kinds_owners_description_and_daily_partitions(repo):
     for key, spec in _specs(repo).items():
-        assert spec.kinds & {"delta", "feast", "mlflow"}, key
+        assert spec.kinds & {"delta", "feast", "mlflow", "dagster"}, key
         assert spec.owners, key
         assert spec.description and len(spec.description) > 20, key
         if key in UNPARTITIONED:
@@ -93,7 +95,9 @@ def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
     hours = {
         key: spec.freshness_policy.fail_window.to_timedelta().total_seconds() / 3600
         for key, spec in _specs(repo).items()
+        if not key.startswith("monitoring/")  # observations of the instance, not data that goes stale
     }
+    assert hours["streaming/user_activity_1h"] == 0.25
     assert {k: v for k, v in hours.items() if k.startswith(("bronze", "silver"))} == {
         k: 26.0 for k in EXPECTED_GRAPH if k.startswith(("bronze", "silver"))
     }
@@ -105,10 +109,9 @@ def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
 
 
 def test_silver_contract_checks_are_blocking(repo):
-    checks = {k.name: repo.asset_checks_defs_by_key[k] for k in repo.asset_checks_defs_by_key}
+    specs = {spec.key.name: spec for d in repo.asset_checks_defs_by_key.values() for spec in d.check_specs}
     for name in ("schema_matches_contract", "keys_not_null", "event_id_unique", "event_type_valid", "row_conservation"):
-        spec = next(iter(checks[name].check_specs))
-        assert spec.blocking, name
+        assert specs[name].blocking and specs[name].asset_key == SILVER_EVENTS, name
 
 
 def test_start_date_setting_moves_the_first_partition():
