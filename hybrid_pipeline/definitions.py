@@ -46,7 +46,10 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
 
 
 def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    from hybrid_pipeline.defs.engine import engine_resource  # HYBRID_ENGINE + HYBRID_SPARK_* (read now)
+
     return {
+        "engine": engine_resource(settings.engine),
         "lakehouse": LakehouseResource(root=settings.lakehouse_root),
         "landing": LandingZoneResource(path=str(settings.landing_dir)),
         "policy": DataPolicyResource(pii_salt=settings.pii_salt),

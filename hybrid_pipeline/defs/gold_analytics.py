@@ -1,7 +1,9 @@
 """Gold analytics: daily metrics and the star schema (fact_events, dim_user, dim_date).
 
 A landing day's run recomputes every event date that day's silver rows touch, so late
-events are counted on their true date and earlier dates are corrected in place.
+events are counted on their true date and earlier dates are corrected in place. The work runs
+on the configured compute engine (:class:`~hybrid_pipeline.defs.engine.EngineResource`,
+``HYBRID_ENGINE``); dim_date is a handful of rows computed here.
 """
 
 
@@ -10,6 +12,7 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 
+from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
 from hybrid_pipeline.defs.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, SILVER_EVENTS, table_of
 from hybrid_pipeline.defs.metadata import check_result, column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
@@ -18,6 +21,8 @@ from hybrid_pipeline.transforms import gold, quality
 from hybrid_pipeline.transforms.contract import silver_schema
 
 _SPEC = dict(group_name="gold_analytics", owners=["team:analytics"], tags={"layer": "gold"})
+# Assets whose work runs on the compute engine (pool and kinds follow the engine: defs/engine.py).
+_ON_ENGINE = dict(group_name="gold_analytics", owners=["team:analytics"], tags={"layer": "gold", **ENGINE_TAG})
 
 
 def affected_dates(lh: Lakehouse, landing_day: str) -> list[dt.date]:
@@ -52,13 +57,15 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         partitions_def=partitions,
         kinds={"delta", "polars"},
         description="Per event date and user segment: events, unique users, purchases, revenue, conversion rate.",
-        **_SPEC,
+        **_ON_ENGINE,
     )
     @measured
-    def daily_metrics(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    def daily_metrics(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         dates = affected_dates(lh, context.partition_key)
-        metrics = gold.daily_metrics(_silver_on(lh, dates)) if dates else pl.DataFrame(schema=gold.DAILY_METRICS_SCHEMA)
+        metrics = engine.compute().daily_metrics(lh, dates)
         table = table_of(DAILY_METRICS)
         version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
         return dg.MaterializeResult(
@@ -91,23 +98,23 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         kinds={"delta", "polars"},
         description="Fact table: one row per event, keyed to dim_date (date_key) and dim_user (user_key); "
         "partitioned by event_date, each landing day owning its rows.",
-        **_SPEC,
+        **_ON_ENGINE,
     )
     @measured
-    def fact_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    def fact_events(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         day = context.partition_key
         dates = affected_dates(lh, day)
-        own = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema()).filter(pl.col("landing_date") == day).collect()
-        facts = gold.fact_events(own)
+        written = engine.compute().write_fact_events(lh, day)
         table = table_of(FACT_EVENTS)
-        version = lh.replace_where(table, facts, f"landing_date = '{day}'", partition_by=["event_date"])
         return dg.MaterializeResult(
             metadata=table_metadata(
                 lh.uri(table),
-                facts.schema,
-                facts.height,
-                version,
+                written.schema,
+                written.rows,
+                written.version,
                 event_dates=dg.MetadataValue.json([d.isoformat() for d in dates]),
                 **{
                     "dagster/column_lineage": _lineage(
@@ -134,14 +141,14 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         partitions_def=partitions,
         kinds={"delta", "polars"},
         description="User dimension (SCD type 1): latest segment, hashed email, first/last seen, lifetime events.",
-        **_SPEC,
+        **_ON_ENGINE,
     )
     @measured
-    def dim_user(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    def dim_user(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
-        silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
-        touched = silver.filter(pl.col("landing_date") == context.partition_key).select("user_id").unique()
-        users = gold.dim_user(silver.join(touched, on="user_id", how="semi"))
+        users = engine.compute().dim_user(lh, context.partition_key)
         table = table_of(DIM_USER)
         version = lh.upsert(table, users, ["user_key"]) if users.height else lh.version(table)
         return dg.MaterializeResult(

@@ -1,7 +1,9 @@
 """Gold features (AI branch): entity-keyed feature rows and training labels, from silver.
 
 A landing day can change feature rows from its earliest event date to the newest day, so
-each run rewrites exactly that date range (late events included); earlier rows stay.
+each run rewrites exactly that date range (late events included); earlier rows stay. The
+feature rows are computed and written by the configured compute engine
+(:class:`~hybrid_pipeline.defs.engine.EngineResource`, ``HYBRID_ENGINE``).
 """
 
 from datetime import timedelta
@@ -9,6 +11,7 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
+from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
 from hybrid_pipeline.defs.gold_analytics import affected_dates
 from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
 from hybrid_pipeline.defs.metadata import column_lineage, measured, table_metadata
@@ -31,10 +34,12 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         description="One row per user per day as of the end of that day: lifetime and 1/7/30-day events and revenue, "
         "purchases, carts, average session duration, days since last purchase, recent event types, segment. "
         "Z-ordered by (user_id, event_date).",
-        **_SPEC,
+        **{**_SPEC, "tags": {**_SPEC["tags"], **ENGINE_TAG}},
     )
     @measured
-    def user_features(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    def user_features(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
+    ) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
         dates = affected_dates(lh, context.partition_key)
@@ -42,18 +47,17 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         if not dates:
             return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.FEATURES_SCHEMA, 0, lh.version(table)))
         start, end = features.feature_window(dates, _last_event_date(silver))
-        rows = features.user_features(silver, start, end)
-        version = lh.replace_where(table, rows, f"event_date >= '{start.isoformat()}'")
+        written = engine.compute().write_user_features(lh, start, end)
         lh.optimize(table, ["user_id", "event_date"])
         return dg.MaterializeResult(
             metadata=table_metadata(
                 lh.uri(table),
                 features.FEATURES_SCHEMA,
-                rows.height,
-                version,
+                written.rows,
+                written.version,
                 recomputed_from=start.isoformat(),
                 recomputed_to=end.isoformat(),
-                users=rows["user_id"].n_unique(),
+                users=written.figures["users"],
                 **{
                     "dagster/column_lineage": column_lineage(
                         {

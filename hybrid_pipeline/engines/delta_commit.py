@@ -516,8 +516,8 @@ def _partition_writer(
             if entry is None:
                 prefix = partition_dir(partition_columns, values)
                 rel = f"{prefix}/part-{uuid.uuid4()}.parquet" if prefix else f"part-{uuid.uuid4()}.parquet"
-                if prefix and root:
-                    fs.create_dir(_join(root, prefix), recursive=True)
+                if root:  # local disk: directories must exist (an unpartitioned new table has no root yet)
+                    fs.create_dir(_join(root, prefix) if prefix else root, recursive=True)
                 sink = fs.open_output_stream(_join(root, rel))
                 entry = {
                     "path": rel,

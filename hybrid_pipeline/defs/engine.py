@@ -1,0 +1,123 @@
+"""The engine resource: which compute engine the silver and gold assets run on (``HYBRID_ENGINE``).
+
+Assets take ``engine: EngineResource`` and call ``engine.compute().daily_metrics(...)`` etc.;
+nothing in an asset asks which engine it is. ``polars`` (the default) runs in process;
+``spark`` gets its SparkSession from dagster-pyspark's :class:`LazyPySparkResource`, configured
+from :class:`~hybrid_pipeline.engines.spark_session.SparkSettings` (``HYBRID_SPARK_MASTER``:
+``local[*]`` by default or a cluster URL, ``HYBRID_SPARK_SHUFFLE_PARTITIONS``,
+``HYBRID_SPARK_DRIVER_MEMORY``, executors, Delta jars). The session is created on first use
+only, so a polars deployment never starts a JVM; it lives as long as the step's process (the
+in-process executor reuses it across steps; the multiprocess executor starts one JVM per step).
+
+Pools: the Spark-backed assets carry the tag ``engine: configurable``; :func:`apply_engine_policy`
+puts them into the ``spark`` pool (one Spark step at a time, dagster.yaml) and gives them the
+``spark`` kind when the engine is Spark. An op has one pool: ``silver/events`` keeps its
+``silver_writer`` pool (it serialises silver writers, which also keeps Spark silver steps one
+at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Literal
+
+import dagster as dg
+from dagster._core.definitions.op_definition import OpDefinition
+from dagster_pyspark import LazyPySparkResource
+from pydantic import Field, PrivateAttr
+
+from hybrid_pipeline.engines.compute import ComputeEngine, make_engine
+from hybrid_pipeline.engines.spark_session import SparkSettings
+
+SPARK_POOL = "spark"
+ENGINE_TAG = {"engine": "configurable"}
+
+
+class EngineResource(dg.ConfigurableResource):
+    """The compute engine of the silver and gold assets: ``polars`` or ``spark``."""
+
+    engine: Literal["polars", "spark"] = "polars"
+    pyspark: LazyPySparkResource = Field(
+        default_factory=lambda: LazyPySparkResource(spark_config=SparkSettings().conf()),
+        description="Spark session (created on first use, only by the spark engine).",
+    )
+    spark_log_level: str = "ERROR"
+    _compute: Any = PrivateAttr(default=None)
+
+    def compute(self) -> ComputeEngine:
+        """The engine's operations (one object per resource instance)."""
+        if self._compute is None:
+            self._compute = make_engine(self.engine, self._spark_session)
+        return self._compute
+
+    def _spark_session(self) -> Any:
+        # PySpark starts local Python workers with $PYSPARK_PYTHON (default "python3", which may
+        # lack the project's packages): the driver's interpreter, as get_spark does.
+        master = str(self.pyspark.spark_config.get("spark.master", "local[*]"))
+        if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+        session = self.pyspark.spark_session
+        session.sparkContext.setLogLevel(self.spark_log_level)
+        return session
+
+
+def engine_resource(engine: str, spark: SparkSettings | None = None) -> EngineResource:
+    """The resource for ``HYBRID_ENGINE`` with Spark settings (``SparkSettings.from_env()`` when None)."""
+    spark = spark if spark is not None else SparkSettings.from_env()
+    return EngineResource(engine=engine, pyspark=LazyPySparkResource(spark_config=spark.conf()))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# pool and kinds of the engine-backed assets
+# ---------------------------------------------------------------------------------------------
+
+
+def runs_on_engine(assets_def: dg.AssetsDefinition) -> bool:
+    return any(spec.tags.get("engine") == ENGINE_TAG["engine"] for spec in assets_def.specs)
+
+
+def with_spark_policy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """The same asset with its op in the ``spark`` pool (unless it has a pool already) and kind ``spark``."""
+    op = assets_def.node_def
+    if not isinstance(op, OpDefinition):
+        raise TypeError(f"{assets_def.keys}: the engine policy applies to single-op assets")
+    spark_op = OpDefinition.dagster_internal_init(
+        compute_fn=op.compute_fn,
+        name=op.name,
+        ins=op.ins,
+        outs=op.outs,
+        description=op.description,
+        config_schema=op.config_schema,
+        required_resource_keys=op.required_resource_keys,
+        tags=op.tags,
+        version=None,
+        retry_policy=op.retry_policy,
+        code_version=op.version,
+        pool=op.pool or SPARK_POOL,
+    )
+    attrs = assets_def.get_attributes_dict()
+    attrs["node_def"] = spark_op
+    attrs["specs"] = [
+        spec.replace_attributes(kinds=(set(spec.kinds) - {"polars"}) | {"spark"}) for spec in assets_def.specs
+    ]
+    return dg.AssetsDefinition.dagster_internal_init(**attrs)
+
+
+def apply_engine_policy(defs: dg.Definitions, engine: str) -> dg.Definitions:
+    """For ``engine == "spark"``: every engine-backed asset in the ``spark`` pool, kind ``spark``."""
+    if engine != "spark":
+        return defs
+    assets = [
+        with_spark_policy(a) if isinstance(a, dg.AssetsDefinition) and runs_on_engine(a) else a for a in (defs.assets or [])
+    ]
+    return dg.Definitions.merge(
+        dg.Definitions(assets=assets),
+        dg.Definitions(
+            asset_checks=defs.asset_checks,
+            jobs=defs.jobs,
+            schedules=defs.schedules,
+            sensors=defs.sensors,
+            resources=defs.resources,
+        ),
+    )

@@ -1,0 +1,66 @@
+"""The engine resource: HYBRID_ENGINE picks the engine, the default never starts Spark, and the
+engine policy puts the engine-backed assets into the spark pool only when the engine is Spark."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from hybrid_pipeline.definitions import build_definitions, resources
+from hybrid_pipeline.defs.engine import SPARK_POOL, EngineResource, apply_engine_policy, engine_resource, runs_on_engine
+from hybrid_pipeline.engines.compute import ComputeEngine, PolarsEngine, make_engine
+from hybrid_pipeline.engines.spark_session import SparkSettings
+from hybrid_pipeline.settings import Settings
+
+ENGINE_ASSETS = {("gold", "daily_metrics"), ("gold", "fact_events"), ("gold", "dim_user"), ("gold", "user_features")}
+
+
+def test_default_engine_is_polars_and_starts_no_spark() -> None:
+    res = resources(Settings.from_env({}))["engine"]
+    assert isinstance(res, EngineResource) and res.engine == "polars"
+    engine = res.compute()
+    assert isinstance(engine, PolarsEngine) and isinstance(engine, ComputeEngine)
+    assert res.pyspark._spark_session is None  # the lazy session was never touched
+
+
+def test_hybrid_engine_spark_configures_the_session_from_spark_settings() -> None:
+    res = resources(Settings.from_env({"HYBRID_ENGINE": "spark"}))["engine"]
+    assert res.engine == "spark"
+    conf = res.pyspark.spark_config
+    assert conf["spark.master"] == "local[*]" and conf["spark.sql.session.timeZone"] == "UTC"
+    cluster = engine_resource("spark", SparkSettings(master="spark://h:7077", executor_instances=2, executor_cores=4))
+    assert cluster.pyspark.spark_config["spark.master"] == "spark://h:7077"
+    assert cluster.pyspark.spark_config["spark.sql.shuffle.partitions"] == "16"
+
+
+def test_unknown_engines_are_refused() -> None:
+    with pytest.raises(ValueError, match="HYBRID_ENGINE"):
+        Settings.from_env({"HYBRID_ENGINE": "duckdb"})
+    with pytest.raises(ValueError, match="polars' or 'spark"):
+        make_engine("duckdb")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="SparkSession"):
+        make_engine("spark", lambda: None)  # type: ignore[arg-type, return-value]
+
+
+def _engine_assets(defs: dg.Definitions) -> dict[tuple[str, ...], dg.AssetsDefinition]:
+    return {
+        tuple(a.key.path): a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and runs_on_engine(a)
+    }
+
+
+def test_engine_backed_assets_join_the_spark_pool_only_on_spark(tmp_path) -> None:
+    settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"), "DAGSTER_HOME": str(tmp_path)})
+    defs = build_definitions(settings)
+    on_polars = _engine_assets(defs)
+    assert set(on_polars) == ENGINE_ASSETS
+    for key, a in on_polars.items():
+        assert a.node_def.pool is None and "polars" in a.specs_by_key[a.key].kinds, key
+        assert a.required_resource_keys >= {"engine"}
+
+    on_spark = _engine_assets(apply_engine_policy(defs, "spark"))
+    assert set(on_spark) == ENGINE_ASSETS
+    for key, a in on_spark.items():
+        assert a.node_def.pool == SPARK_POOL, key
+        assert a.specs_by_key[a.key].kinds == {"delta", "spark"}, key
+    assert apply_engine_policy(defs, "polars") is defs
+    apply_engine_policy(defs, "spark").get_repository_def()  # still one valid code location
