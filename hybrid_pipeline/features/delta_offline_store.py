@@ -51,7 +51,14 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from feast.value_type import ValueType
 from pydantic import StrictStr
 
-from hybrid_pipeline.features.pit import EngineName, FeatureSourceSpec, point_in_time_join_lazy, to_utc
+from hybrid_pipeline.features.pit import (
+    ColumnStats,
+    EngineName,
+    FeatureSourceSpec,
+    point_in_time_join,
+    point_in_time_join_lazy,
+    to_utc,
+)
 
 __all__ = [
     "DELTA_OFFLINE_STORE_TYPE",
@@ -275,7 +282,12 @@ def _to_feast_arrow(df: pl.DataFrame) -> pa.Table:
 
 
 class DeltaRetrievalJob(RetrievalJob):
-    """A lazily evaluated retrieval; ``to_df``/``to_arrow``/``to_polars`` run it."""
+    """A lazily evaluated retrieval; ``to_df``/``to_arrow``/``to_polars`` run it.
+
+    ``evaluate`` builds the polars plan (``to_lazy``); ``compute``, when given, computes
+    the result directly with ``engine`` (historical retrieval: the eager point-in-time
+    join, which is faster than collecting the plan); otherwise the plan is collected.
+    """
 
     def __init__(
         self,
@@ -284,8 +296,10 @@ class DeltaRetrievalJob(RetrievalJob):
         on_demand_feature_views: Optional[List[OnDemandFeatureView]] = None,
         metadata: Optional[RetrievalMetadata] = None,
         engine: EngineName = "streaming",
+        compute: Optional[Callable[[EngineName], pl.DataFrame]] = None,
     ):
         self._evaluate = evaluate
+        self._compute = compute
         self._engine = engine
         self._full_feature_names = full_feature_names
         self._on_demand_feature_views = on_demand_feature_views or []
@@ -309,6 +323,8 @@ class DeltaRetrievalJob(RetrievalJob):
 
     def to_polars(self) -> pl.DataFrame:
         """Result as polars (without on-demand transformations)."""
+        if self._compute is not None:
+            return self._compute(self._engine)
         return self._evaluate().collect(engine=self._engine)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
@@ -493,18 +509,29 @@ class DeltaOfflineStore(OfflineStore):
             keys = [c for c in frame.columns if c != ts_col]
             start = end = None  # type: ignore[assignment]
 
-        def evaluate() -> pl.LazyFrame:
+        def inputs() -> Tuple[pl.DataFrame, List[FeatureSourceSpec]]:
             left = entities() if callable(entities) else entities
             specs = [
                 _spec_for(config, fv, features, clamp=(start, end) if entity_df is None else None)
                 for fv, features in fv_to_features.items()
             ]
+            return left, specs
+
+        def evaluate() -> pl.LazyFrame:
+            left, specs = inputs()
             return point_in_time_join_lazy(
                 left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names
             )
 
+        def compute(engine: EngineName) -> pl.DataFrame:
+            left, specs = inputs()
+            return point_in_time_join(
+                left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names, engine=engine
+            )
+
         return DeltaRetrievalJob(
             evaluate,
+            compute=compute,
             full_feature_names=full_feature_names,
             on_demand_feature_views=odfvs,
             metadata=RetrievalMetadata(
@@ -548,16 +575,22 @@ def _spec_for(
     clamp: Optional[Tuple[Optional[datetime], Optional[datetime]]] = None,
 ) -> FeatureSourceSpec:
     source = _as_delta_source(fv.batch_source)
-    frame = source.scan(config)
+    table = source.delta_table(config)
+    version = table.version()  # the scan and the statistics describe the same snapshot
+    frame = source.scan(config, version=version)
+    renames: Dict[str, str] = {}
     if source.field_mapping:
         schema = frame.collect_schema()
-        frame = frame.rename({k: v for k, v in source.field_mapping.items() if k in schema})
+        renames = {k: v for k, v in source.field_mapping.items() if k in schema}
+        frame = frame.rename(renames)
     join_keys = [e.name for e in fv.entity_columns]
     key_map = fv.projection.join_key_map or {}
     ts_field = source.field_mapping.get(source.timestamp_field, source.timestamp_field)
     created = source.created_timestamp_column or None
     if created:
         created = source.field_mapping.get(created, created)
+    inverse = {v: k for k, v in renames.items()}
+    stats = _column_stats(table, {inverse.get(c, c): c for c in [*join_keys, ts_field]})
     ttl = _feast_ttl(fv.ttl)
     if clamp is not None and clamp[0] is not None and clamp[1] is not None:
         window = clamp[1] - clamp[0]
@@ -572,7 +605,46 @@ def _spec_for(
         created_timestamp_field=created,
         ttl=ttl,
         entity_join_keys=[key_map.get(k, k) for k in join_keys],
+        column_stats=stats,
     )
+
+
+def _column_stats(table: Any, columns: Dict[str, str]) -> Dict[str, ColumnStats]:
+    """Bounds and null counts of ``columns`` (table name -> name in the scan) from the
+    file statistics in the Delta log (no data read). Only numeric and timestamp columns,
+    only when every file has statistics; timestamp maxima are widened by 1 ms because
+    Delta stores them truncated to milliseconds (minima truncate downwards: still bounds).
+    """
+    try:
+        actions = pa.table(table.get_add_actions(flatten=True))
+    except Exception:  # noqa: BLE001 - statistics are an optimisation only
+        return {}
+    names = set(actions.column_names)
+    out: Dict[str, ColumnStats] = {}
+    if actions.num_rows == 0:
+        return out
+    for raw, name in columns.items():
+        lo_col, hi_col, null_col = f"min.{raw}", f"max.{raw}", f"null_count.{raw}"
+        if not {lo_col, hi_col, null_col} <= names or "num_records" not in names:
+            continue
+        lo, hi, nulls = actions.column(lo_col), actions.column(hi_col), actions.column(null_col)
+        kind = lo.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind)):
+            continue
+        if nulls.null_count:
+            continue
+        records = actions.column("num_records").to_pylist()
+        null_counts = nulls.to_pylist()
+        lows, highs = lo.to_pylist(), hi.to_pylist()
+        bounded = [(a, b) for a, b, n, r in zip(lows, highs, null_counts, records) if n < r]
+        if any(a is None or b is None for a, b in bounded):
+            continue  # a file with values but without bounds
+        lower = min((a for a, _ in bounded), default=None)
+        upper = max((b for _, b in bounded), default=None)
+        if pa.types.is_timestamp(kind) and upper is not None:
+            upper = upper + timedelta(milliseconds=1)
+        out[name] = ColumnStats(lower=lower, upper=upper, null_count=int(sum(null_counts)))
+    return out
 
 
 def _non_entity_rows(

@@ -16,27 +16,46 @@ per feature source:
 Timestamps are compared as UTC instants: naive columns are taken to be UTC, aware ones
 are converted. The entity timestamp column comes back as ``Datetime(<its unit>, "UTC")``.
 
-The join is a backward ``join_asof`` by entity key. Sources stay lazy until the final
-``collect``: each is projected to the key, timestamp and requested feature columns and
+Every source is projected to the key, timestamp and requested feature columns and
 filtered on the entity key values and on the time window the entity rows can reach
 (``[min(entity ts) - ttl, max(entity ts)]``), filters that polars pushes into parquet /
 Delta scans, so a source is never read whole unless every row can matter.
+
+Two implementations of the same semantics:
+
+* :func:`point_in_time_join` (the one retrieval uses) matches rows late: it collects the
+  projected source once, then works on narrow integer arrays only. Each feature row gets
+  one ``int64`` sort key, ``key code << B | (ts - min ts + 1)`` (key code: the integer key
+  itself, offset, or a dense code from a hash join for any other key type; when the span of
+  timestamps does not fit ``B`` bits, their dense rank); one ``argsort`` of that key (rows
+  tied on it reordered by created timestamp), then a ``searchsorted`` of the entity rows'
+  keys gives each entity row its candidate, which is accepted when it has the same key code
+  and is inside the TTL. Only then are the feature columns touched: the winning rows are
+  gathered in ascending row order (cache friendly, chunk by chunk, no copy of the source)
+  and put back in entity order. No wide sort, no sort of the entity rows' extra columns.
+* :func:`point_in_time_join_lazy` is the same join as one lazy polars plan (backward
+  ``join_asof`` by entity key, ``tolerance`` for the TTL); kept for callers that want a
+  plan, and as a second implementation the tests hold against the first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 __all__ = [
+    "ColumnStats",
     "FeatureSourceSpec",
     "PitJoinError",
     "DEFAULT_ENTITY_TIMESTAMP_COL",
     "EngineName",
+    "gather_rows",
+    "match_rows",
     "point_in_time_join",
     "point_in_time_join_lazy",
     "prepare_entity_frame",
@@ -50,10 +69,30 @@ _ROW_ID = "__pit_row_id"
 # Above this many distinct key values the key filter is a semi-join instead of an
 # ``is_in`` literal (still correct, only less pushdown).
 _MAX_IN_LIST_KEYS = 2_000_000
+# The eager join pushes an ``is_in`` key filter into the scan only up to this many distinct
+# keys: with more, it rarely lets a scan skip data, costs a hash probe per row read, and
+# the match step ignores rows of other keys anyway (a min/max key range is always pushed).
+_MAX_EAGER_IN_LIST_KEYS = 10_000
+_INT64_MAX = 2**63 - 1
 
 
 class PitJoinError(ValueError):
     """Raised for inputs a point-in-time join cannot be defined on."""
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    """What is known of one source column without reading it (e.g. from the Delta log).
+
+    ``lower <= value <= upper`` holds for every non-null value (bounds may be loose;
+    ``None``: unknown); ``null_count`` is the number of nulls (``None``: unknown). A filter
+    these prove true for every row is left out of the scan: it could not skip anything
+    and would still cost a pass over every column read.
+    """
+
+    lower: Any = None
+    upper: Any = None
+    null_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +114,8 @@ class FeatureSourceSpec:
         entity_join_keys: names of the join keys in the entity frame, positionally
             matching ``join_keys`` (Feast's ``join_key_map``); default: ``join_keys``.
         output_names: explicit output name per feature column; overrides the naming rule.
+        column_stats: optional :class:`ColumnStats` per column of ``frame`` (key and
+            timestamp columns are used), to leave out filters they prove redundant.
     """
 
     name: str
@@ -86,6 +127,7 @@ class FeatureSourceSpec:
     ttl: timedelta | None = None
     entity_join_keys: Sequence[str] | None = None
     output_names: Mapping[str, str] | None = field(default=None)
+    column_stats: Mapping[str, ColumnStats] | None = field(default=None)
 
     def entity_keys(self) -> list[str]:
         keys = list(self.entity_join_keys) if self.entity_join_keys is not None else list(self.join_keys)
@@ -123,6 +165,13 @@ def to_utc(expr: pl.Expr, dtype: pl.DataType, unit: TimeUnit | None = None) -> p
     if target != dtype.time_unit:
         out = out.dt.cast_time_unit(target)  # type: ignore[arg-type]
     return out
+
+
+def _utc_value(value: Any) -> Any:
+    """A datetime bound as an aware UTC datetime (naive = UTC); other values unchanged."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value
 
 
 def _bound_literal(value: datetime, dtype: pl.DataType) -> pl.Expr:
@@ -173,8 +222,16 @@ def _prune_and_normalise(
     entities: pl.DataFrame,
     entity_timestamp_col: str,
     ts_dtype: pl.Datetime,
-) -> tuple[pl.LazyFrame, str]:
-    """Project, filter (pushdown-friendly) and normalise one source; returns (frame, ts alias)."""
+    *,
+    max_in_list_keys: int = _MAX_IN_LIST_KEYS,
+) -> tuple[pl.LazyFrame, str, str | None]:
+    """Project, filter (pushdown-friendly) and normalise one source, unsorted.
+
+    Returns ``(frame, ts alias, created alias or None)``; the frame has the entity key
+    names and dtypes, the UTC timestamps (entity unit) under the aliases, then the
+    features. With more than ``max_in_list_keys`` distinct key values the ``is_in`` filter
+    is left out (the lazy join then uses a semi-join instead, see ``_MAX_IN_LIST_KEYS``).
+    """
     frame = spec.frame.lazy() if isinstance(spec.frame, pl.DataFrame) else spec.frame
     keys = list(spec.join_keys)
     entity_keys = spec.entity_keys()
@@ -189,21 +246,34 @@ def _prune_and_normalise(
         raise PitJoinError(f"source {spec.name!r} lacks columns {missing} (has {list(schema)})")
     frame = frame.select(list(dict.fromkeys(needed)))
 
-    # ---- filters on raw columns (pushed into the scan)
+    # ---- filters on raw columns (pushed into the scan), unless the stats prove them true
+    stats = spec.column_stats or {}
+
+    def proven(column: str, check: Callable[[ColumnStats], bool]) -> bool:
+        try:
+            return column in stats and bool(check(stats[column]))
+        except TypeError:  # bounds not comparable with the filter's value
+            return False
+
     raw_ts = schema[ts]
-    preds: list[pl.Expr] = [pl.col(ts).is_not_null()]
+    preds: list[pl.Expr] = []
+    if not proven(ts, lambda c: c.null_count == 0):
+        preds.append(pl.col(ts).is_not_null())
     if entities.height == 0:
         preds.append(pl.lit(False))
     elif isinstance(raw_ts, pl.Datetime):
         ts_col = entities[entity_timestamp_col]
         hi: datetime = ts_col.max()  # type: ignore[assignment]
-        preds.append(pl.col(ts) <= _bound_literal(hi, raw_ts))
+        if not proven(ts, lambda c: c.upper is not None and _utc_value(c.upper) <= hi):
+            preds.append(pl.col(ts) <= _bound_literal(hi, raw_ts))
         if spec.ttl is not None:
             lo: datetime = ts_col.min() - spec.ttl  # type: ignore[operator, assignment]
-            preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
+            if not proven(ts, lambda c: c.lower is not None and _utc_value(c.lower) >= lo):
+                preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
     semi_keys: list[tuple[str, str]] = []
     for key, ekey in zip(keys, entity_keys):
-        preds.append(pl.col(key).is_not_null())
+        if not proven(key, lambda c: c.null_count == 0):
+            preds.append(pl.col(key).is_not_null())
         values = entities[ekey].drop_nulls().unique()
         try:
             values = values.cast(schema[key])
@@ -211,14 +281,19 @@ def _prune_and_normalise(
             raise PitJoinError(
                 f"join key {key!r}: entity dtype {entities.schema[ekey]} cannot be compared with {schema[key]}"
             ) from exc
-        if values.len() <= _MAX_IN_LIST_KEYS:
-            if values.dtype.is_numeric() or values.dtype.is_temporal() or values.dtype == pl.String:
-                if values.len():
-                    preds.append(pl.col(key).is_between(pl.lit(values.min(), dtype=values.dtype), pl.lit(values.max(), dtype=values.dtype)))
+        if values.dtype.is_numeric() or values.dtype.is_temporal() or values.dtype == pl.String:
+            if values.len():
+                v_min, v_max = values.min(), values.max()
+                if not proven(
+                    key, lambda c: c.lower is not None and c.upper is not None and v_min <= c.lower and c.upper <= v_max
+                ):
+                    preds.append(pl.col(key).is_between(pl.lit(v_min, dtype=values.dtype), pl.lit(v_max, dtype=values.dtype)))
+        if values.len() <= max_in_list_keys:
             preds.append(pl.col(key).is_in(values.implode()))
-        else:
+        elif max_in_list_keys == _MAX_IN_LIST_KEYS:
             semi_keys.append((key, ekey))
-    frame = frame.filter(pl.all_horizontal(preds))
+    if preds:
+        frame = frame.filter(pl.all_horizontal(preds))
     for key, ekey in semi_keys:
         frame = frame.join(
             entities.lazy().select(pl.col(ekey).cast(schema[key]).alias(key)).unique(), on=key, how="semi"
@@ -234,26 +309,34 @@ def _prune_and_normalise(
     if created:
         exprs.append(to_utc(pl.col(created), schema[created], ts_dtype.time_unit).alias(created_alias))
     exprs.extend(pl.col(f) for f in features)
-    frame = frame.select(exprs)
+    return frame.select(exprs), ts_alias, created_alias if created else None
 
-    # ---- order for the asof join: within a timestamp, the largest created last (nulls first),
-    # because a backward asof join takes the *last* right row whose timestamp qualifies.
-    sort_cols = [ts_alias, created_alias] if created else [ts_alias]
+
+def _sorted_source(
+    spec: FeatureSourceSpec,
+    index: int,
+    entities: pl.DataFrame,
+    entity_timestamp_col: str,
+    ts_dtype: pl.Datetime,
+) -> tuple[pl.LazyFrame, str]:
+    """The source ordered for a backward asof join; returns (frame, ts alias)."""
+    frame, ts_alias, created_alias = _prune_and_normalise(spec, index, entities, entity_timestamp_col, ts_dtype)
+    # within a timestamp, the largest created last (nulls first), because a backward asof
+    # join takes the *last* right row whose timestamp qualifies.
+    sort_cols = [ts_alias, created_alias] if created_alias else [ts_alias]
     frame = frame.sort(sort_cols, nulls_last=False, maintain_order=True)
-    if created:
+    if created_alias:
         frame = frame.drop(created_alias)
     return frame, ts_alias
 
 
-def point_in_time_join_lazy(
+def _checked_entities(
     entity_df: pl.DataFrame | pl.LazyFrame | Any,
     feature_sources: Sequence[FeatureSourceSpec],
-    *,
-    entity_timestamp_col: str = DEFAULT_ENTITY_TIMESTAMP_COL,
-    full_feature_names: bool = False,
-) -> pl.LazyFrame:
-    """The plan of :func:`point_in_time_join`; entity rows are materialised (to derive the
-    pushdown filters), feature sources stay lazy."""
+    entity_timestamp_col: str,
+    full_feature_names: bool,
+) -> tuple[pl.DataFrame, pl.Datetime]:
+    """Prepared entity rows and their timestamp dtype; refuses missing keys and name clashes."""
     entities = prepare_entity_frame(entity_df, entity_timestamp_col)
     if _ROW_ID in entities.columns:
         raise PitJoinError(f"entity_df may not contain a column named {_ROW_ID!r}")
@@ -272,10 +355,23 @@ def point_in_time_join_lazy(
                 hint = "" if full_feature_names else " (use full_feature_names=True)"
                 raise PitJoinError(f"output column {out!r} of source {spec.name!r} is ambiguous{hint}")
             taken.add(out)
+    return entities, ts_dtype
+
+
+def point_in_time_join_lazy(
+    entity_df: pl.DataFrame | pl.LazyFrame | Any,
+    feature_sources: Sequence[FeatureSourceSpec],
+    *,
+    entity_timestamp_col: str = DEFAULT_ENTITY_TIMESTAMP_COL,
+    full_feature_names: bool = False,
+) -> pl.LazyFrame:
+    """The plan of :func:`point_in_time_join`; entity rows are materialised (to derive the
+    pushdown filters), feature sources stay lazy."""
+    entities, ts_dtype = _checked_entities(entity_df, feature_sources, entity_timestamp_col, full_feature_names)
 
     result = entities.lazy().with_row_index(_ROW_ID).sort(entity_timestamp_col, maintain_order=True)
     for index, spec in enumerate(feature_sources):
-        right, ts_alias = _prune_and_normalise(spec, index, entities, entity_timestamp_col, ts_dtype)
+        right, ts_alias = _sorted_source(spec, index, entities, entity_timestamp_col, ts_dtype)
         # private names on the right so nothing collides during the join
         private = {f: f"__pit_f_{index}_{i}" for i, f in enumerate(spec.feature_columns)}
         right = right.rename(private)
@@ -316,11 +412,197 @@ def point_in_time_join(
     Returns the entity rows (same order, same columns, duplicates kept; the timestamp
     column normalised to UTC) followed by each source's features, named
     ``feature`` or ``"<source name>__feature"`` when ``full_feature_names``.
-    ``engine`` is passed to ``LazyFrame.collect`` (``"streaming"`` lowers peak memory).
+    ``engine`` is the polars engine that collects each (projected, filtered) source.
     """
-    return point_in_time_join_lazy(
-        entity_df,
-        feature_sources,
-        entity_timestamp_col=entity_timestamp_col,
-        full_feature_names=full_feature_names,
-    ).collect(engine=engine)
+    entities, ts_dtype = _checked_entities(entity_df, feature_sources, entity_timestamp_col, full_feature_names)
+    left_ts = entities[entity_timestamp_col].to_physical().to_numpy()
+    columns: list[pl.Series] = []
+    for index, spec in enumerate(feature_sources):
+        frame, ts_alias, created_alias = _prune_and_normalise(
+            spec, index, entities, entity_timestamp_col, ts_dtype, max_in_list_keys=_MAX_EAGER_IN_LIST_KEYS
+        )
+        right = frame.collect(engine=engine)
+        entity_keys = spec.entity_keys()
+        nullable = [c for c in (ts_alias, *entity_keys) if right[c].null_count()]
+        if nullable:  # only when stats claimed no nulls wrongly; the match step needs none
+            right = right.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in nullable))
+        features = right.select(pl.col(f).alias(spec.output_column(f, full_feature_names)) for f in spec.feature_columns)
+        if entities.height == 0 or right.height == 0:
+            columns.extend(features.clear(entities.height).get_columns())
+            continue
+        left_code, right_code = _key_codes(entities, right, entity_keys)
+        created = None
+        if created_alias:
+            created = right[created_alias].to_physical().fill_null(np.iinfo(np.int64).min).to_numpy()
+        match = match_rows(
+            left_code,
+            left_ts,
+            right_code,
+            right[ts_alias].to_physical().to_numpy(),
+            created,
+            None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit),
+        )
+        del right
+        columns.extend(gather_rows(features, match).get_columns())
+    return entities.hstack(columns) if columns else entities
+
+
+# --------------------------------------------------------------------------- eager join steps
+
+
+def _ttl_units(ttl: timedelta, unit: TimeUnit) -> int:
+    """``ttl`` in whole units of ``unit`` (floored: timestamps are whole units, so
+    ``ts >= t - ttl`` holds exactly when ``ts >= t - floor(ttl)``)."""
+    micros = (ttl.days * 86_400 + ttl.seconds) * 1_000_000 + ttl.microseconds
+    if unit == "ns":
+        return micros * 1_000
+    if unit == "ms":
+        return micros // 1_000
+    return micros
+
+
+def _key_codes(entities: pl.DataFrame, right: pl.DataFrame, entity_keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative ``int64`` codes of the join keys, equal codes iff equal keys.
+
+    Entity rows whose key is null or does not occur among the feature rows get ``-1``.
+    A single integer key is its own code (offset by the smallest feature key); any other
+    key (strings, several columns, ...) is coded through a hash join on the distinct
+    feature keys.
+    """
+    if not entity_keys:  # no join keys: one group
+        return np.zeros(entities.height, dtype=np.int64), np.zeros(right.height, dtype=np.int64)
+    if len(entity_keys) == 1 and right.schema[entity_keys[0]].is_integer():
+        key = entity_keys[0]
+        lo, hi = int(right[key].min()), int(right[key].max())  # type: ignore[arg-type]
+        if hi - lo <= _INT64_MAX:
+            # unsigned arithmetic for UInt64 keys above the int64 range; hi - lo fits int64
+            wide, base = (np.uint64, np.uint64(lo)) if right.schema[key] == pl.UInt64 else (np.int64, np.int64(lo))
+            right_code = (right[key].to_numpy().astype(wide, copy=False) - base).astype(np.int64, copy=False)
+            left = entities[key]
+            inside = (left.is_not_null() & (left >= lo) & (left <= hi)).fill_null(False).to_numpy()
+            raw = left.fill_null(lo).to_numpy().astype(wide)
+            left_code = np.where(inside, (np.where(inside, raw, base) - base).astype(np.int64), -1)
+            return left_code, right_code
+    code = "__pit_code"
+    distinct = right.select(entity_keys).unique().with_row_index(code).with_columns(pl.col(code).cast(pl.Int64))
+    right_code = right.select(entity_keys).join(distinct, on=entity_keys, how="left", maintain_order="left")[code]
+    left_code = entities.select(entity_keys).join(distinct, on=entity_keys, how="left", maintain_order="left")[code]
+    return left_code.fill_null(-1).to_numpy(), right_code.to_numpy()
+
+
+def match_rows(
+    left_code: np.ndarray,
+    left_ts: np.ndarray,
+    right_code: np.ndarray,
+    right_ts: np.ndarray,
+    right_created: np.ndarray | None = None,
+    ttl: int | None = None,
+) -> np.ndarray:
+    """For every left row, the index of its point-in-time right row, or ``-1``.
+
+    Inputs are integer arrays: key codes (``>= 0``; a left code of ``-1`` never matches),
+    timestamps in one unit, the right rows' created timestamps (``int64`` min for null)
+    and the TTL in the same unit. The right row of left row ``i`` is, among right rows
+    with the same code and ``left_ts[i] - ttl <= ts <= left_ts[i]``, one with the latest
+    ``ts`` and, among those, the latest created timestamp.
+    """
+    n_left = len(left_code)
+    match = np.full(n_left, -1, dtype=np.int64)
+    if n_left == 0 or len(right_code) == 0:
+        return match
+    left_code = np.asarray(left_code, dtype=np.int64)
+    left_ts = np.asarray(left_ts, dtype=np.int64)
+    right_code = np.asarray(right_code, dtype=np.int64)
+    right_ts = np.asarray(right_ts, dtype=np.int64)
+    n_codes = int(right_code.max()) + 1
+
+    # timestamp offsets >= 1 (0 = before every right row): exact when the span fits next
+    # to the code in 63 bits, else the dense rank among all timestamps (same order)
+    t_min, t_max = int(right_ts.min()), int(right_ts.max())
+    bits = (t_max - t_min + 2).bit_length()
+    if (n_codes << bits) > _INT64_MAX + 1 and n_codes > len(right_code):
+        # sparse codes (e.g. integer keys far apart): make them dense first
+        distinct, right_code = np.unique(right_code, return_inverse=True)
+        right_code = right_code.astype(np.int64)
+        at = np.minimum(np.searchsorted(distinct, left_code), len(distinct) - 1)
+        left_code = np.where((left_code >= 0) & (distinct[at] == left_code), at, -1)
+        n_codes = len(distinct)
+    if (n_codes << bits) <= _INT64_MAX + 1:
+        right_off = right_ts - t_min + 1
+        left_off = np.clip(left_ts, t_min - 1, t_max) - (t_min - 1)
+    else:
+        everything = np.unique(np.concatenate([right_ts, left_ts]))
+        right_off = np.searchsorted(everything, right_ts) + 1
+        left_off = np.searchsorted(everything, left_ts) + 1
+        bits = (len(everything) + 1).bit_length()
+        if (n_codes << bits) > _INT64_MAX + 1:  # pragma: no cover - needs ~2^31 keys and rows
+            raise PitJoinError("too many distinct keys and timestamps for a 63-bit sort key")
+
+    right_key = (right_code << bits) | right_off
+    perm = np.argsort(right_key)
+    sorted_key = right_key[perm]
+    del right_key, right_off
+    if right_created is not None and len(sorted_key) > 1:
+        tie = sorted_key[1:] == sorted_key[:-1]
+        if tie.any():  # equal code and ts: latest created last (a backward search takes the last)
+            in_tie = np.zeros(len(sorted_key), dtype=bool)
+            in_tie[1:] |= tie
+            in_tie[:-1] |= tie
+            positions = np.flatnonzero(in_tie)
+            rows = perm[positions]
+            perm[positions] = rows[np.lexsort((np.asarray(right_created, dtype=np.int64)[rows], sorted_key[positions]))]
+
+    valid = left_code >= 0
+    left_key = np.where(valid, (np.maximum(left_code, 0) << bits) | left_off, -1)
+    order = np.argsort(left_key)  # sorted probes: a cache-friendly search
+    probes = left_key[order]
+    pos = np.searchsorted(sorted_key, probes, side="right") - 1
+    found = (pos >= 0) & valid[order]
+    pos = np.maximum(pos, 0)
+    found &= (sorted_key[pos] >> bits) == left_code[order]
+    rows = perm[pos]
+    t = left_ts[order]
+    found &= right_ts[rows] <= t
+    if ttl is not None:
+        found &= right_ts[rows] >= t - ttl
+    match[order] = np.where(found, rows, -1)
+    return match
+
+
+def gather_rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """``frame``'s rows at ``rows`` (``-1``: a row of nulls), for any chunk layout.
+
+    The rows are fetched in ascending order, chunk by chunk (a random gather over a
+    multi-chunk frame is several times slower, and a rechunk copies the whole frame),
+    then put in the requested order.
+    """
+    n = len(rows)
+    hit = np.flatnonzero(rows >= 0)
+    if len(hit) == 0 or frame.width == 0:
+        return frame.clear(n)
+    order = np.argsort(rows[hit], kind="stable")
+    wanted = rows[hit][order]
+    fetched = pl.DataFrame([_gather_sorted(s, wanted) for s in frame.get_columns()])
+    # position of every output row in ``fetched`` (null: no match)
+    where = np.full(n, -1, dtype=np.int64)
+    where[hit[order]] = np.arange(len(wanted), dtype=np.int64)
+    index = pl.Series(where)
+    if len(hit) < n:
+        index = pl.select(pl.when(pl.lit(index) >= 0).then(pl.lit(index))).to_series()
+    return fetched.select(pl.all().gather(index.cast(pl.get_index_type())))
+
+
+def _gather_sorted(series: pl.Series, rows: np.ndarray) -> pl.Series:
+    """``series[rows]`` for ascending ``rows``, gathering inside each chunk."""
+    chunks = series.get_chunks()
+    if len(chunks) == 1:
+        return series.gather(rows)
+    ends = np.cumsum([len(c) for c in chunks])
+    cuts = np.searchsorted(rows, ends, side="left")
+    parts, start, begin = [], 0, 0
+    for chunk, end, cut in zip(chunks, ends, cuts):
+        if cut > begin:
+            parts.append(chunk.gather(rows[begin:cut] - start))
+        start, begin = int(end), int(cut)
+    out = pl.concat(parts, rechunk=True) if parts else series.clear()
+    return out.rename(series.name)
