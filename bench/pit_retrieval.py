@@ -15,9 +15,17 @@ subprocess, ``--runs`` times:
 Each run goes through a small wrapper process that starts the worker and reads its peak
 RSS with ``resource.getrusage(RUSAGE_CHILDREN)``, so every figure belongs to one run.
 Reported: median wall time of the retrieval call (Feast import excluded), max peak RSS
-over the runs, and whether every engine returned the same rows as ``delta`` (compared
-after sorting by user_id, event_timestamp; the stock stores do not keep entity order and
-the dask store drops duplicate entity rows, so entity rows are generated unique).
+over the runs, the 1-minute load average before each run (the machine may be shared), and
+whether every engine returned the same rows as ``delta`` (compared after sorting by
+user_id, event_timestamp; the stock stores do not keep entity order and the dask store
+drops duplicate entity rows, so entity rows are generated unique).
+
+Figures are kept in ``<workdir>/results.json``: with ``--reuse`` an invocation for some
+engines adds to (or replaces) the figures of earlier ones on the same data, and the table
+covers every engine measured on it, e.g. the slow stock stores once, ours after each change:
+
+    python bench/pit_retrieval.py --engines duckdb,file --runs 3
+    python bench/pit_retrieval.py --engines delta --runs 3 --reuse
 
 Not part of the test suite.
 """
@@ -222,8 +230,12 @@ def run_once(engine: str, work: Path, out: Path | None, n_features: int, timeout
            "--timeout", str(timeout)]
     if out is not None:
         cmd += ["--out", str(out)]
+    load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_before"] = round(load, 2)
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 def compare(reference: Path, other: Path, n_features: int) -> str:
@@ -307,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     write_repos(work, args.features, args.ttl_hours)
     apply_repos(work, [e for e in ("delta", "file", "duckdb") if e in engines or e == "delta"])
 
-    results: dict[str, dict] = {}
+    results_file = work / "results.json"
+    results: dict[str, dict] = json.loads(results_file.read_text()) if results_file.exists() else {}
     for engine in ["import", *engines]:
         runs = []
         for i in range(1 if engine == "import" else args.runs):
@@ -324,12 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if "peak_rss_mib" in r) if runs else None,
             "rows": ok[0]["rows"] if ok else None,
             "failed": len(ok) < len(runs),
+            "errors": [r["error"][-300:] for r in runs if "error" in r],
+            "load_1min": [r["load_before"] for r in runs],
+            "runs": args.runs if engine != "import" else 1,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(f"{engine:>7}: {json.dumps(results[engine])}", flush=True)
+        results_file.write_text(json.dumps(results, indent=2))
 
     print()
-    print(f"| engine | median retrieval s ({args.runs} runs) | peak RSS MiB | result vs delta |")
-    print("|---|---|---|---|")
+    print("| engine | median retrieval s | runs (s) | peak RSS MiB | load avg (1 min) before each run | result vs delta |")
+    print("|---|---|---|---|---|---|")
     for engine, r in results.items():
         if engine == "import":
             verdict = "(Feast import + store open only)"
@@ -341,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
             verdict = compare(work / "result_delta.parquet", work / f"result_{engine}.parquet", args.features)
         median = "-" if r["median_s"] is None else f"{r['median_s']:.2f}"
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
-        print(f"| {engine} | {median} | {rss} | {verdict} |")
+        runs_s = ", ".join(f"{x:.2f}" for x in r["runs_s"]) or "-"
+        loads = ", ".join(f"{x:.1f}" for x in r.get("load_1min", [])) or "-"
+        if r.get("errors"):
+            verdict += f" (error: {r['errors'][0][-120:]!r})"
+        print(f"| {engine} | {median} | {runs_s} | {rss} | {loads} | {verdict} |")
     return 0
 
 
