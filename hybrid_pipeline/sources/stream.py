@@ -576,15 +576,69 @@ STREAMING_FEATURES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def stream_events(rows_df: pl.DataFrame) -> pl.DataFrame:
-    """``user_id``, ``ts`` (UTC) and ``revenue`` of the bronze stream rows that carry a user and a time."""
+_EVENT_FIELDS = ("user_id", "timestamp", "revenue")
+_EVENT_STRUCT = pl.Struct({f: pl.String() for f in _EVENT_FIELDS})
+_FAST_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"  # what producers send: ISO-8601 with an offset
+
+
+def _event_fields_by_path(payload: pl.Series) -> pl.DataFrame:
+    """The reference: each field's JSON text by path (null for malformed JSON or a missing key)."""
+    col = pl.col("payload")
+    return payload.to_frame("payload").select(col.str.json_path_match(f"$.{f}").alias(f) for f in _EVENT_FIELDS)
+
+
+def _event_fields(payload: pl.Series) -> pl.DataFrame:
+    """``user_id``, ``timestamp``, ``revenue`` text of each payload, as :func:`_event_fields_by_path` gives them.
+
+    One JSON decode of the column instead of one parse per field. Where the decoder could
+    differ from the path lookup the reference decides: for the whole batch when the decode
+    fails (a malformed payload, a field holding an object or array), and row by row where a
+    key name occurs twice (the decoder keeps the first, the path the last) or ``user_id`` is
+    not written as a plain string (a float would decode as ``1``, the path says ``1.0``).
+    """
+    try:
+        fields = payload.to_frame("payload").select(pl.col("payload").str.json_decode(_EVENT_STRUCT)).unnest("payload")
+    except Exception:  # noqa: BLE001 - any decoder error: the exact, slower way for this batch
+        return _event_fields_by_path(payload)
+    col = pl.col("payload")
+    doubtful = pl.any_horizontal(
+        *(col.str.count_matches(f'"{f}"', literal=True) > 1 for f in _EVENT_FIELDS),
+        ~(col.str.contains('"user_id":"', literal=True) | col.str.contains('"user_id": "', literal=True)),
+    )
+    rows = payload.to_frame("payload").select(doubtful.alias("d")).to_series().arg_true()
+    if rows.len():
+        exact = _event_fields_by_path(payload.gather(rows))
+        fields = fields.with_columns(fields[f].scatter(rows, exact[f]) for f in _EVENT_FIELDS)
+    return fields
+
+
+def _timestamps(text: pl.Series) -> pl.Series:
+    """``parse_timestamps`` of ``text``; the common ISO-8601-with-offset form in one pass, the rest
+    (other forms, stray whitespace, garbage) through every format of ``parse_timestamps``."""
     from hybrid_pipeline.transforms.silver import parse_timestamps
 
-    payload = pl.col("payload")
-    return rows_df.select(
-        payload.str.json_path_match("$.user_id").alias("user_id"),
-        parse_timestamps(payload.str.json_path_match("$.timestamp")).alias("ts"),
-        payload.str.json_path_match("$.revenue").cast(pl.Float64, strict=False).alias("revenue"),
+    fast = text.str.to_datetime(_FAST_TS_FORMAT, strict=False, time_unit="us").dt.convert_time_zone("UTC")
+    rest = (fast.is_null() & text.is_not_null()).arg_true()
+    if rest.len():
+        slow = text.gather(rest).to_frame("t").select(parse_timestamps(pl.col("t"))).to_series()
+        fast = fast.scatter(rest, slow.cast(fast.dtype))
+    return fast.alias("ts")
+
+
+def stream_events(rows_df: pl.DataFrame) -> pl.DataFrame:
+    """``user_id``, ``ts`` (UTC) and ``revenue`` of the bronze stream rows that carry a user and a time.
+
+    Field values are read as ``$.user_id``/``$.timestamp``/``$.revenue`` JSON paths would
+    give them (malformed JSON: null), timestamps parsed like silver (``parse_timestamps``),
+    revenue cast to a float where it is a number (else null).
+    """
+    fields = _event_fields(rows_df.get_column("payload"))
+    return pl.DataFrame(
+        [
+            fields.get_column("user_id"),
+            _timestamps(fields.get_column("timestamp")),
+            fields.get_column("revenue").cast(pl.Float64, strict=False),
+        ]
     ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
 
 

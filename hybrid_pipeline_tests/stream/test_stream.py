@@ -29,6 +29,7 @@ from hybrid_pipeline.sources.stream import (
     parse_id,
     produce,
     publish_ms_of_line_number,
+    stream_events,
     streaming_features,
 )
 
@@ -279,6 +280,62 @@ def test_streaming_features_from_a_batch(redis_url, stream_name, lakehouse):
     assert default["as_of"][0] == datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
     assert {r["user_id"]: r["events_1h"] for r in default.iter_rows(named=True)} == {"c": 1}
     assert streaming_features(rows.head(0)).schema == pl.Schema(STREAMING_FEATURES_SCHEMA)
+
+
+def _stream_events_by_path(rows_df: pl.DataFrame) -> pl.DataFrame:
+    """The reference reading: one JSON path lookup per field."""
+    from hybrid_pipeline.transforms.silver import parse_timestamps
+
+    payload = pl.col("payload")
+    return rows_df.select(
+        payload.str.json_path_match("$.user_id").alias("user_id"),
+        parse_timestamps(payload.str.json_path_match("$.timestamp")).alias("ts"),
+        payload.str.json_path_match("$.revenue").cast(pl.Float64, strict=False).alias("revenue"),
+    ).filter(pl.col("user_id").is_not_null() & (pl.col("user_id") != "") & pl.col("ts").is_not_null())
+
+
+ODD_PAYLOADS = [
+    '{"user_id":"u1","timestamp":"2024-01-01T00:00:00+00:00","revenue":12.5}',
+    '{"user_id":"u1","timestamp":"2024-01-01T01:30:00.123456+02:00","revenue":null}',
+    '{"user_id":"u2","timestamp":"2024-01-01 00:00:00","revenue":"3"}',  # space separator, naive
+    '{"user_id":"u3","timestamp":" 2024-01-01T00:00:00Z ","revenue":-1}',  # stray whitespace
+    '{"user_id":"u3","timestamp":"2024-01-01T00:00:00Z","revenue":1E2}',
+    '{"user_id":"u4","timestamp":"2024-01-01","revenue":true}',  # a date; a boolean revenue
+    '{"user_id":"u4","timestamp":"2024-01-01T05:06","revenue":"abc"}',
+    '{"user_id":"u5","timestamp":"garbage","revenue":1}',
+    '{"user_id":"","timestamp":"2024-01-01T00:00:00+00:00"}',
+    '{"user_id": "spaced", "timestamp": "2024-01-01T00:00:00+05:30", "revenue": 2}',
+    '{"user_id":1.0,"timestamp":"2024-01-01T00:00:00+00:00"}',  # a float id: the path says "1.0"
+    '{"user_id":7,"timestamp":"2024-01-01T00:00:00+00:00"}',
+    '{"user_id":"d1","user_id":"d2","timestamp":"2024-01-01T00:00:00+00:00"}',  # duplicate key: the last
+    '{"user_id":"t","timestamp":"2024-01-01T00:00:00+00:00","timestamp":"2024-02-01T00:00:00+00:00"}',
+    '{"user_id":"x","timestamp":1700000000}',
+    '{"timestamp":"2024-01-01T00:00:00+00:00"}',
+    '{"user_id":"note","timestamp":"2024-01-01T00:00:00+00:00","note":"user_id"}',
+    "null",
+    '{"user_id":"u9","timestamp":"2024-01-01T00:00:00.5-03:00","revenue":0.1}',
+    '{"user_id":"\u00e9","timestamp":"2024-06-30T23:59:59.999999+14:00"}',
+]
+MALFORMED_PAYLOADS = ["not json", "", "[1]", '{"user_id":{"a":1},"timestamp":"2024-01-01T00:00:00+00:00"}', "{broken"]
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [ODD_PAYLOADS, ODD_PAYLOADS + MALFORMED_PAYLOADS, MALFORMED_PAYLOADS, ODD_PAYLOADS[:1], []],
+    ids=["odd", "odd+malformed", "malformed", "one", "empty"],
+)
+def test_stream_events_reads_payloads_as_json_paths_would(payloads):
+    rows = pl.DataFrame({"payload": payloads}, schema={"payload": pl.String})
+    assert stream_events(rows).equals(_stream_events_by_path(rows))
+
+
+def test_stream_events_of_contract_events_equal_the_path_reading():
+    events = contract_events(3000, seed=11)
+    for i, e in enumerate(events):  # the forms producers send: ISO-8601 with an offset, and others
+        e["timestamp"] = ["2024-01-01T10:00:00.250+00:00", "2024-01-01T10:00:00Z", "2024-01-01 10:00:00"][i % 3]
+    rows = pl.DataFrame({"payload": [json.dumps(e, separators=(",", ":"), default=str) for e in events]})
+    got = stream_events(rows)
+    assert got.height == 3000 and got.equals(_stream_events_by_path(rows))
 
 
 def test_stream_rows_join_file_landings_in_the_same_table(redis_url, stream_name, lakehouse):
