@@ -606,6 +606,7 @@ def _spec_for(
         ttl=ttl,
         entity_join_keys=[key_map.get(k, k) for k in join_keys],
         column_stats=stats,
+        rescannable=True,  # a fixed table version
     )
 
 

@@ -41,7 +41,7 @@ Two implementations of the same semantics:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -54,6 +54,7 @@ __all__ = [
     "PitJoinError",
     "DEFAULT_ENTITY_TIMESTAMP_COL",
     "EngineName",
+    "fetch_rows",
     "gather_rows",
     "match_rows",
     "point_in_time_join",
@@ -66,6 +67,7 @@ DEFAULT_ENTITY_TIMESTAMP_COL = "event_timestamp"
 EngineName = Literal["auto", "in-memory", "streaming"]
 TimeUnit = Literal["ns", "us", "ms"]
 _ROW_ID = "__pit_row_id"
+_SOURCE_ROW = "__pit_source_row"
 # Above this many distinct key values the key filter is a semi-join instead of an
 # ``is_in`` literal (still correct, only less pushdown).
 _MAX_IN_LIST_KEYS = 2_000_000
@@ -116,6 +118,9 @@ class FeatureSourceSpec:
         output_names: explicit output name per feature column; overrides the naming rule.
         column_stats: optional :class:`ColumnStats` per column of ``frame`` (key and
             timestamp columns are used), to leave out filters they prove redundant.
+        rescannable: ``frame`` yields the same rows in the same order every time it is
+            collected (a scan of files that do not change, e.g. a Delta table at a fixed
+            version): features are then read in a second pass, only for winning rows.
     """
 
     name: str
@@ -128,6 +133,7 @@ class FeatureSourceSpec:
     entity_join_keys: Sequence[str] | None = None
     output_names: Mapping[str, str] | None = field(default=None)
     column_stats: Mapping[str, ColumnStats] | None = field(default=None)
+    rescannable: bool = False
 
     def entity_keys(self) -> list[str]:
         keys = list(self.entity_join_keys) if self.entity_join_keys is not None else list(self.join_keys)
@@ -413,22 +419,35 @@ def point_in_time_join(
     column normalised to UTC) followed by each source's features, named
     ``feature`` or ``"<source name>__feature"`` when ``full_feature_names``.
     ``engine`` is the polars engine that collects each (projected, filtered) source.
+
+    A source that can be read twice (``rescannable``, or an in-memory frame) is read in
+    two passes: keys and timestamps first, then only the feature values of the winning
+    rows (selected by row number inside the scan); any other source is collected once with
+    its features and the winning rows are gathered from memory.
     """
     entities, ts_dtype = _checked_entities(entity_df, feature_sources, entity_timestamp_col, full_feature_names)
     left_ts = entities[entity_timestamp_col].to_physical().to_numpy()
     columns: list[pl.Series] = []
     for index, spec in enumerate(feature_sources):
+        source = spec.frame.lazy() if isinstance(spec.frame, pl.DataFrame) else spec.frame
+        two_pass = (spec.rescannable or isinstance(spec.frame, pl.DataFrame)) and _SOURCE_ROW not in source.collect_schema()
+        if two_pass:
+            numbered = source.with_row_index(_SOURCE_ROW)
+            narrow = replace(spec, frame=numbered, feature_columns=[_SOURCE_ROW])
+        else:
+            narrow = spec
         frame, ts_alias, created_alias = _prune_and_normalise(
-            spec, index, entities, entity_timestamp_col, ts_dtype, max_in_list_keys=_MAX_EAGER_IN_LIST_KEYS
+            narrow, index, entities, entity_timestamp_col, ts_dtype, max_in_list_keys=_MAX_EAGER_IN_LIST_KEYS
         )
         right = frame.collect(engine=engine)
         entity_keys = spec.entity_keys()
         nullable = [c for c in (ts_alias, *entity_keys) if right[c].null_count()]
         if nullable:  # only when stats claimed no nulls wrongly; the match step needs none
             right = right.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in nullable))
-        features = right.select(pl.col(f).alias(spec.output_column(f, full_feature_names)) for f in spec.feature_columns)
+        names = {f: spec.output_column(f, full_feature_names) for f in spec.feature_columns}
         if entities.height == 0 or right.height == 0:
-            columns.extend(features.clear(entities.height).get_columns())
+            empty = source.select(pl.col(f).alias(o) for f, o in names.items()).clear().collect()
+            columns.extend(empty.clear(entities.height).get_columns())
             continue
         left_code, right_code = _key_codes(entities, right, entity_keys)
         created = None
@@ -442,8 +461,15 @@ def point_in_time_join(
             created,
             None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit),
         )
-        del right
-        columns.extend(gather_rows(features, match).get_columns())
+        if two_pass:
+            source_rows = right[_SOURCE_ROW].to_numpy().astype(np.int64)
+            del right
+            rows = np.where(match >= 0, source_rows[np.maximum(match, 0)], -1)
+            fetched = fetch_rows(numbered, list(names), rows, engine)
+        else:
+            fetched = gather_rows(right.select(list(names)), match)
+            del right
+        columns.extend(fetched.select(pl.col(f).alias(o) for f, o in names.items()).get_columns())
     return entities.hstack(columns) if columns else entities
 
 
@@ -569,6 +595,44 @@ def match_rows(
     return match
 
 
+def fetch_rows(numbered: pl.LazyFrame, columns: list[str], rows: np.ndarray, engine: EngineName = "auto") -> pl.DataFrame:
+    """``columns`` of the rows of ``numbered`` (a frame with a ``__pit_source_row`` row
+    number) at ``rows`` (``-1``: a row of nulls), read by a scan that keeps only those row
+    numbers (pushed into parquet/Delta scans), then put in the requested order.
+
+    Raises :class:`PitJoinError` when the scan does not return exactly the rows asked for
+    (a source that changed between two reads).
+    """
+    n = len(rows)
+    hit = np.flatnonzero(rows >= 0)
+    if len(hit) == 0:
+        return numbered.select(columns).clear().collect().clear(n)
+    wanted, inverse = np.unique(rows[hit], return_inverse=True)
+    wanted_series = pl.Series(_SOURCE_ROW, wanted).cast(pl.get_index_type())
+    fetched = (
+        numbered.filter(pl.col(_SOURCE_ROW).is_in(wanted_series.implode()))
+        .select(_SOURCE_ROW, *columns)
+        .collect(engine=engine)
+    )
+    got = fetched[_SOURCE_ROW]
+    if not got.is_sorted():
+        fetched = fetched.sort(_SOURCE_ROW)
+        got = fetched[_SOURCE_ROW]
+    if got.len() != len(wanted) or not np.array_equal(got.to_numpy(), wanted):
+        raise PitJoinError("a feature source returned different rows on its second read; mark it rescannable=False")
+    where = np.full(n, -1, dtype=np.int64)
+    where[hit] = inverse.reshape(-1)
+    return _place(fetched.drop(_SOURCE_ROW), where)
+
+
+def _place(fetched: pl.DataFrame, where: np.ndarray) -> pl.DataFrame:
+    """Rows of ``fetched`` at ``where`` (``-1``: nulls)."""
+    index = pl.Series(where)
+    if (where < 0).any():
+        index = pl.select(pl.when(pl.lit(index) >= 0).then(pl.lit(index))).to_series()
+    return fetched.select(pl.all().gather(index.cast(pl.get_index_type())))
+
+
 def gather_rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     """``frame``'s rows at ``rows`` (``-1``: a row of nulls), for any chunk layout.
 
@@ -583,13 +647,10 @@ def gather_rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     order = np.argsort(rows[hit], kind="stable")
     wanted = rows[hit][order]
     fetched = pl.DataFrame([_gather_sorted(s, wanted) for s in frame.get_columns()])
-    # position of every output row in ``fetched`` (null: no match)
+    # position of every output row in ``fetched`` (-1: no match)
     where = np.full(n, -1, dtype=np.int64)
     where[hit[order]] = np.arange(len(wanted), dtype=np.int64)
-    index = pl.Series(where)
-    if len(hit) < n:
-        index = pl.select(pl.when(pl.lit(index) >= 0).then(pl.lit(index))).to_series()
-    return fetched.select(pl.all().gather(index.cast(pl.get_index_type())))
+    return _place(fetched, where)
 
 
 def _gather_sorted(series: pl.Series, rows: np.ndarray) -> pl.Series:

@@ -81,6 +81,9 @@ def pit_case(draw):
         row["tag"] = i
     entity_repr = draw(st.sampled_from(["utc", "naive", "paris"]))
     engine = draw(st.sampled_from(["in-memory", "streaming"]))
+    # in-memory source frames are read in two passes (keys first, then the winning rows)
+    for src in sources:
+        src["eager"] = draw(st.booleans())
     return full_feature_names, sources, entity_rows, entity_repr, engine
 
 
@@ -103,7 +106,7 @@ def _build(sources):
         specs.append(
             FeatureSourceSpec(
                 name=f"view{j}",
-                frame=frame.lazy(),
+                frame=frame if src.get("eager") else frame.lazy(),
                 join_keys=["user_id"],
                 timestamp_field="ts",
                 feature_columns=[vname, sname],

@@ -9,11 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybrid_pipeline.features.pit import (
     FeatureSourceSpec,
+    PitJoinError,
+    fetch_rows,
     gather_rows,
     match_rows,
     point_in_time_join,
@@ -152,13 +155,14 @@ def int_key_case(draw):
     ]
     ttl = draw(st.one_of(st.none(), st.integers(0, 5).map(lambda h: timedelta(hours=h))))
     with_created = draw(st.booleans())
-    return dtype, unit, rows, entities, ttl, with_created
+    rescannable = draw(st.booleans())
+    return dtype, unit, rows, entities, ttl, with_created, rescannable
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(int_key_case())
 def test_integer_keys_of_every_width_match_the_oracle_and_the_lazy_plan(case):
-    dtype, unit, rows, entities, ttl, with_created = case
+    dtype, unit, rows, entities, ttl, with_created, rescannable = case
     frame = pl.DataFrame(
         {
             "user_id": pl.Series([r["user_id"] for r in rows], dtype=dtype),
@@ -168,7 +172,9 @@ def test_integer_keys_of_every_width_match_the_oracle_and_the_lazy_plan(case):
         }
     )
     created = "created" if with_created else None
-    spec = FeatureSourceSpec("fv", frame.lazy(), ["user_id"], "ts", ["v"], created_timestamp_field=created, ttl=ttl)
+    spec = FeatureSourceSpec(
+        "fv", frame.lazy(), ["user_id"], "ts", ["v"], created_timestamp_field=created, ttl=ttl, rescannable=rescannable
+    )
     entity_df = pl.DataFrame(
         {
             "user_id": pl.Series([r["user_id"] for r in entities], dtype=dtype),
@@ -233,3 +239,18 @@ def test_sources_read_in_many_chunks_and_both_engines_agree(tmp_path):
     assert reference["f"].null_count() not in (0, reference.height)
     for engine in ("in-memory", "streaming"):
         assert point_in_time_join(entities, [spec], engine=engine).equals(reference)
+        # two passes over a fixed version: keys first, then the winning rows only
+        pinned = FeatureSourceSpec(
+            "fv", pl.scan_delta(uri, version=3), ["user_id"], "ts", ["f"], created_timestamp_field="created",
+            ttl=timedelta(days=2), rescannable=True,
+        )
+        assert point_in_time_join(entities, [pinned], engine=engine).equals(reference)
+
+
+def test_fetch_rows_reads_the_requested_rows_and_refuses_a_source_that_changed():
+    numbered = pl.LazyFrame({"v": [10, 11, 12, 13, 14]}).with_row_index("__pit_source_row")
+    got = fetch_rows(numbered, ["v"], np.array([4, -1, 0, 4, 2], dtype=np.int64))
+    assert got["v"].to_list() == [14, None, 10, 14, 12]
+    assert fetch_rows(numbered, ["v"], np.array([-1], dtype=np.int64))["v"].to_list() == [None]
+    with pytest.raises(PitJoinError, match="second read"):
+        fetch_rows(numbered, ["v"], np.array([1, 7], dtype=np.int64))  # row 7 is gone
