@@ -21,9 +21,16 @@ gold/image_training_manifest ─> models/digit_classifier
   row as of that day (the latest row inside the 30-day TTL), replacing that day's rows.
 * ``gold/user_features`` check ``feature_drift``: PSI per model input between the partition's
   rows and the production model's training snapshot (the training set at the version its run
-  recorded): WARN at 0.1, ERROR at 0.25, never blocking.
-* The purchase model retrains by itself when features were updated and drift was detected, or
-  weekly (Monday 04:00 UTC), never while an upstream asset is being materialized.
+  recorded): WARN at 0.1, ERROR at 0.25, never blocking. Lifetime aggregates
+  (:data:`LIFETIME_FEATURES`) drift on any growing dataset by construction: their PSI is
+  reported, not judged.
+* Unattended chain (one RUNNING automation sensor, ``models_automation_sensor``): the daily run
+  updates a partition of ``gold/user_features`` -> the drift check runs on it by itself
+  (:func:`drift_check_condition`; it is not part of the daily load job, so drift never fails a
+  load) -> a failing verdict retrains ``models/purchase_model`` (:func:`purchase_retrain_condition`:
+  features updated and drift detected, or weekly on Monday 04:00 UTC; never while an upstream
+  asset is being materialized) -> its blocking gate runs in the same run -> the promotion
+  follows once the gate passed (:func:`promotion_condition`).
 
 The assets declare ``kinds={"pytorch", ...}``; the GPU pool/tags are applied by
 ``hybrid_pipeline.defs.compute`` in ``definitions.py``, not here.
@@ -271,15 +278,38 @@ def _score(model: Any, encoding: Mapping[str, Any], rows: pl.DataFrame | Sequenc
 # --------------------------------------------------------------------------- automation
 
 
+def drift_check_condition() -> dg.AutomationCondition:
+    """Run the drift check on a partition of ``gold/user_features`` once it was (re)materialized.
+
+    Only partitions of the last :data:`DRIFT_LOOKBACK` (the daily run's day, and today's), once per
+    materialization (``since_last_handled``: a request or an evaluation of the check handles it),
+    never while the partition or the check itself is being run. This is how the daily run's
+    ``02:00 -> bronze -> silver -> gold/user_features`` leads to a drift verdict without a click:
+    the automation sensor requests the check after the daily run, apart from it, so a drifting
+    day never fails the daily load.
+    """
+    AC = dg.AutomationCondition
+    return (
+        AC.in_latest_time_window(DRIFT_LOOKBACK)
+        & AC.any_deps_updated().since_last_handled().with_label("features partition updated since the last check")
+        & ~AC.any_deps_in_progress().with_label("features partition in progress")
+        & ~AC.in_progress()
+    ).with_label("check drift after each features update")
+
+
 def purchase_retrain_condition() -> dg.AutomationCondition:
-    """Retrain when (features updated since the last retrain AND drift detected) OR weekly; never while upstream runs.
+    """Retrain when (features updated AND drift detected, both since the last retrain) OR weekly; never while upstream runs.
 
     * features updated: a partition of ``gold/user_features`` or ``features/training_set`` was
       materialized since ``models/purchase_model`` was last requested/updated;
-    * drift detected: the ``feature_drift`` check of ``gold/user_features`` failed (WARN or ERROR)
-      on one of the partitions of the last :data:`DRIFT_LOOKBACK` (older failures do not count);
+    * drift detected: the ``feature_drift`` check of ``gold/user_features`` was evaluated and
+      failed (WARN or ERROR) on one of the partitions of the last :data:`DRIFT_LOOKBACK`, since
+      the last retrain. A failure the previous retrain already answered does not count again, and
+      a day whose check has not run yet does not count until its verdict is in (the check runs by
+      itself after each features update, see :func:`drift_check_condition`);
     * weekly: ``on_cron("0 4 * * 1")`` (after its deps updated since the tick);
-    * never while ``purchase_model`` itself or any dep is in progress.
+    * never while ``purchase_model`` itself or any dep is in progress (a condition that held
+      meanwhile fires once the upstream run is over).
     """
     AC = dg.AutomationCondition
     features_updated = (
@@ -288,14 +318,16 @@ def purchase_retrain_condition() -> dg.AutomationCondition:
         .since_last_handled()
         .with_label("features updated since last retrain")
     )
-    drift_detected = (
+    # a failing verdict on a partition being rewritten right now is stale: its rerun decides
+    fresh_drift_verdict = (
         AC.any_deps_match(
             AC.in_latest_time_window(DRIFT_LOOKBACK)
-            & AC.any_checks_match(AC.check_failed()).allow(dg.AssetSelection.checks(DRIFT_CHECK_KEY))
-        )
-        .allow(dg.AssetSelection.assets(USER_FEATURES))
-        .with_label("feature drift detected (PSI check failed)")
+            & AC.any_checks_match(AC.check_failed().newly_true()).allow(dg.AssetSelection.checks(DRIFT_CHECK_KEY))
+        ).allow(dg.AssetSelection.assets(USER_FEATURES))
+        & ~AC.any_deps_match(AC.in_progress()).allow(dg.AssetSelection.assets(USER_FEATURES))
     )
+    drift_detected = fresh_drift_verdict.since_last_handled().with_label(
+        "feature drift detected since last retrain (PSI check failed)")
     on_drift = (features_updated & drift_detected).with_label("features updated with drift")
     weekly = AC.on_cron(RETRAIN_CRON).with_label(f"weekly retrain ({RETRAIN_CRON} UTC)")
     return (
@@ -359,7 +391,16 @@ def drift_frame(rows: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([raw.select(*numeric, "user_segment"), counts], how="horizontal")
 
 
-DRIFT_COLUMNS: Final = [*recipe_mod.NUMERIC_FEATURES, "user_segment", *[f"recent_{t}" for t in recipe_mod.EVENT_TYPES]]
+# Aggregates over a user's whole history. Their distribution moves with the length of the history
+# itself: ``total_events`` only grows, and ``avg_session_duration`` (a lifetime mean) narrows as
+# events accumulate. The training snapshot always lags the newest day (labels need a complete
+# 7-day horizon), so on any growing dataset these two drift every day, and a retrain cannot make
+# that go away: in the verdict they would turn "retrain on drift" into "retrain on every update".
+# Their PSI is measured and reported (``lifetime_psi``) but does not decide the check.
+LIFETIME_FEATURES: Final = ("total_events", "avg_session_duration")
+_DRIFT_CANDIDATES: Final = [*recipe_mod.NUMERIC_FEATURES, "user_segment", *[f"recent_{t}" for t in recipe_mod.EVENT_TYPES]]
+DRIFT_COLUMNS: Final = [c for c in _DRIFT_CANDIDATES if c not in LIFETIME_FEATURES]
+"""The model inputs whose PSI decides the drift check (every input but :data:`LIFETIME_FEATURES`)."""
 
 
 # --------------------------------------------------------------------------- definitions
@@ -717,8 +758,12 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         name=DRIFT_CHECK,
         partitions_def=partitions,
         blocking=False,
+        automation_condition=drift_check_condition(),
         description="PSI per model input between the partition's feature rows and the production purchase model's "
-        "training snapshot (the training set at the version its run recorded): WARN >= 0.1, ERROR >= 0.25.",
+        "training snapshot (the training set at the version its run recorded): WARN >= 0.1, ERROR >= 0.25. Lifetime "
+        "aggregates (total_events, avg_session_duration) move with the length of the history on any growing dataset: "
+        "their PSI is reported as lifetime_psi and does not decide the check. Runs by itself after each update of a "
+        "recent partition (automation sensor), not in the daily load.",
     )
     def feature_drift(
         context: dg.AssetCheckExecutionContext,
@@ -749,16 +794,22 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         if current.height == 0 or reference.height == 0:
             return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN, metadata=common,
                                        description="no rows to compare")
-        report = drift_report(drift_frame(reference), drift_frame(current), DRIFT_COLUMNS,
-                              warn=model_policy.psi_warn, error=model_policy.psi_error)
-        psi = {c: (None if f.get("psi") is None else round(float(f["psi"]), 5)) for c, f in report["features"].items()}
+        ref_frame, cur_frame = drift_frame(reference), drift_frame(current)
+        report = drift_report(ref_frame, cur_frame, DRIFT_COLUMNS, warn=model_policy.psi_warn, error=model_policy.psi_error)
+        lifetime = drift_report(ref_frame, cur_frame, list(LIFETIME_FEATURES), warn=model_policy.psi_warn,
+                                error=model_policy.psi_error)
+
+        def rounded(r: Mapping[str, Any]) -> dict[str, float | None]:
+            return {c: (None if f.get("psi") is None else round(float(f["psi"]), 5)) for c, f in r["features"].items()}
+
         severity = report["severity"]
         return dg.AssetCheckResult(
             passed=severity == "OK",
             severity=dg.AssetCheckSeverity.ERROR if severity == "ERROR" else dg.AssetCheckSeverity.WARN,
             metadata={**common, "max_psi": _float_meta(report["max_psi"]), "max_psi_feature": report["max_psi_feature"] or "",
-                      "psi": dg.MetadataValue.json(psi), "warn_features": dg.MetadataValue.json(report["warn_features"]),
+                      "psi": dg.MetadataValue.json(rounded(report)), "warn_features": dg.MetadataValue.json(report["warn_features"]),
                       "error_features": dg.MetadataValue.json(report["error_features"]),
+                      "lifetime_psi": dg.MetadataValue.json(rounded(lifetime)),
                       "warn_threshold": model_policy.psi_warn, "error_threshold": model_policy.psi_error},
             description=None if severity == "OK" else
             f"drift {severity}: max PSI {report['max_psi']:.3f} on {report['max_psi_feature']}",
@@ -782,10 +833,12 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         sensors=[
             dg.AutomationConditionSensorDefinition(
                 AUTOMATION_SENSOR,
-                target=dg.AssetSelection.assets(PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL),
+                target=dg.AssetSelection.assets(PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL)
+                | dg.AssetSelection.checks(DRIFT_CHECK_KEY),
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=60,
-                description="Retrains the purchase model on drift or weekly and promotes versions that pass the gate.",
+                description="Checks feature drift after each features update, retrains the purchase model on drift or "
+                "weekly and promotes versions that pass the gate.",
             )
         ],
     )
@@ -801,6 +854,7 @@ __all__ = [
     "DRIFT_CHECK_KEY",
     "GATE_CHECK",
     "GATE_CHECK_KEY",
+    "LIFETIME_FEATURES",
     "PREDICTIONS",
     "PRODUCTION_PURCHASE_MODEL",
     "PURCHASE_MODEL",
@@ -812,6 +866,7 @@ __all__ = [
     "TorchDeviceResource",
     "build_models",
     "default_registry_uri",
+    "drift_check_condition",
     "drift_frame",
     "model_resources",
     "promotion_condition",

@@ -1,14 +1,26 @@
-"""Schedules and sensors: the daily run, the landing sensor and alert routing, as Dagster evaluates them."""
+"""Schedules and sensors: the daily run, the landing sensor, alert routing and the models' automation
+(drift check after each features update -> retraining -> promotion), as Dagster evaluates them."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
 
+from hybrid_pipeline.definitions import PIPELINE_JOB
 from hybrid_pipeline.defs.automation import AlertsResource
+from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES
+from hybrid_pipeline.defs.models import (
+    AUTOMATION_SENSOR,
+    DRIFT_CHECK,
+    DRIFT_CHECK_KEY,
+    GATE_CHECK,
+    GATE_CHECK_KEY,
+    PRODUCTION_PURCHASE_MODEL,
+    PURCHASE_MODEL,
+)
 from hybrid_pipeline.defs.resources import LandingZoneResource
 from hybrid_pipeline.definitions import build_definitions
 
@@ -67,3 +79,194 @@ def test_failed_checks_are_routed_to_the_alert_file(repo, pipeline_env, tmp_path
     titles = {a["title"] for a in alerts}
     assert "check silver/events:quarantine_rate failed" in titles
     assert all(a["channel"] == "daytime" for a in alerts)
+
+
+# --------------------------------------------------------------------------- models: drift check -> retraining
+#
+# The conditions evaluated are the project's own (``build_definitions``: the real graph, the real
+# conditions); the instance is a real (ephemeral) one. What the daily run, the drift check run and a
+# training run would record is written into it by real runs of stand-ins with the same keys.
+# Ticks use the wall clock (check evaluations are compared with the tick's time), so the partitions
+# are yesterday's and today's.
+
+_P = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_offset=1, timezone="UTC")
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+_VERDICT = {"passed": dg.Field(bool, default_value=True)}
+
+
+@dg.asset(key=USER_FEATURES, partitions_def=_P)
+def _user_features() -> None:
+    return None
+
+
+@dg.asset_check(asset=USER_FEATURES, name=DRIFT_CHECK, partitions_def=_P, config_schema=_VERDICT)
+def _feature_drift(context) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=context.op_execution_context.op_config["passed"], severity=dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset(key=TRAINING_SET)
+def _training_set() -> None:
+    return None
+
+
+@dg.asset(key=PURCHASE_MODEL, deps=[TRAINING_SET, USER_FEATURES])
+def _purchase_model() -> None:
+    return None
+
+
+@dg.asset_check(asset=PURCHASE_MODEL, name=GATE_CHECK, blocking=True, config_schema=_VERDICT)
+def _gate(context) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=context.op_execution_context.op_config["passed"])
+
+
+_RECORDER = dg.Definitions(assets=[_user_features, _training_set, _purchase_model], asset_checks=[_feature_drift, _gate])
+
+
+class _Automation:
+    """Ticks of the models' automation conditions over the real graph, and the runs whose events they react to."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs, self.instance, self.cursor = defs, instance, None
+        self.job = _RECORDER.resolve_implicit_global_asset_job_def()
+
+    def tick(self) -> dict:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        requested = {}
+        for r in result.results:
+            if r.true_subset.size:
+                partitioned = r.true_subset.is_partitioned
+                requested[r.key] = set(r.true_subset.expensively_compute_partition_keys()) if partitioned else {None}
+        return requested
+
+    def _run(self, assets=(), checks=(), partition: str | None = None, passed: bool = True) -> dg.ExecuteInProcessResult:
+        job = self.job.get_subset(asset_selection=set(assets), asset_check_selection=set(checks))
+        config = {op: {"config": {"passed": passed}} for op in ("gold__user_features_feature_drift", "models__purchase_model_evaluation_gate")
+                  if op in {node.name for node in job.graph.nodes}}
+        return job.execute_in_process(instance=self.instance, tags={"dagster/partition": partition} if partition else {},
+                                      raise_on_error=False, run_config={**_QUIET, "ops": config})
+
+    def features_updated(self, day: str) -> None:
+        """What the daily run records: a partition of gold/user_features (the drift check is not in that job)."""
+        assert self._run(assets=[USER_FEATURES], partition=day).success
+
+    def drift_verdict(self, day: str, drift: bool) -> None:
+        """What the drift check's own run records: a verdict on the partition's latest materialization."""
+        result = self._run(checks=[DRIFT_CHECK_KEY], partition=day, passed=not drift)
+        [evaluation] = result.get_asset_check_evaluations()
+        assert result.success and evaluation.passed is not drift and evaluation.partition == day
+
+    def trained(self, gate_passed: bool) -> None:
+        """What a training run records: a new model version and its blocking gate (a failing gate fails the run)."""
+        result = self._run(assets=[PURCHASE_MODEL], checks=[GATE_CHECK_KEY], passed=gate_passed)
+        [evaluation] = result.get_asset_check_evaluations()
+        assert evaluation.passed is gate_passed and result.success is gate_passed
+
+    def started_run(self, key: dg.AssetKey, partition: str | None = None) -> dg.DagsterRun:
+        """A run of ``key`` that has started and not finished (what 'in progress' means to the conditions)."""
+        job = self.job.get_subset(asset_selection={key}, asset_check_selection=set())
+        return self.instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED,
+                                                tags={"dagster/partition": partition} if partition else None)
+
+
+@pytest.fixture
+def models_automation(pipeline_env):
+    instance = dg.DagsterInstance.ephemeral()
+    auto = _Automation(build_definitions(pipeline_env.settings), instance)
+    assert auto.tick() == {}  # the first evaluation only sets the baseline
+    return auto
+
+
+def _days() -> tuple[str, str]:
+    today = datetime.now(timezone.utc).date()
+    return (today - timedelta(days=1)).isoformat(), today.isoformat()
+
+
+def test_the_models_sensor_runs_the_drift_check_apart_from_the_daily_load(repo):
+    sensor = repo.get_sensor_def(AUTOMATION_SENSOR)
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = repo.asset_graph
+    assert sensor.asset_selection.resolve_checks(graph) >= {DRIFT_CHECK_KEY}
+    assert sensor.asset_selection.resolve(graph) >= {PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL}
+    assert graph.get(DRIFT_CHECK_KEY).automation_condition is not None
+    daily = repo.get_job(PIPELINE_JOB).asset_layer.asset_graph
+    assert USER_FEATURES in daily.executable_asset_keys and daily.asset_check_keys  # the daily load runs checks ...
+    assert DRIFT_CHECK_KEY not in daily.asset_check_keys  # ... but not the drift check
+
+
+def test_features_updated_without_drift_checks_drift_and_does_not_retrain(models_automation):
+    auto, (yesterday, _) = models_automation, _days()
+    auto.features_updated(yesterday)
+    # the drift check is requested by itself for the updated partition, nothing else yet
+    assert auto.tick() == {DRIFT_CHECK_KEY: {yesterday}}
+    auto.drift_verdict(yesterday, drift=False)
+    assert auto.tick() == {}
+    assert auto.tick() == {}
+
+
+def test_features_updated_with_drift_retrains_once(models_automation):
+    auto, (yesterday, today) = models_automation, _days()
+    auto.features_updated(yesterday)
+    assert auto.tick() == {DRIFT_CHECK_KEY: {yesterday}}
+    auto.drift_verdict(yesterday, drift=True)
+    assert auto.tick() == {PURCHASE_MODEL: {None}}
+    assert auto.tick() == {}  # requested: handled until something new happens
+    # the next update's verdict decides alone: yesterday's failure, already answered, does not retrain again
+    auto.features_updated(today)
+    assert auto.tick() == {DRIFT_CHECK_KEY: {today}}
+    auto.drift_verdict(today, drift=False)
+    assert auto.tick() == {}
+    # a failing verdict on today's rows does
+    auto.features_updated(today)
+    assert auto.tick() == {DRIFT_CHECK_KEY: {today}}
+    auto.drift_verdict(today, drift=True)
+    assert auto.tick() == {PURCHASE_MODEL: {None}}
+
+
+def test_nothing_runs_while_upstream_is_in_progress(models_automation):
+    auto, (yesterday, _) = models_automation, _days()
+    # the features partition is being rewritten: no drift check on it yet
+    auto.features_updated(yesterday)
+    rewriting = auto.started_run(USER_FEATURES, yesterday)
+    assert auto.tick() == {}
+    auto.instance.report_run_failed(rewriting)
+    assert auto.tick() == {DRIFT_CHECK_KEY: {yesterday}}
+    # drift detected, but the training set is being rebuilt: wait ...
+    auto.drift_verdict(yesterday, drift=True)
+    rebuilding = auto.started_run(TRAINING_SET)
+    assert auto.tick() == {}
+    assert auto.tick() == {}
+    # ... and retrain once it is over
+    auto.instance.report_run_failed(rebuilding)
+    assert auto.tick() == {PURCHASE_MODEL: {None}}
+
+
+def test_a_new_version_is_promoted_only_after_its_gate_passed(models_automation):
+    auto = models_automation
+    auto.trained(gate_passed=False)
+    assert auto.tick() == {}
+    auto.trained(gate_passed=True)
+    assert auto.tick() == {PRODUCTION_PURCHASE_MODEL: {None}}
+
+
+def test_weekly_retrain_without_drift(pipeline_env):
+    defs = build_definitions(pipeline_env.settings)
+    auto = _Automation(defs, dg.DagsterInstance.ephemeral())
+    sunday = datetime(2024, 1, 14, 23, 0, tzinfo=timezone.utc)
+
+    def tick(at: datetime) -> int:
+        result = dg.evaluate_automation_conditions(defs=defs, instance=auto.instance, cursor=auto.cursor, evaluation_time=at)
+        auto.cursor = result.cursor
+        return result.get_num_requested(PURCHASE_MODEL)
+
+    assert tick(sunday) == 0
+    monday = sunday + timedelta(hours=5, minutes=30)  # Monday 04:30 UTC: the weekly tick has passed
+    assert tick(monday) == 0  # nothing updated since the tick yet
+    auto.features_updated("2024-01-15")
+    assert auto._run(assets=[TRAINING_SET]).success
+    assert tick(monday + timedelta(minutes=5)) == 1
+    label = defs.resolve_assets_def(PURCHASE_MODEL).automation_conditions_by_key[PURCHASE_MODEL].get_label()
+    assert label and "drift or weekly" in label

@@ -1,13 +1,14 @@
 """Model assets end to end: 14 landed days -> training set -> purchase model (gated, promoted) -> predictions;
-digit CNN on the media manifest; feature drift check; retraining automation; reproduction after the
-sources moved on.
+digit CNN on the media manifest; feature drift check; reproduction after the sources moved on.
 
-The definitions are the project's own ``build_definitions`` (models and GPU policy included).
+The definitions are the project's own ``build_definitions`` (models and GPU policy included). The
+automation conditions (drift check after each features update, retraining, promotion) are tested in
+``test_automation.py``.
 """
 
 
 import warnings
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from types import SimpleNamespace
 
 import dagster as dg
@@ -17,9 +18,9 @@ import pytest
 pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
 
 from hybrid_pipeline.cli import materialize
-from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, PIPELINE_JOB, build_definitions
+from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, build_definitions
 from hybrid_pipeline.defs.compute import GPU_POOL
-from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES
+from hybrid_pipeline.defs.keys import TRAINING_SET
 from hybrid_pipeline.defs.models import (
     DIGIT_CLASSIFIER,
     DIGIT_TRAINING_JOB,
@@ -27,19 +28,17 @@ from hybrid_pipeline.defs.models import (
     DRIFT_CHECK_KEY,
     DRIFT_COLUMNS,
     GATE_CHECK,
+    LIFETIME_FEATURES,
     PREDICTIONS,
     PREDICTIONS_JOB,
     PRODUCTION_PURCHASE_MODEL,
     PURCHASE_MODEL,
     PURCHASE_TRAINING_JOB,
     ModelPolicyResource,
-    ModelRegistryResource,
     TorchDeviceResource,
-    build_models,
     model_resources,
     purchase_predictor,
 )
-from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.ml.registry import default_tracking_uri, get_production, get_run
 from hybrid_pipeline.ml.reproduce import MODEL_NAME, reproduce
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
@@ -67,8 +66,8 @@ def run_job(defs: dg.Definitions, name: str, instance, partition_key: str | None
 
 
 def run_drift_check(defs: dg.Definitions, instance, partition_key: str):
-    """Only the drift check of one partition (the daily pipeline selects it with gold/user_features)."""
-    job = defs.resolve_job_def(PIPELINE_JOB).get_subset(asset_check_selection={DRIFT_CHECK_KEY}, asset_selection=set())
+    """Only the drift check of one partition, as the automation sensor runs it (not part of the daily job)."""
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={DRIFT_CHECK_KEY}, asset_selection=set())
     return job.execute_in_process(instance=instance, tags={"dagster/partition": partition_key}, raise_on_error=False,
                                   run_config=QUIET)
 
@@ -231,8 +230,11 @@ def test_drift_check_compares_the_partition_with_the_production_training_snapsho
     meta = {k: getattr(v, "value", v) for k, v in ev.metadata.items()}
     assert meta["partition"] == LAST_DAY and meta["production_version"] == 1
     assert meta["reference"] == f"features/training_set@v{built.training_set['delta_version']}"
-    assert set(meta["psi"]) == set(DRIFT_COLUMNS)
+    # lifetime aggregates are measured and reported, and only the other inputs decide the verdict
+    assert set(meta["psi"]) == set(DRIFT_COLUMNS) and not set(DRIFT_COLUMNS) & set(LIFETIME_FEATURES)
+    assert set(meta["lifetime_psi"]) == set(LIFETIME_FEATURES) and all(v is not None for v in meta["lifetime_psi"].values())
     worst = meta["max_psi"]
+    assert worst == max(v for v in meta["psi"].values() if v is not None)
     assert ev.passed == (worst < 0.1)
     if not ev.passed:
         assert ev.severity == (dg.AssetCheckSeverity.ERROR if worst >= 0.25 else dg.AssetCheckSeverity.WARN)
@@ -288,98 +290,3 @@ def test_reproduce_after_the_sources_moved_on(built):
     assert report.hash_matches and report.rebuilt_sha256 == built.training_set["content_sha256"], report.summary()
     assert report.matches_stored_snapshot is True
     assert report.metrics_match and max(report.metric_deltas.values()) <= 1e-6, report.summary()
-
-
-# --------------------------------------------------------------------------- automation
-
-
-P = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC", end_offset=1)
-
-
-class _DriftStub(dg.Config):
-    drift: bool = False
-
-
-@dg.asset(key=USER_FEATURES, partitions_def=P)
-def _user_features_stub() -> None:
-    return None
-
-
-@dg.asset_check(asset=USER_FEATURES, name=DRIFT_CHECK, partitions_def=P)
-def _drift_stub(config: _DriftStub) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=not config.drift, severity=dg.AssetCheckSeverity.WARN)
-
-
-@dg.asset(key=TRAINING_SET)
-def _training_set_stub() -> None:
-    return None
-
-
-def _automation_defs() -> dg.Definitions:
-    """The real purchase_model/production assets (their conditions) over stand-ins for the upstream assets."""
-    models = build_models(P)
-    assets = [a for a in models.assets if a.key in (PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL)]
-    resources = {"lakehouse": LakehouseResource(root="/nonexistent"),
-                 "model_registry": ModelRegistryResource(tracking_uri="sqlite:////nonexistent/mlflow.db"),
-                 "torch_device": TorchDeviceResource(device="cpu"), "model_policy": ModelPolicyResource()}
-    return dg.Definitions(assets=[_user_features_stub, _training_set_stub, *assets], asset_checks=[_drift_stub],
-                          resources=resources)
-
-
-def _features_updated(instance, drift: bool, day: str = "2024-01-14") -> None:
-    result = dg.materialize([_user_features_stub, _drift_stub], partition_key=day, instance=instance, run_config={
-        **QUIET, "ops": {"gold__user_features_feature_drift": {"config": {"drift": drift}}}})
-    assert result.success
-
-
-def test_retrain_condition_needs_drift_and_waits_for_upstream():
-    defs = _automation_defs()
-    now = datetime(2024, 1, 15, 3, 0, tzinfo=timezone.utc)
-    ticks = iter(range(1, 100))
-
-    def tick(cursor):
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
-                                                   evaluation_time=now + timedelta(minutes=next(ticks)))
-        return result, result.get_num_requested(PURCHASE_MODEL), result.get_num_requested(PRODUCTION_PURCHASE_MODEL)
-
-    with dg.instance_for_test() as instance:
-        first, n, _ = tick(None)
-        assert n == 0
-        # features updated, drift check passed: no retrain
-        _features_updated(instance, drift=False)
-        no_drift, n, _ = tick(first.cursor)
-        assert n == 0
-        # features updated and the drift check failed: retrain, and the promotion rides along
-        # in the same run (its blocking gate decides inside that run)
-        _features_updated(instance, drift=True)
-        drifted, n, promote = tick(no_drift.cursor)
-        assert (n, promote) == (1, 1)
-        quiet, n, _ = tick(drifted.cursor)  # the tick after a request counts it as handled
-        assert n == 0
-        # drift again, but an upstream run is in progress: wait ...
-        _features_updated(instance, drift=True)
-        job = dg.Definitions(assets=[_user_features_stub, _training_set_stub]).resolve_implicit_global_asset_job_def()
-        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, asset_selection={TRAINING_SET})
-        waiting, n, _ = tick(quiet.cursor)
-        assert n == 0
-        # ... and retrain once it is over
-        instance.report_run_failed(running)
-        after, n, _ = tick(waiting.cursor)
-        assert n == 1
-
-
-def test_weekly_retrain_without_drift():
-    defs = _automation_defs()
-    sunday = datetime(2024, 1, 14, 23, 0, tzinfo=timezone.utc)
-    with dg.instance_for_test() as instance:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=sunday)
-        monday = sunday + timedelta(hours=5, minutes=30)  # Monday 04:30 UTC: the weekly tick has passed
-        second = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=monday, cursor=first.cursor)
-        assert second.get_num_requested(PURCHASE_MODEL) == 0  # nothing updated since the tick yet
-        _features_updated(instance, drift=False, day="2024-01-15")
-        dg.materialize([_training_set_stub], instance=instance, run_config=QUIET)
-        third = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=monday + timedelta(minutes=5),
-                                                  cursor=second.cursor)
-        assert third.get_num_requested(PURCHASE_MODEL) == 1
-    label = defs.resolve_assets_def(PURCHASE_MODEL).automation_conditions_by_key[PURCHASE_MODEL].get_label()
-    assert label and "drift or weekly" in label
