@@ -553,21 +553,30 @@ def match_rows(
         at = np.minimum(np.searchsorted(distinct, left_code), len(distinct) - 1)
         left_code = np.where((left_code >= 0) & (distinct[at] == left_code), at, -1)
         n_codes = len(distinct)
+    # right_key = code << bits | offset, built in place (one buffer, no temporaries)
+    right_key = np.left_shift(right_code, bits)
     if (n_codes << bits) <= _INT64_MAX + 1:
-        right_off = right_ts - t_min + 1
+        # (code << bits) - (t_min - 1) + ts: every intermediate stays inside int64
+        np.subtract(right_key, t_min - 1, out=right_key)
+        np.add(right_key, right_ts, out=right_key)
         left_off = np.clip(left_ts, t_min - 1, t_max) - (t_min - 1)
     else:
         everything = np.unique(np.concatenate([right_ts, left_ts]))
-        right_off = np.searchsorted(everything, right_ts) + 1
         left_off = np.searchsorted(everything, left_ts) + 1
         bits = (len(everything) + 1).bit_length()
         if (n_codes << bits) > _INT64_MAX + 1:  # pragma: no cover - needs ~2^31 keys and rows
             raise PitJoinError("too many distinct keys and timestamps for a 63-bit sort key")
+        right_key = np.left_shift(right_code, bits)
+        np.add(right_key, np.searchsorted(everything, right_ts) + 1, out=right_key)
 
-    right_key = (right_code << bits) | right_off
-    perm = np.argsort(right_key)
-    sorted_key = right_key[perm]
-    del right_key, right_off
+    if len(right_key) < 2 or bool((right_key[1:] >= right_key[:-1]).all()):
+        # already in order (e.g. a table sorted by key and time): no sort at all
+        perm = np.arange(len(right_key))
+        sorted_key = right_key
+    else:
+        perm = np.argsort(right_key)
+        sorted_key = np.take(right_key, perm)
+    del right_key
     if right_created is not None and len(sorted_key) > 1:
         tie = sorted_key[1:] == sorted_key[:-1]
         if tie.any():  # equal code and ts: latest created last (a backward search takes the last)

@@ -254,3 +254,16 @@ def test_fetch_rows_reads_the_requested_rows_and_refuses_a_source_that_changed()
     assert fetch_rows(numbered, ["v"], np.array([-1], dtype=np.int64))["v"].to_list() == [None]
     with pytest.raises(PitJoinError, match="second read"):
         fetch_rows(numbered, ["v"], np.array([1, 7], dtype=np.int64))  # row 7 is gone
+
+
+def test_a_source_already_in_key_and_time_order_is_not_sorted_again_and_matches_the_same():
+    rng = np.random.default_rng(7)
+    code = np.repeat(np.arange(50, dtype=np.int64), 40)
+    ts = np.sort(rng.integers(0, 10**9, (50, 40)), axis=1).reshape(-1)
+    left_code = rng.integers(-1, 52, 500)
+    left_ts = rng.integers(0, 10**9, 500)
+    in_order = match_rows(left_code, left_ts, code, ts, ttl=10**8)
+    shuffle = rng.permutation(len(code))
+    shuffled = match_rows(left_code, left_ts, code[shuffle], ts[shuffle], ttl=10**8)
+    assert (in_order >= 0).any() and (in_order < 0).any()
+    assert np.array_equal(np.where(shuffled >= 0, shuffle[np.maximum(shuffled, 0)], -1), in_order)
