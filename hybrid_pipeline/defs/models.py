@@ -302,11 +302,14 @@ def purchase_retrain_condition() -> dg.AutomationCondition:
 
     * features updated: a partition of ``gold/user_features`` or ``features/training_set`` was
       materialized since ``models/purchase_model`` was last requested/updated;
-    * drift detected: the ``feature_drift`` check of ``gold/user_features`` was evaluated and
-      failed (WARN or ERROR) on one of the partitions of the last :data:`DRIFT_LOOKBACK`, since
-      the last retrain. A failure the previous retrain already answered does not count again, and
-      a day whose check has not run yet does not count until its verdict is in (the check runs by
-      itself after each features update, see :func:`drift_check_condition`);
+    * drift detected: since the last retrain, the ``feature_drift`` check of a partition of the
+      last :data:`DRIFT_LOOKBACK` turned failed (WARN or ERROR; ``check_failed().newly_true()``,
+      per partition). Dagster clears a partition's check status when the partition is
+      rematerialized, so a failing verdict is always about the partition's newest rows; a
+      failure the previous retrain already answered, or yesterday's failure while today's verdict
+      is pending or passed, does not count again. The check runs by itself after each features
+      update (:func:`drift_check_condition`). A verdict that arrives while ``gold/user_features``
+      is being rewritten is ignored: the rerun of the check on the new rows decides;
     * weekly: ``on_cron("0 4 * * 1")`` (after its deps updated since the tick);
     * never while ``purchase_model`` itself or any dep is in progress (a condition that held
       meanwhile fires once the upstream run is over).
@@ -318,7 +321,10 @@ def purchase_retrain_condition() -> dg.AutomationCondition:
         .since_last_handled()
         .with_label("features updated since last retrain")
     )
-    # a failing verdict on a partition being rewritten right now is stale: its rerun decides
+    # A verdict on a partition being rewritten right now is stale: its rerun decides. This term also
+    # keeps the two since_last_handled legs apart: Dagster keys a SINCE node's cursor by the class
+    # names of its two children only, so two "any deps ... since last handled" legs on one asset
+    # would share (and overwrite) one cursor.
     fresh_drift_verdict = (
         AC.any_deps_match(
             AC.in_latest_time_window(DRIFT_LOOKBACK)
