@@ -330,6 +330,15 @@ class DeltaRetrievalJob(RetrievalJob):
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         return _to_feast_arrow(self.to_polars())
 
+    def to_df(self, validation_reference: Optional[Any] = None, timeout: Optional[int] = None) -> pd.DataFrame:
+        """As Feast's ``to_df`` (``to_arrow``, then pandas with a fresh RangeIndex), but
+        without consolidating the columns into 2-D blocks: one copy of the result less."""
+        df = self.to_arrow(validation_reference=validation_reference, timeout=timeout).to_pandas(split_blocks=True)
+        index = df.index
+        if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+            return df
+        return df.reset_index(drop=True)
+
     def _to_df_internal(self, timeout: Optional[int] = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
 

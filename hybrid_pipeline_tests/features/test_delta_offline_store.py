@@ -112,6 +112,9 @@ def test_historical_features_equal_the_point_in_time_oracle(feature_repo, store)
     assert df["clicks_1h"].isna().any() and df["clicks_1h"].notna().any()
     assert df["segment"].isna().any() and df["segment"].notna().any()
     assert job.to_arrow().num_rows == len(entities)
+    # to_df is Feast's conversion (to_arrow -> pandas -> RangeIndex), column blocks aside
+    pd.testing.assert_frame_equal(df, job.to_arrow().to_pandas().reset_index(drop=True))
+    assert isinstance(df.index, pd.RangeIndex)
 
 
 def test_feature_service_with_full_feature_names(feature_repo, store):
