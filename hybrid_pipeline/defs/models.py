@@ -781,7 +781,7 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
 
         day = date.fromisoformat(context.partition_key)
         registry = model_registry.registry()
-        # cheap when no model exists yet: the daily pipeline runs this check on every landing day
+        # cheap when no model exists yet: the automation sensor runs this check after every features update
         prod_version = registry.get_production(PURCHASE_MODEL_NAME) if model_registry.store_exists() else None
         if prod_version is None:
             return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.WARN,

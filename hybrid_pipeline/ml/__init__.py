@@ -6,8 +6,8 @@ until a name is used: torch, mlflow and matplotlib are heavy.
 
 Modules: ``device`` (pick_device), ``tabular`` (streaming Delta -> tensors,
 standardisation), ``metrics`` (AUC, log loss, ECE in numpy), ``training``
-(seeds, determinism, early stopping, TrainResult), ``purchase_model`` (MLP),
-``digit_model`` (CNN on the image manifest), ``architectures`` (spec ->
+(seeds, determinism, the shared epoch loop ``fit``, TrainResult), ``purchase_model`` (MLP),
+``digit_model`` (CNN on the image manifest; its hyperparameters in ``digit_config``), ``architectures`` (spec ->
 module), ``plots`` (PNG / markdown), ``registry`` (MLflow runs + model
 registry), ``drift`` (PSI).
 """
