@@ -267,3 +267,37 @@ def test_a_source_already_in_key_and_time_order_is_not_sorted_again_and_matches_
     shuffled = match_rows(left_code, left_ts, code[shuffle], ts[shuffle], ttl=10**8)
     assert (in_order >= 0).any() and (in_order < 0).any()
     assert np.array_equal(np.where(shuffled >= 0, shuffle[np.maximum(shuffled, 0)], -1), in_order)
+
+
+def test_coarse_sort_keys_with_many_rows_per_bucket_are_put_in_exact_order():
+    # a span of 2^62 leaves the packed sort key no room for the low offset bits: clusters of
+    # timestamps a few units apart share a coarse key and must be ordered exactly
+    rng = np.random.default_rng(11)
+    centres = rng.integers(-(2**61), 2**61, 40)
+    right_ts = (np.repeat(centres, 50) + rng.integers(0, 1_000, 2_000)).astype(np.int64)
+    right_code = rng.integers(0, 3, 2_000).astype(np.int64)
+    right_created = rng.integers(0, 3, 2_000).astype(np.int64)
+    left_code = rng.integers(-1, 4, 300).astype(np.int64)
+    left_ts = (centres[rng.integers(0, 40, 300)] + rng.integers(-10, 1_010, 300)).astype(np.int64)
+    got = match_rows(left_code, left_ts, right_code, right_ts, right_created, ttl=500)
+    expected = brute_force_matches(
+        left_code.tolist(), left_ts.tolist(), right_code.tolist(), right_ts.tolist(), right_created.tolist(), 500
+    )
+    assert (got >= 0).sum() > 100
+    assert all(g in allowed for g, allowed in zip(got.tolist(), expected))
+
+
+def test_nanosecond_timestamps_of_whole_microseconds_match_like_microseconds():
+    rng = np.random.default_rng(5)
+    n = 5_000
+    right_code = rng.integers(0, 1 << 20, n).astype(np.int64)  # 2^20 codes: ns offsets would not fit
+    right_us = rng.integers(0, 30 * 86_400 * 10**6, n).astype(np.int64)
+    left_code = np.concatenate([right_code[:2_000], rng.integers(0, 1 << 20, 500)]).astype(np.int64)
+    left_us = np.concatenate([right_us[:2_000] + rng.integers(-5, 10**9, 2_000), rng.integers(0, 10**13, 500)]).astype(np.int64)
+    ttl_us = 3_600 * 10**6
+    in_us = match_rows(left_code, left_us, right_code, right_us, ttl=ttl_us)
+    # entity timestamps with sub-microsecond parts: floor division keeps ts <= t exact
+    left_ns = left_us * 1_000 + rng.integers(0, 1_000, len(left_us))
+    in_ns = match_rows(left_code, left_ns, right_code, right_us * 1_000, ttl=ttl_us * 1_000)
+    assert (in_us >= 0).sum() > 1_000
+    assert np.array_equal(in_us, in_ns)
