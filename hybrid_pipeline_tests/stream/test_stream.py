@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
@@ -450,3 +450,51 @@ def test_resp3_connection(redis_url, redis_client, stream_name, lakehouse):
     with consumer(url, stream_name, lakehouse, batch_size=8) as c:
         assert c.run(max_idle_polls=1).rows == 20
     assert bronze(lakehouse).height == 20 and pending(redis_client, stream_name) == 0
+
+
+# -- the online hourly window ------------------------------------------------------------
+def test_the_window_is_merged_exactly_and_stored_as_packed_bytes():
+    import msgpack
+
+    from hybrid_pipeline.features.streaming import merge_window
+    from hybrid_pipeline.online.packing import pack_record, unpack_features
+
+    now = datetime(2024, 1, 1, 12, 0, 30, tzinfo=timezone.utc)
+    minute = int(now.timestamp() // 60)
+    first = merge_window(None, {minute - 1: (2, 1.5), minute: (1, 0.25)}, now, batch_id="a" * 64)
+    assert (first["events_1h"], first["revenue_1h"]) == (3, 1.75)
+    assert isinstance(first["buckets"], bytes) and isinstance(first["batches"], bytes)  # one opaque value each
+    assert msgpack.unpackb(first["buckets"]) == [[minute - 1, 2, 1.5], [minute, 1, 0.25]]
+    assert msgpack.unpackb(first["batches"]) == ["a" * 16]
+    stored = unpack_features(pack_record(first, now))
+    second = merge_window(stored, {minute: (2, 1.0), minute - 70: (5, 9.0)}, now, batch_id="b" * 64)  # -70: outside
+    assert (second["events_1h"], second["revenue_1h"]) == (5, 2.75)
+    assert msgpack.unpackb(second["buckets"]) == [[minute - 1, 2, 1.5], [minute, 3, 1.25]]
+    replayed = merge_window(second, {minute: (2, 1.0)}, now, batch_id="a" * 64)
+    assert (replayed["events_1h"], replayed["revenue_1h"]) == (5, 2.75)
+    # An hour later every bucket has fallen off; the last 50 batch ids are remembered.
+    record = second
+    for i in range(60):
+        record = merge_window(record, {}, now + timedelta(minutes=60), batch_id=f"x{i:02d}")
+    assert record["events_1h"] == 0 and msgpack.unpackb(record["buckets"]) == []
+    assert msgpack.unpackb(record["batches"]) == [f"x{i:02d}" for i in range(10, 60)]
+
+
+def test_records_holding_the_window_as_json_text_are_merged_too():
+    import msgpack
+
+    from hybrid_pipeline.features.streaming import merge_window
+
+    now = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+    minute = int(now.timestamp() // 60)
+    full_id = "c" * 64
+    earlier_form = {
+        "events_1h": 4, "revenue_1h": 3.0,
+        "buckets": json.dumps({str(minute - 2): [3, 3.0], str(minute - 61): [1, 0.0]}),
+        "batches": json.dumps([full_id]),
+    }
+    merged = merge_window(earlier_form, {minute: (1, 2.5)}, now, batch_id="d" * 64)
+    assert (merged["events_1h"], merged["revenue_1h"]) == (4, 5.5)
+    assert msgpack.unpackb(merged["buckets"]) == [[minute - 2, 3, 3.0], [minute, 1, 2.5]]
+    assert msgpack.unpackb(merged["batches"]) == [full_id, "d" * 16]
+    assert merge_window(earlier_form, {minute: (1, 2.5)}, now, batch_id=full_id)["events_1h"] == 3  # replay: aged only
