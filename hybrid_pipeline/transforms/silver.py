@@ -76,7 +76,6 @@ def parse_timestamps(raw: pl.Expr) -> pl.Expr:
     return pl.coalesce([*with_offset, *naive])
 
 
-_KEY = r'"(?:[^"\\]|\\.)*"\s*:'  # a JSON string followed by a colon: an object key
 
 
 def _read_objects(good: pl.DataFrame) -> pl.DataFrame:
@@ -84,26 +83,48 @@ def _read_objects(good: pl.DataFrame) -> pl.DataFrame:
     return pl.read_ndjson(io.BytesIO(text.encode("utf-8")), schema={f: pl.String for f in CONTRACT_FIELDS})
 
 
-def unknown_fields(good: pl.DataFrame) -> dict[str, int]:
-    """Fields outside the contract and how many records carry them (schema drift).
+def _keys_present(names) -> pl.Expr:  # noqa: ANN001 - an iterable of key names
+    return pl.sum_horizontal([pl.lit(0, pl.Int32)] + [pl.col("payload").str.contains(f'"{n}":', literal=True).cast(pl.Int32) for n in names])
 
-    Only records with more keys than contract keys can carry one, so only those are
-    decoded again (one by one); the count is exact, the cost proportional to drift.
-    """
-    present = pl.sum_horizontal(
-        pl.col("payload").str.contains(f'"{f}":', literal=True).cast(pl.Int32) for f in CONTRACT_FIELDS
-    )
-    # Every key ends in a quote and a colon, so this count is never below the number of keys
-    # (it may be above it); only rows that pass it are counted exactly.
-    maybe = good.filter(pl.col("payload").str.count_matches(r'"\s*:') > present)
-    suspects = maybe.filter(pl.col("payload").str.count_matches(_KEY) > present)["payload"]
+
+def _count_one_by_one(payloads: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for payload in suspects.to_list():
-        # Few rows, any JSON types: the json module is exact where a typed reader would clash.
+    for payload in payloads:
+        # The json module is exact for any JSON types and nesting.
         for key, value in json.loads(payload).items():
             if key not in CONTRACT_FIELDS and value is not None:
                 counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items()))
+    return counts
+
+
+def unknown_fields(good: pl.DataFrame, sample: int = 1000) -> dict[str, int]:
+    """Fields outside the contract and how many records carry them (schema drift).
+
+    Every key ends in a quote and a colon, so counting those never undercounts a record's
+    keys; a record whose count the contract's keys explain carries no other field. The rest
+    can be every record (a CSV or Parquet file with an extra column), so the unknown names are
+    learnt from a sample, the records those names explain too are counted in one typed pass,
+    and only what is left (new names, nested objects, quotes inside values) is decoded one by
+    one. The count is exact.
+    """
+    keys = pl.col("payload").str.count_matches(r'"\s*:')
+    suspects = (
+        good.select("payload", keys.alias("_keys"), _keys_present(CONTRACT_FIELDS).alias("_present"))
+        .filter(pl.col("_keys") > pl.col("_present"))
+    )
+    if suspects.is_empty():
+        return {}
+    names = sorted(_count_one_by_one(suspects["payload"].head(sample).to_list()))
+    explained = pl.col("_keys") <= pl.col("_present") + _keys_present(names)
+    typed = suspects.filter(explained)
+    counts = _count_one_by_one(suspects.filter(~explained)["payload"].to_list())
+    if names and typed.height:
+        text = typed.select(pl.col("payload").str.replace_all("\n", " ").str.join("\n")).item()
+        # Any JSON value reads as text under a String schema; null stays null.
+        frame = pl.read_ndjson(io.BytesIO(text.encode("utf-8")), schema={n: pl.String for n in names})
+        for n in names:
+            counts[n] = counts.get(n, 0) + int(frame[n].is_not_null().sum())
+    return {k: v for k, v in sorted(counts.items()) if v}
 
 
 def decode_payloads(bronze: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:

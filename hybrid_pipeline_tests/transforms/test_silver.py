@@ -23,6 +23,7 @@ from hybrid_pipeline.transforms.silver import (
     clean_events,
     hash_emails,
     parse_timestamps,
+    unknown_fields,
 )
 
 from .factories import DAY, DROP, EXISTING_SCHEMA, SOURCE, bronze, line, no_existing, record
@@ -326,6 +327,35 @@ def test_unknown_fields_are_reported_as_drift_with_counts_and_the_records_kept()
     assert batch.drift == {"campaign": 2, "coupon": 1}
     assert sorted(batch.events["event_id"]) == ["a", "b", "c", "d"]
     assert "campaign" not in batch.events.columns
+
+
+def _drift_oracle(payloads: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in payloads:
+        for k, v in json.loads(p).items():
+            if k not in {"event_id", "user_id", "session_id", "event_type", "timestamp", "product_id",
+                         "session_duration", "revenue", "user_segment", "email"} and v is not None:
+                counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def test_drift_counts_stay_exact_past_the_sample_of_learnt_names() -> None:
+    # Every record carries an extra column (as a CSV file does); beyond the two-record sample
+    # come values of other JSON types, a name never seen in the sample, a nested object whose
+    # keys share a contract name, and a quote-colon inside a value.
+    payloads = [
+        line(event_id="a", campaign=None),
+        line(event_id="b", campaign="x"),
+        line(event_id="c", campaign=7),
+        line(event_id="d", campaign={"user_id": "nested"}),
+        line(event_id="e", campaign=None, coupon="X1"),
+        line(event_id="f", campaign=[1, 2], meta={"campaign": None}),
+        line(event_id="g", campaign='say \"hi\": there'),
+        line(event_id="h", campaign=None),
+    ]
+
+    frame = bronze(payloads)
+    assert unknown_fields(frame, sample=2) == _drift_oracle(payloads) == {"campaign": 5, "coupon": 1, "meta": 1}
 
 
 def test_a_batch_without_unknown_fields_reports_no_drift() -> None:
