@@ -218,7 +218,9 @@ def measured(engine: str, work: Path, out: Path | None, n_features: int, timeout
         return
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     if proc.returncode != 0:
-        print(json.dumps({"error": (proc.stderr or proc.stdout)[-2000:], "peak_rss_mib": peak_kib / 1024}))
+        # a worker killed from outside (e.g. by a memory watchdog) leaves no output: say how it ended
+        ended = f"exit status {proc.returncode}" if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
+        print(json.dumps({"error": (proc.stderr or proc.stdout)[-2000:] or ended, "peak_rss_mib": peak_kib / 1024}))
         return
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["peak_rss_mib"] = peak_kib / 1024
