@@ -56,9 +56,16 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
 
 def frame_hash(df: pl.DataFrame, keys: list[str]) -> str:
-    """SHA-256 of the rows in a canonical order and encoding: equal content, equal hash."""
+    """SHA-256 of the rows in a canonical order and encoding: equal content, equal hash.
+
+    The encoding is the rows' JSON text, column names in a fixed order: unlike a binary
+    format it does not depend on how the frame happens to be laid out in memory (chunks,
+    string-view buffers, the bytes under null slots), which differ between equal frames.
+    """
+    sortable = [c for c, t in df.schema.items() if not t.is_nested()]
+    ordered = df.select(sorted(df.columns)).sort([*keys, *(c for c in sorted(sortable) if c not in keys)])
     buf = io.BytesIO()
-    df.sort(keys).write_ipc(buf, compression="uncompressed")
+    ordered.write_ndjson(buf)
     return hashlib.sha256(buf.getvalue()).hexdigest()
 
 

@@ -187,3 +187,15 @@ def test_serve_command_answers_feature_lookups_over_http(built):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_training_set_hash_depends_on_content_only():
+    from hybrid_pipeline.defs.feature_store import frame_hash
+
+    keys = ["user_id", "event_timestamp"]
+    rows = pl.DataFrame({"user_id": ["b", "a", "a"], "event_timestamp": [2, 1, 1], "x": [None, 1.5, 2.0], "seq": [["view"], [], None]})
+    # The same rows in another order, in several memory chunks, after an Arrow round trip.
+    same = [rows.reverse(), pl.concat([rows.slice(0, 1), rows.slice(1, 2)], rechunk=False), pl.from_arrow(rows.to_arrow())]
+
+    assert {frame_hash(df, keys) for df in same} == {frame_hash(rows, keys)}
+    assert frame_hash(rows.with_columns(pl.col("x").fill_null(0.0)), keys) != frame_hash(rows, keys)
