@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
+from hybrid_pipeline.defs.engine import EngineResource
 from hybrid_pipeline.defs.keys import BRONZE_EVENTS, SILVER_DUPLICATES, SILVER_EVENTS, SILVER_QUARANTINE, table_of
 from hybrid_pipeline.defs.metadata import check_result, measured, table_metadata
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
@@ -13,7 +14,7 @@ from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
 from hybrid_pipeline.transforms import quality
 from hybrid_pipeline.transforms.contract import REQUIRED_KEYS, silver_schema
-from hybrid_pipeline.transforms.silver import DUPLICATES_SCHEMA, QUARANTINE_SCHEMA, clean_events
+from hybrid_pipeline.transforms.silver import DUPLICATES_SCHEMA, QUARANTINE_SCHEMA
 
 _OWNERS = ["team:data-platform"]
 
@@ -63,13 +64,15 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         pool="silver_writer",
     )
     @measured
-    def silver_events(context: dg.AssetExecutionContext, lakehouse: LakehouseResource, policy: DataPolicyResource):
+    def silver_events(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, policy: DataPolicyResource, engine: EngineResource
+    ):
         day = context.partition_key
         lh = lakehouse.lakehouse()
         events, quarantine, duplicates = table_of(SILVER_EVENTS), table_of(SILVER_QUARANTINE), table_of(SILVER_DUPLICATES)
         bronze = _rows(lh, table_of(BRONZE_EVENTS), BRONZE_SCHEMA, day).collect()
         existing = lh.scan_or_empty(events, silver_schema()).filter(pl.col("landing_date") != day)
-        batch = clean_events(bronze, existing, policy.pii_salt)
+        batch = engine.compute().clean_events(bronze, existing, policy.pii_salt)
         where = f"landing_date = '{day}'"
         v_events = lh.replace_where(events, batch.events, where, partition_by=["event_date"])
         v_quarantine = lh.replace_where(quarantine, batch.quarantine, where, partition_by=["landing_date"])

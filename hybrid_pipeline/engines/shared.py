@@ -344,7 +344,7 @@ def dim_user(silver_for_users: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
         nw.col("timestamp").max().alias("last_seen"),
         nw.len().cast(nw.Int64).alias("lifetime_events"),
     )
-    keys = user_key_lookup(users, engine)
+    keys = user_key_lookup(silver_for_users, engine)  # from the input's ids: the aggregation runs once
     return users.join(keys, on="user_id", how="left").select(*DIM_USER_SCHEMA)
 
 

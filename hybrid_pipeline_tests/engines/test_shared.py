@@ -98,7 +98,9 @@ def silver_with_gaps(silver: pl.DataFrame) -> pl.DataFrame:
     newest *non-null* hash must win), users without any e-mail, and a segment change."""
     users = silver["user_id"].unique().sort()
     no_email = set(users[:5].to_list())
-    newest = silver.sort("timestamp", "event_id").group_by("user_id").agg(pl.col("event_id").last())["event_id"]
+    newest = (
+        silver.sort("timestamp", "event_id").group_by("user_id").agg(pl.col("event_id").last()).sort("user_id")["event_id"]
+    )
     return silver.with_columns(
         pl.when(pl.col("user_id").is_in(list(no_email)) | pl.col("event_id").is_in(newest.head(40).to_list()))
         .then(None)
@@ -121,7 +123,8 @@ def test_shared_fact_events_on_polars_is_the_gold_function(polars_run: PolarsRun
 def test_shared_dim_user_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
     silver = silver_with_gaps(polars_run.silver)
     reference = dim_user(silver.lazy())
-    assert reference["email_hash"].null_count() == 5 and (reference["user_segment"] == "changed").sum() == 20
+    # users without an e-mail at all (5 chosen, plus one-event users whose event lost it), and 20 new segments
+    assert reference["email_hash"].null_count() >= 5 and (reference["user_segment"] == "changed").sum() == 20
     got = run_on("polars", "dim_user", silver)
     assert_frame_equal(reference, got)
     assert got.schema == pl.Schema(DIM_USER_SCHEMA)
