@@ -18,7 +18,10 @@ registry.
 
 Reads are lazy ``pl.scan_delta`` plans (the Delta log decides which files exist, at the
 pinned version if any); projections and filters on entity keys and the time window are
-pushed into the scan; see :mod:`hybrid_pipeline.features.pit` for the join semantics.
+pushed into the scan, except filters the log's file statistics prove true for every row.
+Historical retrieval reads one snapshot twice: keys and timestamps first, then only the
+feature values of the winning rows; see :mod:`hybrid_pipeline.features.pit` for the join
+and its semantics.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Point-in-time joins in pure polars.
+"""Point-in-time joins with polars (scans, filters, gathers) and numpy (the matching).
 
 Semantics (the ones Feast documents for ``get_historical_features``), per entity row and
 per feature source:
@@ -19,23 +19,30 @@ are converted. The entity timestamp column comes back as ``Datetime(<its unit>, 
 Every source is projected to the key, timestamp and requested feature columns and
 filtered on the entity key values and on the time window the entity rows can reach
 (``[min(entity ts) - ttl, max(entity ts)]``), filters that polars pushes into parquet /
-Delta scans, so a source is never read whole unless every row can matter.
+Delta scans, so a source is never read whole unless every row can matter. A filter that
+the source's known column statistics (:class:`ColumnStats`, e.g. from the Delta log) prove
+true for every row is left out: it could skip nothing and would cost a pass over the data.
 
 Two implementations of the same semantics:
 
-* :func:`point_in_time_join` (the one retrieval uses) matches rows late: it collects the
-  projected source once, then works on narrow integer arrays only. Each feature row gets
-  one ``int64`` sort key, ``key code << B | (ts - min ts + 1)`` (key code: the integer key
-  itself, offset, or a dense code from a hash join for any other key type; when the span of
-  timestamps does not fit ``B`` bits, their dense rank); one ``argsort`` of that key (rows
-  tied on it reordered by created timestamp), then a ``searchsorted`` of the entity rows'
-  keys gives each entity row its candidate, which is accepted when it has the same key code
-  and is inside the TTL. Only then are the feature columns touched: the winning rows are
-  gathered in ascending row order (cache friendly, chunk by chunk, no copy of the source)
-  and put back in entity order. No wide sort, no sort of the entity rows' extra columns.
+* :func:`point_in_time_join` (the one retrieval uses) matches rows late, on integer
+  arrays. Each feature row gets one ``int64`` sort key, ``key code << B | (ts - min ts + 1)``
+  (key code: the integer key itself, offset, or a dense code from a hash join for any other
+  key type; timestamps divided by a unit they all share, or densely ranked, when the span
+  does not fit ``B`` bits). The keys are sorted as packed ``(coarse key, row number)``
+  values (a value sort, several times faster than an argsort; runs sharing a coarse key
+  are then put in exact order, equal keys by created timestamp), and a ``searchsorted`` of
+  the entity rows' keys gives each entity row its candidate, accepted when it has the same
+  key code and is inside the TTL. Only then are feature columns touched: a source that can
+  be read twice (``rescannable``, e.g. a Delta table at a fixed version, or an in-memory
+  frame) is read first for keys and timestamps only, then for the features of the winning
+  rows only (selected by row number inside the scan); any other source is collected once
+  and the winning rows are gathered from memory. No wide sort, and the entity rows' extra
+  columns are never sorted.
 * :func:`point_in_time_join_lazy` is the same join as one lazy polars plan (backward
-  ``join_asof`` by entity key, ``tolerance`` for the TTL); kept for callers that want a
-  plan, and as a second implementation the tests hold against the first.
+  ``join_asof`` by entity key after sorting each source by timestamp and created
+  timestamp, the TTL applied to the matched timestamp); kept for callers that want a plan,
+  and as a second implementation the tests hold against the first.
 """
 
 from __future__ import annotations
