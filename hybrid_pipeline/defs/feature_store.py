@@ -104,7 +104,19 @@ def feast_registry(lakehouse: LakehouseResource, feature_store: FeatureStoreReso
     })
 
 
+def training_set_condition() -> dg.AutomationCondition:
+    """Rebuild after new labels land (the daily run writes them), once, never while they are written.
+
+    So a retrain that drift triggers later trains on the newest labelled days, not on whatever
+    set was last built by hand; the retrain condition waits while this rebuild is in progress.
+    """
+    AC = dg.AutomationCondition
+    labels_updated = AC.any_deps_updated().allow(dg.AssetSelection.assets(USER_LABELS)).since_last_handled()
+    return (labels_updated & ~AC.any_deps_in_progress() & ~AC.in_progress()).with_label("new labels since last build")
+
+
 @dg.asset(key=TRAINING_SET, deps=[USER_FEATURES_VIEW, FEAST_REGISTRY, USER_LABELS], group_name="features",
+          automation_condition=training_set_condition(),
           kinds={"feast", "delta", "polars"}, owners=_OWNERS,
           description="Labels joined point-in-time to the `purchase_model` features through Feast's "
           "get_historical_features on the Delta offline store; records the Delta versions it read.")

@@ -839,12 +839,12 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         sensors=[
             dg.AutomationConditionSensorDefinition(
                 AUTOMATION_SENSOR,
-                target=dg.AssetSelection.assets(PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL)
+                target=dg.AssetSelection.assets(TRAINING_SET, PURCHASE_MODEL, PRODUCTION_PURCHASE_MODEL)
                 | dg.AssetSelection.checks(DRIFT_CHECK_KEY),
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=60,
-                description="Checks feature drift after each features update, retrains the purchase model on drift or "
-                "weekly and promotes versions that pass the gate.",
+                description="Rebuilds the training set after new labels, checks feature drift after each features "
+                "update, retrains the purchase model on drift or weekly and promotes versions that pass the gate.",
             )
         ],
     )

@@ -11,7 +11,7 @@ import pytest
 
 from hybrid_pipeline.definitions import PIPELINE_JOB
 from hybrid_pipeline.defs.automation import AlertsResource
-from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES
+from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES, USER_LABELS
 from hybrid_pipeline.defs.models import (
     AUTOMATION_SENSOR,
     DRIFT_CHECK,
@@ -106,6 +106,11 @@ def _feature_drift(context) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=context.op_execution_context.op_config["passed"], severity=dg.AssetCheckSeverity.WARN)
 
 
+@dg.asset(key=USER_LABELS, partitions_def=_P)
+def _user_labels() -> None:
+    return None
+
+
 @dg.asset(key=TRAINING_SET)
 def _training_set() -> None:
     return None
@@ -121,7 +126,7 @@ def _gate(context) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=context.op_execution_context.op_config["passed"])
 
 
-_RECORDER = dg.Definitions(assets=[_user_features, _training_set, _purchase_model], asset_checks=[_feature_drift, _gate])
+_RECORDER = dg.Definitions(assets=[_user_features, _user_labels, _training_set, _purchase_model], asset_checks=[_feature_drift, _gate])
 
 
 class _Automation:
@@ -242,6 +247,18 @@ def test_nothing_runs_while_upstream_is_in_progress(models_automation):
     # ... and retrain once it is over
     auto.instance.report_run_failed(rebuilding)
     assert auto.tick() == {PURCHASE_MODEL: {None}}
+
+
+def test_new_labels_rebuild_the_training_set_once_and_not_while_they_are_written(models_automation):
+    auto, (yesterday, today) = models_automation, _days()
+    assert auto._run(assets=[USER_LABELS], partition=yesterday).success
+    assert auto.tick() == {TRAINING_SET: {None}}
+    assert auto.tick() == {}  # requested: handled until new labels land
+    writing = auto.started_run(USER_LABELS, today)
+    assert auto._run(assets=[USER_LABELS], partition=yesterday).success
+    assert auto.tick() == {}  # labels of another day are still being written
+    auto.instance.report_run_failed(writing)
+    assert auto.tick() == {TRAINING_SET: {None}}
 
 
 def test_a_new_version_is_promoted_only_after_its_gate_passed(models_automation):
