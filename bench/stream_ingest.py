@@ -9,8 +9,9 @@ For each offered rate a producer *process* publishes contract-shaped events from
 generator (token bucket, :func:`produce`; each event's ``timestamp`` is set when it is
 sent, so it counts in the one-hour window) while this process runs one
 :class:`StreamConsumer` (``consume_once`` in a loop) into a fresh local lakehouse, with the
-``on_batch`` of ``hybrid-pipeline stream``: :func:`push_streaming_features` merges every
-committed micro-batch into ``events_1h``/``revenue_1h`` in the online store
+``on_batch`` of ``hybrid-pipeline stream`` (less its Dagster materialization report, at most
+one per 30 s): :func:`push_streaming_features` merges every committed micro-batch into
+``events_1h``/``revenue_1h`` in the online store
 (``--online``: ``sqlite``, the default setting, or a ``redis://`` URL).
 
 * ``ingest/s``: events committed to Delta / (last commit - first publish).
@@ -25,6 +26,9 @@ committed micro-batch into ``events_1h``/``revenue_1h`` in the online store
   among the first i+1 published (users are unique to the run, counts only grow during it).
   The reader's poll interval bounds the resolution.
 * ``push ms``: mean time of the online push per micro-batch (inside the consumer loop).
+* ``--full-window``: users start with the record of a full hour (59 minute buckets, 50
+  batch ids), as active users have in steady state; a short run otherwise merges into
+  nearly empty records.
 * ``max``: the stream is pre-filled (``rate=None``), then drained; ingest/s = events /
   drain time (the consumer's ceiling, online push included; no latency to speak of there).
 
@@ -149,6 +153,25 @@ def samples_of(events: list[dict], k: int) -> tuple[list[int], list[str], list[i
     return idx, users, counts
 
 
+def fill_window(settings: Settings, users: set[str]) -> None:
+    """Give every user of the run the online record of an hour of streaming: 59 minute buckets
+    (with 0 events, so the counts the reader waits for stay those of this run) and 50 merged
+    batch ids, built by the merge itself (so in the form it stores)."""
+    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.features.streaming import VIEW, merge_window
+
+    now = datetime.now(timezone.utc)
+    minute = int(now.timestamp() // 60)
+    record = merge_window(None, {m: (0, 0.0) for m in range(minute - 59, minute)}, now)
+    for _ in range(50):
+        record = merge_window(record, {}, now, batch_id=uuid.uuid4().hex + uuid.uuid4().hex)
+    writer = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store).writer()
+    try:
+        writer.write_records(VIEW, [(u, record, now, None) for u in sorted(users)])
+    finally:
+        writer.close()
+
+
 def _delete_online_records(settings: Settings, users: set[str]) -> None:
     from hybrid_pipeline.defs.feature_store import FeatureStoreResource
     from hybrid_pipeline.features.streaming import VIEW
@@ -204,6 +227,8 @@ def run_scenario(args, root: Path, label: str, rate: float | None, n: int) -> di
     push_s.clear()
     prefilled = rate is None
     events = make_events(n, token)
+    if online and args.full_window:
+        fill_window(settings, {e["user_id"] for e in events})
     sample_idx, sample_users, sample_counts = samples_of(events, max(1, n // args.samples))
     # spawn, not fork: a forked child of a process whose polars/delta-rs thread pools are
     # running can deadlock.
@@ -340,6 +365,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--block-ms", type=int, default=100)
     parser.add_argument("--linger-ms", type=int, default=0)
+    parser.add_argument("--full-window", action="store_true",
+                        help="start every user with an hour of (empty) minute buckets and 50 batch ids, as in steady state")
     parser.add_argument("--samples", type=int, default=2000, help="events per run whose online visibility is timed")
     parser.add_argument("--poll-ms", type=float, default=2.0, help="reader's pause between polls")
     parser.add_argument("--root", help="working folder (default: a temporary one, removed afterwards)")
@@ -362,7 +389,8 @@ def main() -> None:
     load_after = os.getloadavg()
     print(
         f"\nbatch_size={args.batch_size} block_ms={args.block_ms} linger_ms={args.linger_ms} "
-        f"online={'off' if args.no_online else args.online} poll_ms={args.poll_ms}; one Delta commit per "
+        f"online={'off' if args.no_online else args.online} poll_ms={args.poll_ms} "
+        f"full_window={args.full_window}; one Delta commit per "
         "micro-batch, XACK after commit, then the online push; local filesystem lakehouse"
     )
     print(f"load average (1/5/15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
