@@ -3,15 +3,17 @@
 Prepared once (not timed): generated landings with dirt, ingested into ``bronze/events`` with
 delta-rs. Then each engine runs in its own child process over the same bronze table and writes
 its own lakehouse: per landing day, silver (events, quarantine, duplicates: one replace-where
-each), then gold ``daily_metrics`` and ``user_features`` over all silver. Spark uses
-``engines.spark_silver`` and ``engines.shared`` and writes through ``engines.delta_commit``.
+each); then gold through the engine operations the assets call (``engines.compute``):
+``daily_metrics`` over every event date, ``fact_events`` and ``dim_user`` per landing day,
+``user_features`` over the whole range. Spark silver uses ``engines.spark_silver`` reading the
+Delta snapshots itself and writing through ``engines.delta_commit``.
 
 Memory: the parent samples the child's process tree with psutil every 0.1 s. For polars that is
 one process (its ru_maxrss is reported too). For Spark it is the Python driver, the JVM (driver
 and, in local mode, the executors) and the Python workers the JVM starts for ``mapInArrow``;
 the peak of each and the peak of their sum are reported.
 
-At the end the polars and Spark outputs are compared (silver row counts, daily_metrics exactly).
+At the end the polars and Spark outputs are compared: every silver and gold table, row for row.
 
     python bench/engines.py --events 10000000          # the default size (2 cores: long)
     python bench/engines.py --events 1000000 --days 5  # what fits in a few minutes here
@@ -37,6 +39,7 @@ START = date(2024, 1, 1)
 SALT = "bench-salt"
 SILVER = {"events": "silver/events", "quarantine": "silver/events_quarantine", "duplicates": "silver/events_duplicates"}
 SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "duplicates": ["landing_date"]}
+WORK = ("silver", "daily_metrics", "fact_events", "dim_user", "user_features")
 
 
 # -- preparation ---------------------------------------------------------------------------------
@@ -73,38 +76,55 @@ def prepare(work: Path, events: int, days: int, dirty: float) -> tuple[Path, lis
 def run_polars(bronze_root: str, out_root: str, days: list[str]) -> dict:
     import polars as pl
 
+    from hybrid_pipeline.engines.compute import PolarsEngine
     from hybrid_pipeline.lakehouse import Lakehouse
     from hybrid_pipeline.transforms.contract import silver_schema
-    from hybrid_pipeline.transforms.features import user_features
-    from hybrid_pipeline.transforms.gold import daily_metrics
-    from hybrid_pipeline.transforms.silver import clean_events
 
     bronze, out = Lakehouse(bronze_root), Lakehouse(out_root)
+    engine = PolarsEngine()
     stages: dict[str, float] = {}
     t = time.perf_counter()
     for day in days:
         records = bronze.scan("bronze/events").filter(pl.col("landing_date") == day).collect()
         existing = out.scan_or_empty(SILVER["events"], silver_schema()).filter(pl.col("landing_date") != day)
-        batch = clean_events(records, existing, SALT)
+        batch = engine.clean_events(records, existing, SALT)
         for name, table in SILVER.items():
             out.replace_where(table, getattr(batch, name), f"landing_date = '{day}'", partition_by=SILVER_PARTITIONS[name])
     stages["silver"] = time.perf_counter() - t
-    t = time.perf_counter()
-    metrics = daily_metrics(out.scan(SILVER["events"]))
-    out.replace_where("gold/daily_metrics", metrics, "true", partition_by=["event_date"])
-    stages["daily_metrics"] = time.perf_counter() - t
-    t = time.perf_counter()
-    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
-    features = user_features(out.scan(SILVER["events"]), first, last)
-    out.replace_where("gold/user_features", features, "true", partition_by=["event_date"])
-    stages["user_features"] = time.perf_counter() - t
+    stages.update(run_gold(engine, out, days))
     stages["ru_maxrss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     return stages
 
 
+def run_gold(engine, out, days: list[str]) -> dict:  # noqa: ANN001
+    """Gold through the engine operations the assets call: daily_metrics over every event date,
+    fact_events and dim_user per landing day (as the daily runs do), user_features over the range."""
+    import polars as pl
+
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    dates = out.scan(SILVER["events"]).select(pl.col("event_date").unique().sort()).collect()["event_date"].to_list()
+    metrics = engine.daily_metrics(out, dates)
+    out.replace_where("gold/daily_metrics", metrics, "true", partition_by=["event_date"])
+    stages["daily_metrics"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for day in days:
+        engine.write_fact_events(out, day)
+    stages["fact_events"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for day in days:
+        users = engine.dim_user(out, day)
+        out.upsert("gold/dim_user", users, ["user_key"])
+    stages["dim_user"] = time.perf_counter() - t
+    t = time.perf_counter()
+    engine.write_user_features(out, date.fromisoformat(days[0]), date.fromisoformat(days[-1]))
+    stages["user_features"] = time.perf_counter() - t
+    return stages
+
+
 def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, driver_memory: str) -> dict:
+    from hybrid_pipeline.engines.compute import SparkEngine
     from hybrid_pipeline.engines.delta_commit import SparkLakehouse
-    from hybrid_pipeline.engines.shared import Engine, run_on
     from hybrid_pipeline.engines.spark_session import SparkSettings, get_spark
     from hybrid_pipeline.engines.spark_silver import clean_events
     from hybrid_pipeline.lakehouse import Lakehouse
@@ -114,7 +134,10 @@ def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, dri
     spark = get_spark(SparkSettings(master=master, driver_memory=driver_memory))
     spark.range(1).count()
     stages["startup"] = time.perf_counter() - t
-    bronze, out = SparkLakehouse(Lakehouse(bronze_root), spark), SparkLakehouse(Lakehouse(out_root), spark)
+    out_lh = Lakehouse(out_root)
+    bronze, out = SparkLakehouse(Lakehouse(bronze_root), spark), SparkLakehouse(out_lh, spark)
+    # Silver on the scale-out path: Spark reads the bronze snapshot and earlier silver itself and
+    # writes through delta_commit (nothing passes through the driver).
     t = time.perf_counter()
     for day in days:
         records = bronze.scan("bronze/events", predicate=f"landing_date = '{day}'")
@@ -129,16 +152,7 @@ def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, dri
         finally:
             batch.unpersist()
     stages["silver"] = time.perf_counter() - t
-    engine = Engine("spark", spark)
-    t = time.perf_counter()
-    metrics = run_on(engine, "daily_metrics", out.scan(SILVER["events"]), collect=False)
-    out.replace_where("gold/daily_metrics", metrics, "true", partition_by=["event_date"])
-    stages["daily_metrics"] = time.perf_counter() - t
-    t = time.perf_counter()
-    first, last = date.fromisoformat(days[0]), date.fromisoformat(days[-1])
-    features = run_on(engine, "user_features", out.scan(SILVER["events"]), collect=False, start=first, end=last)
-    out.replace_where("gold/user_features", features, "true", partition_by=["event_date"])
-    stages["user_features"] = time.perf_counter() - t
+    stages.update(run_gold(SparkEngine(spark), out_lh, days))
     spark.stop()
     return stages
 
@@ -192,18 +206,27 @@ def measure(cmd: list[str], log: Path) -> dict:
 
 
 def compare(polars_root: Path, spark_root: Path) -> dict:
+    """Every table of both runs, sorted on its keys: identical (user_features floats to 1e-12)."""
     from polars.testing import assert_frame_equal
 
     from hybrid_pipeline.lakehouse import Lakehouse
 
     a, b = Lakehouse(str(polars_root)), Lakehouse(str(spark_root))
-    counts = {
-        name: (a.scan(t).select(pl_len()).collect().item(), b.scan(t).select(pl_len()).collect().item())
-        for name, t in {**SILVER, "user_features": "gold/user_features"}.items()
+    keys = {
+        SILVER["events"]: ["event_id"],
+        SILVER["quarantine"]: ["source_file", "line_number"],
+        SILVER["duplicates"]: ["source_file", "line_number"],
+        "gold/daily_metrics": ["event_date", "user_segment"],
+        "gold/fact_events": ["event_id"],
+        "gold/dim_user": ["user_id"],
+        "gold/user_features": ["user_id", "event_date"],
     }
-    key = ["event_date", "user_segment"]
-    assert_frame_equal(a.read("gold/daily_metrics").sort(key), b.read("gold/daily_metrics").sort(key))
-    return {"rows(polars, spark)": counts, "daily_metrics": "identical"}
+    rows = {}
+    for table, key in keys.items():
+        x, y = a.read(table), b.read(table)
+        assert_frame_equal(x.select(sorted(x.columns)).sort(key), y.select(sorted(x.columns)).sort(key), check_exact=False, rel_tol=1e-12)
+        rows[table] = x.height
+    return {"identical tables (rows)": rows}
 
 
 def pl_len():  # noqa: ANN201
@@ -248,15 +271,18 @@ def main() -> None:
             child += ["polars", str(bronze_root), str(out), ",".join(days)]
         else:
             child += ["spark", str(bronze_root), str(out), ",".join(days), name.split()[1], args.driver_memory]
+        load_before = os.getloadavg()
         runs[name] = measure(child, work / f"{out.name}.log")
+        runs[name]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
         runs[name]["out"] = str(out)
         r = runs[name]
-        stages = " ".join(f"{k}={r[k]:.1f}s" for k in ("startup", "silver", "daily_metrics", "user_features") if k in r)
+        stages = " ".join(f"{k}={r[k]:.1f}s" for k in ("startup", *WORK) if k in r)
         print(
             f"{name:16s} wall={r['wall']:.1f}s {stages} | peak RSS total={r['peak_total_gib']:.2f} GiB "
             f"(driver python {r['peak_driver_python_gib']:.2f}, jvm {r['peak_jvm_gib']:.2f}, "
             f"python workers {r['peak_python_workers_gib']:.2f})"
-            + (f" ru_maxrss={r['ru_maxrss_gib']:.2f} GiB" if "ru_maxrss_gib" in r else ""),
+            + (f" ru_maxrss={r['ru_maxrss_gib']:.2f} GiB" if "ru_maxrss_gib" in r else "")
+            + f" | load average (1/5/15 min) before {r['loadavg_before_after'][:3]} after {r['loadavg_before_after'][3:]}",
             flush=True,
         )
     if "polars" in runs and len(runs) > 1:
@@ -265,7 +291,7 @@ def main() -> None:
     summary = {"events": args.events, "bronze_rows": bronze_rows, "days": len(days), "runs": runs}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for name, r in runs.items():
-        per_s = bronze_rows / (r["silver"] + r["daily_metrics"] + r["user_features"])
+        per_s = bronze_rows / sum(r[k] for k in WORK)
         print(f"{name:16s} {per_s:,.0f} bronze records/s through silver+gold (startup excluded)")
 
 
