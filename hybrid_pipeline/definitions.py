@@ -8,6 +8,7 @@ import dagster as dg
 from hybrid_pipeline.defs.automation import alerts_resource, build_automation
 from hybrid_pipeline.defs.bronze import build_bronze
 from hybrid_pipeline.defs.compute import apply_compute_policy
+from hybrid_pipeline.defs.engine import apply_engine_policy
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.feature_store import FeatureStoreResource, build_feature_store
 from hybrid_pipeline.defs.gold_features import build_gold_features
@@ -107,7 +108,7 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
             ],
             resources={**resources(settings), **(resource_overrides or {})}),
     )
-    return apply_compute_policy(merged.map_asset_specs(func=_with_layer_policy))
+    return apply_compute_policy(apply_engine_policy(merged.map_asset_specs(func=_with_layer_policy), settings.engine))
 
 
 @dg.definitions

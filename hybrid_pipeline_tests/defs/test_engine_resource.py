@@ -64,3 +64,9 @@ def test_engine_backed_assets_join_the_spark_pool_only_on_spark(tmp_path) -> Non
         assert a.specs_by_key[a.key].kinds == {"delta", "spark"}, key
     assert apply_engine_policy(defs, "polars") is defs
     apply_engine_policy(defs, "spark").get_repository_def()  # still one valid code location
+
+    # build_definitions applies the policy from the setting
+    spark_settings = Settings.from_env({**{"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"), "DAGSTER_HOME": str(tmp_path)},
+                                        "HYBRID_ENGINE": "spark"})
+    built = _engine_assets(build_definitions(spark_settings))
+    assert {key: a.node_def.pool for key, a in built.items()} == {key: SPARK_POOL for key in ENGINE_ASSETS}
