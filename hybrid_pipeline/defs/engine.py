@@ -23,10 +23,10 @@ import sys
 from typing import Any, Literal
 
 import dagster as dg
-from dagster._core.definitions.op_definition import OpDefinition
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 
+from hybrid_pipeline.defs.compute import map_assets, with_op_placement
 from hybrid_pipeline.engines.compute import ComputeEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 
@@ -79,45 +79,15 @@ def runs_on_engine(assets_def: dg.AssetsDefinition) -> bool:
 
 def with_spark_policy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
     """The same asset with its op in the ``spark`` pool (unless it has a pool already) and kind ``spark``."""
-    op = assets_def.node_def
-    if not isinstance(op, OpDefinition):
-        raise TypeError(f"{assets_def.keys}: the engine policy applies to single-op assets")
-    spark_op = OpDefinition.dagster_internal_init(
-        compute_fn=op.compute_fn,
-        name=op.name,
-        ins=op.ins,
-        outs=op.outs,
-        description=op.description,
-        config_schema=op.config_schema,
-        required_resource_keys=op.required_resource_keys,
-        tags=op.tags,
-        version=None,
-        retry_policy=op.retry_policy,
-        code_version=op.version,
-        pool=op.pool or SPARK_POOL,
+    return with_op_placement(
+        assets_def,
+        pool=assets_def.node_def.pool or SPARK_POOL,
+        spec=lambda s: s.replace_attributes(kinds=(set(s.kinds) - {"polars"}) | {"spark"}),
     )
-    attrs = assets_def.get_attributes_dict()
-    attrs["node_def"] = spark_op
-    attrs["specs"] = [
-        spec.replace_attributes(kinds=(set(spec.kinds) - {"polars"}) | {"spark"}) for spec in assets_def.specs
-    ]
-    return dg.AssetsDefinition.dagster_internal_init(**attrs)
 
 
 def apply_engine_policy(defs: dg.Definitions, engine: str) -> dg.Definitions:
     """For ``engine == "spark"``: every engine-backed asset in the ``spark`` pool, kind ``spark``."""
     if engine != "spark":
         return defs
-    assets = [
-        with_spark_policy(a) if isinstance(a, dg.AssetsDefinition) and runs_on_engine(a) else a for a in (defs.assets or [])
-    ]
-    return dg.Definitions.merge(
-        dg.Definitions(assets=assets),
-        dg.Definitions(
-            asset_checks=defs.asset_checks,
-            jobs=defs.jobs,
-            schedules=defs.schedules,
-            sensors=defs.sensors,
-            resources=defs.resources,
-        ),
-    )
+    return map_assets(defs, runs_on_engine, with_spark_policy)
