@@ -235,17 +235,18 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from hybrid_pipeline.sources.stream import StreamConsumer
 
     settings = Settings.from_env()
-    on_batch = reporter = None  # replaced below unless --no-online
+    on_batch = reporter = push = None  # replaced below unless --no-online
     if not args.no_online:
         import dagster as dg
 
-        from hybrid_pipeline.defs.streaming import ActivityReporter, push_streaming_features
+        from hybrid_pipeline.defs.streaming import ActivityReporter, OnlinePush
 
         ensure_dagster_home()
         reporter = ActivityReporter(dg.DagsterInstance.get())
+        push = OnlinePush(settings)
 
         def on_batch(rows):  # noqa: ANN001, ANN202
-            users = push_streaming_features(rows, settings, batch_id=rows["file_sha256"][0] if rows.height else None)
+            users = push(rows)
             reporter.batch(rows, users)
             return users
 
@@ -259,6 +260,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     finally:
         if reporter is not None:
             reporter.flush()
+        if push is not None:
+            push.close()
     print(f"consumed {stats.rows:,} events in {stats.commits} commits ({stats.skipped_committed} already committed)")
     return 0
 

@@ -120,3 +120,27 @@ def test_streaming_features_are_fresh_within_minutes_not_hours():
     defs = build_definitions(Settings.from_env({}))
     spec = next(s for s in defs.resolve_all_asset_specs() if s.key == STREAMING_USER_ACTIVITY)
     assert spec.freshness_policy.fail_window.to_timedelta() == timedelta(minutes=15)
+
+
+def test_one_online_push_serves_many_batches_and_a_replayed_batch_is_not_counted_twice(pipeline_env, stream_name):
+    from hybrid_pipeline.defs.streaming import OnlinePush
+
+    now = datetime.now(timezone.utc) - timedelta(minutes=1)
+    settings = pipeline_env.settings
+    with OnlinePush(settings) as push:
+        for start in (0, 10):
+            assert produce(REDIS, stream_name, [_event(i, f"u{i % 2}", now) for i in range(start, start + 10)]) == 10
+            consumer = StreamConsumer(REDIS, stream_name, "g", "c1", pipeline_env.lakehouse, batch_size=4, block_ms=0, on_batch=push)
+            with consumer:
+                consumer.run(max_idle_polls=1)
+        rows = pipeline_env.lakehouse.read("bronze/events")
+        first_batch = rows.filter(pl.col("file_sha256") == rows["file_sha256"][0])
+        push(first_batch)  # the same committed batch again: already merged
+
+    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
+    reader = CombinedReader(fs.reader())
+    try:
+        got = reader.get("user_features", ["u0", "u1"])
+    finally:
+        reader.close()
+    assert [g["events_1h"] for g in got] == [10, 10]
