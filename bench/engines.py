@@ -113,6 +113,7 @@ def run_gold(engine, out, days: list[str]) -> dict:  # noqa: ANN001
     stages["fact_events"] = time.perf_counter() - t
     t = time.perf_counter()
     for day in days:
+        engine.write_user_landing_summary(out, day)
         users = engine.dim_user(out, day)
         out.upsert("gold/dim_user", users, ["user_key"])
     stages["dim_user"] = time.perf_counter() - t
@@ -218,6 +219,7 @@ def compare(polars_root: Path, spark_root: Path) -> dict:
         SILVER["duplicates"]: ["source_file", "line_number"],
         "gold/daily_metrics": ["event_date", "user_segment"],
         "gold/fact_events": ["event_id"],
+        "gold/user_landing_summary": ["landing_date", "user_id"],
         "gold/dim_user": ["user_id"],
         "gold/user_features": ["user_id", "event_date"],
     }

@@ -18,7 +18,7 @@ from hybrid_pipeline_tests.conftest import TEST_SALT, make_env
 pytestmark = pytest.mark.integration
 
 DAYS = 7  # days 5 and 6 land as CSV and Parquet
-GOLD_TABLES = ["gold/daily_metrics", "gold/fact_events", "gold/dim_user", "gold/dim_date"]
+GOLD_TABLES = ["gold/daily_metrics", "gold/fact_events", "gold/user_landing_summary", "gold/dim_user", "gold/dim_date"]
 SILVER_TABLES = ["silver/events", "silver/events_quarantine", "silver/events_duplicates"]
 
 

@@ -26,6 +26,7 @@ EXPECTED_ASSETS = {
     "silver/events_duplicates",
     "gold/daily_metrics",
     "gold/fact_events",
+    "gold/user_landing_summary",
     "gold/dim_user",
     "gold/dim_date",
 }

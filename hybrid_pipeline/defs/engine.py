@@ -73,8 +73,12 @@ def engine_resource(engine: str, spark: SparkSettings | None = None) -> EngineRe
 # ---------------------------------------------------------------------------------------------
 
 
+def on_engine(spec: dg.AssetSpec) -> bool:
+    return spec.tags.get("engine") == ENGINE_TAG["engine"]
+
+
 def runs_on_engine(assets_def: dg.AssetsDefinition) -> bool:
-    return any(spec.tags.get("engine") == ENGINE_TAG["engine"] for spec in assets_def.specs)
+    return any(on_engine(spec) for spec in assets_def.specs)
 
 
 def with_spark_policy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -82,7 +86,7 @@ def with_spark_policy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return with_op_placement(
         assets_def,
         pool=assets_def.node_def.pool or SPARK_POOL,
-        spec=lambda s: s.replace_attributes(kinds=(set(s.kinds) - {"polars"}) | {"spark"}),
+        spec=lambda s: s.replace_attributes(kinds=(set(s.kinds) - {"polars"}) | {"spark"}) if on_engine(s) else s,
     )
 
 

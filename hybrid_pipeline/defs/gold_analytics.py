@@ -4,25 +4,49 @@ A landing day's run recomputes every event date that day's silver rows touch, so
 events are counted on their true date and earlier dates are corrected in place. The work runs
 on the configured compute engine (:class:`~hybrid_pipeline.defs.engine.EngineResource`,
 ``HYBRID_ENGINE``); dim_date is a handful of rows computed here.
+
+dim_user is built from ``gold/user_landing_summary`` (one row per user and landing day), so a
+day's run reads that day's events and the touched users' summaries, not their whole history.
+
+The five tables are one subsettable multi-asset: each is its own asset in the graph and can be
+materialized alone, but a day's run computes the independent ones side by side (two threads:
+polars and delta-rs release the GIL, Spark takes concurrent jobs), where one step per asset
+would run them one after another on an in-process executor while a core idles.
 """
 
 
 import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
-from hybrid_pipeline.defs.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, SILVER_EVENTS, table_of
+from hybrid_pipeline.defs.keys import (
+    DAILY_METRICS,
+    DIM_DATE,
+    DIM_USER,
+    FACT_EVENTS,
+    SILVER_EVENTS,
+    USER_LANDING_SUMMARY,
+    table_of,
+)
 from hybrid_pipeline.defs.metadata import check_result, column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.engines.compute import ComputeEngine
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import gold, quality
 from hybrid_pipeline.transforms.contract import silver_schema
 
-_SPEC = dict(group_name="gold_analytics", owners=["team:analytics"], tags={"layer": "gold"})
-# Assets whose work runs on the compute engine (pool and kinds follow the engine: defs/engine.py).
-_ON_ENGINE = dict(group_name="gold_analytics", owners=["team:analytics"], tags={"layer": "gold", **ENGINE_TAG})
+GROUP = "gold_analytics"
+_OWNERS = ["team:analytics"]
+_TAGS = {"layer": "gold"}
+# Tables whose work runs on the compute engine (their kinds follow the engine: defs/engine.py).
+_ON_ENGINE_TAGS = {**_TAGS, **ENGINE_TAG}
+# Worker threads for one day's gold tables: this machine class has two cores.
+GOLD_THREADS = 2
 
 
 def affected_dates(lh: Lakehouse, landing_day: str) -> list[dt.date]:
@@ -44,156 +68,261 @@ def _in_dates(column: str, dates: list[dt.date]) -> str:
     return f"{column} IN ({', '.join(repr(d.isoformat()) for d in dates)})"
 
 
-def _lineage(**cols: str | list[str]) -> dg.TableColumnLineage:
+def _lineage(source: dg.AssetKey = SILVER_EVENTS, **cols: str | list[str]) -> dg.TableColumnLineage:
     return column_lineage(
-        {out: [(SILVER_EVENTS, s) for s in ([src] if isinstance(src, str) else src)] for out, src in cols.items()}
+        {out: [(source, s) for s in ([src] if isinstance(src, str) else src)] for out, src in cols.items()}
     )
+
+
+def _json_dates(dates: list[dt.date]) -> dg.MetadataValue:
+    return dg.MetadataValue.json([d.isoformat() for d in dates])
+
+
+# -- one table each: what is computed and what its materialization records ---------------------
+
+
+def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+    metrics = engine.daily_metrics(lh, dates)
+    table = table_of(DAILY_METRICS)
+    version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
+    return dg.MaterializeResult(
+        asset_key=DAILY_METRICS,
+        metadata=table_metadata(
+            lh.uri(table),
+            gold.DAILY_METRICS_SCHEMA,
+            metrics.height,
+            version,
+            recomputed_dates=_json_dates(dates),
+            total_revenue=float(metrics["total_revenue"].sum()) if metrics.height else 0.0,
+            **{
+                "dagster/column_lineage": _lineage(
+                    event_date="event_date",
+                    user_segment="user_segment",
+                    events="event_id",
+                    unique_users="user_id",
+                    purchases="event_type",
+                    purchasing_users=["user_id", "event_type"],
+                    total_revenue="revenue",
+                    conversion_rate=["user_id", "event_type"],
+                )
+            },
+        ),
+    )
+
+
+def _fact_events(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+    written = engine.write_fact_events(lh, day)
+    table = table_of(FACT_EVENTS)
+    return dg.MaterializeResult(
+        asset_key=FACT_EVENTS,
+        metadata=table_metadata(
+            lh.uri(table),
+            written.schema,
+            written.rows,
+            written.version,
+            event_dates=_json_dates(dates),
+            **{
+                "dagster/column_lineage": _lineage(
+                    event_id="event_id",
+                    event_date="event_date",
+                    date_key="event_date",
+                    user_key="user_id",
+                    session_id="session_id",
+                    event_type="event_type",
+                    product_id="product_id",
+                    timestamp="timestamp",
+                    hour="hour",
+                    session_duration="session_duration",
+                    revenue="revenue",
+                    landing_date="landing_date",
+                )
+            },
+        ),
+    )
+
+
+def _user_landing_summary(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+    written = engine.write_user_landing_summary(lh, day)
+    table = table_of(USER_LANDING_SUMMARY)
+    return dg.MaterializeResult(
+        asset_key=USER_LANDING_SUMMARY,
+        metadata=table_metadata(
+            lh.uri(table),
+            written.schema,
+            written.rows,
+            written.version,
+            **{
+                "dagster/column_lineage": _lineage(
+                    user_id="user_id",
+                    landing_date="landing_date",
+                    events="event_id",
+                    first_seen="timestamp",
+                    last_seen="timestamp",
+                    last_event_id=["timestamp", "event_id"],
+                    user_segment=["user_segment", "timestamp", "event_id"],
+                    email_hash=["email_hash", "timestamp", "event_id"],
+                    email_seen=["email_hash", "timestamp"],
+                    email_event_id=["email_hash", "timestamp", "event_id"],
+                )
+            },
+        ),
+    )
+
+
+def _dim_user(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+    users = engine.dim_user(lh, day)
+    table = table_of(DIM_USER)
+    version = lh.upsert(table, users, ["user_key"]) if users.height else lh.version(table)
+    return dg.MaterializeResult(
+        asset_key=DIM_USER,
+        metadata=table_metadata(
+            lh.uri(table),
+            users.schema,
+            users.height,
+            version,
+            **{
+                "dagster/column_lineage": _lineage(
+                    USER_LANDING_SUMMARY,
+                    user_key="user_id",
+                    user_id="user_id",
+                    user_segment=["user_segment", "last_seen", "last_event_id"],
+                    email_hash=["email_hash", "email_seen", "email_event_id"],
+                    first_seen="first_seen",
+                    last_seen="last_seen",
+                    lifetime_events="events",
+                )
+            },
+        ),
+    )
+
+
+def _dim_date(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+    rows = gold.dim_date(dates)
+    table = table_of(DIM_DATE)
+    version = lh.upsert(table, rows, ["date_key"]) if rows.height else lh.version(table)
+    return dg.MaterializeResult(
+        asset_key=DIM_DATE,
+        metadata=table_metadata(
+            lh.uri(table),
+            rows.schema,
+            rows.height,
+            version,
+            **{"dagster/column_lineage": _lineage(date_key="event_date", date="event_date")},
+        ),
+    )
+
+
+Build = Callable[[Lakehouse, ComputeEngine, str, list[dt.date]], dg.MaterializeResult]
+
+# Chains run one after another in one thread, different chains side by side; a table whose
+# input table failed in this run is skipped (dim_user reads the summary written before it).
+# Roughly balanced: fact_events is the largest write.
+CHAINS: list[list[tuple[dg.AssetKey, Build]]] = [
+    [(FACT_EVENTS, _fact_events)],
+    [(USER_LANDING_SUMMARY, _user_landing_summary), (DIM_USER, _dim_user), (DAILY_METRICS, _daily_metrics), (DIM_DATE, _dim_date)],
+]
+NEEDS = {DIM_USER: USER_LANDING_SUMMARY}
+
+
+def build_day(
+    lh: Lakehouse,
+    engine: ComputeEngine,
+    day: str,
+    selected: set[dg.AssetKey],
+    threads: int = GOLD_THREADS,
+) -> Iterator[dg.MaterializeResult]:
+    """Materialize the ``selected`` gold tables of a landing day, independent chains concurrently.
+
+    Every table that was written is reported, even when another failed; then the first error
+    is raised, so the step fails and names it.
+    """
+    dates = affected_dates(lh, day)
+
+    def run_chain(chain: list[tuple[dg.AssetKey, Build]]) -> tuple[list[dg.MaterializeResult], list[BaseException]]:
+        done: list[dg.MaterializeResult] = []
+        errors: list[BaseException] = []
+        failed: set[dg.AssetKey] = set()
+        for key, build in chain:
+            if key not in selected:
+                continue
+            if NEEDS.get(key) in failed:
+                failed.add(key)
+                continue
+            began = time.perf_counter()
+            try:
+                result = build(lh, engine, day, dates)
+            except Exception as exc:  # noqa: BLE001 - raised by build_day after the finished tables
+                failed.add(key)
+                errors.append(exc)
+                continue
+            meta = {**(result.metadata or {}), "run/table_wall_s": round(time.perf_counter() - began, 3)}
+            done.append(result._replace(metadata=meta))
+        return done, errors
+
+    chains = [c for c in CHAINS if any(k in selected for k, _ in c)]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chains))), thread_name_prefix="gold") as pool:
+        outcomes = list(pool.map(run_chain, chains))
+    for done, _ in outcomes:
+        yield from done
+    errors = [e for _, errs in outcomes for e in errs]
+    if errors:
+        raise errors[0]
 
 
 def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
-    @dg.asset(
-        key=DAILY_METRICS,
-        deps=[SILVER_EVENTS],
-        partitions_def=partitions,
-        kinds={"delta", "polars"},
-        description="Per event date and user segment: events, unique users, purchases, revenue, conversion rate.",
-        **_ON_ENGINE,
-    )
-    @measured
-    def daily_metrics(
-        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
-    ) -> dg.MaterializeResult:
-        lh = lakehouse.lakehouse()
-        dates = affected_dates(lh, context.partition_key)
-        metrics = engine.compute().daily_metrics(lh, dates)
-        table = table_of(DAILY_METRICS)
-        version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
-        return dg.MaterializeResult(
-            metadata=table_metadata(
-                lh.uri(table),
-                gold.DAILY_METRICS_SCHEMA,
-                metrics.height,
-                version,
-                recomputed_dates=dg.MetadataValue.json([d.isoformat() for d in dates]),
-                total_revenue=float(metrics["total_revenue"].sum()) if metrics.height else 0.0,
-                **{
-                    "dagster/column_lineage": _lineage(
-                        event_date="event_date",
-                        user_segment="user_segment",
-                        events="event_id",
-                        unique_users="user_id",
-                        purchases="event_type",
-                        purchasing_users=["user_id", "event_type"],
-                        total_revenue="revenue",
-                        conversion_rate=["user_id", "event_type"],
-                    )
-                },
-            )
+    def spec(key: dg.AssetKey, description: str, deps: list[dg.AssetKey], on_engine: bool = True) -> dg.AssetSpec:
+        return dg.AssetSpec(
+            key,
+            deps=deps,
+            description=description,
+            group_name=GROUP,
+            kinds={"delta", "polars"},
+            owners=_OWNERS,
+            tags=_ON_ENGINE_TAGS if on_engine else _TAGS,
+            skippable=True,
         )
 
-    @dg.asset(
-        key=FACT_EVENTS,
-        deps=[SILVER_EVENTS],
+    @dg.multi_asset(
+        name="gold_analytics",
+        specs=[
+            spec(
+                DAILY_METRICS,
+                "Per event date and user segment: events, unique users, purchases, revenue, conversion rate.",
+                [SILVER_EVENTS],
+            ),
+            spec(
+                FACT_EVENTS,
+                "Fact table: one row per event, keyed to dim_date (date_key) and dim_user (user_key); "
+                "partitioned by event_date, each landing day owning its rows.",
+                [SILVER_EVENTS],
+            ),
+            spec(
+                USER_LANDING_SUMMARY,
+                "Per user and landing day: event count, first/last seen, the newest segment and non-null "
+                "e-mail hash with the (timestamp, event_id) that makes them newest. Each landing day owns its "
+                "rows, so dim_user composes a user's summaries instead of re-reading the user's whole history.",
+                [SILVER_EVENTS],
+            ),
+            spec(
+                DIM_USER,
+                "User dimension (SCD type 1): latest segment, hashed email, first/last seen, lifetime events.",
+                [USER_LANDING_SUMMARY],
+            ),
+            spec(
+                DIM_DATE,
+                "Date dimension for every event date seen: calendar attributes keyed by date_key.",
+                [SILVER_EVENTS],
+                on_engine=False,
+            ),
+        ],
         partitions_def=partitions,
-        kinds={"delta", "polars"},
-        description="Fact table: one row per event, keyed to dim_date (date_key) and dim_user (user_key); "
-        "partitioned by event_date, each landing day owning its rows.",
-        **_ON_ENGINE,
+        can_subset=True,
     )
     @measured
-    def fact_events(
+    def gold_analytics(
         context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
-    ) -> dg.MaterializeResult:
-        lh = lakehouse.lakehouse()
-        day = context.partition_key
-        dates = affected_dates(lh, day)
-        written = engine.compute().write_fact_events(lh, day)
-        table = table_of(FACT_EVENTS)
-        return dg.MaterializeResult(
-            metadata=table_metadata(
-                lh.uri(table),
-                written.schema,
-                written.rows,
-                written.version,
-                event_dates=dg.MetadataValue.json([d.isoformat() for d in dates]),
-                **{
-                    "dagster/column_lineage": _lineage(
-                        event_id="event_id",
-                        event_date="event_date",
-                        date_key="event_date",
-                        user_key="user_id",
-                        session_id="session_id",
-                        event_type="event_type",
-                        product_id="product_id",
-                        timestamp="timestamp",
-                        hour="hour",
-                        session_duration="session_duration",
-                        revenue="revenue",
-                        landing_date="landing_date",
-                    )
-                },
-            )
-        )
-
-    @dg.asset(
-        key=DIM_USER,
-        deps=[SILVER_EVENTS],
-        partitions_def=partitions,
-        kinds={"delta", "polars"},
-        description="User dimension (SCD type 1): latest segment, hashed email, first/last seen, lifetime events.",
-        **_ON_ENGINE,
-    )
-    @measured
-    def dim_user(
-        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
-    ) -> dg.MaterializeResult:
-        lh = lakehouse.lakehouse()
-        users = engine.compute().dim_user(lh, context.partition_key)
-        table = table_of(DIM_USER)
-        version = lh.upsert(table, users, ["user_key"]) if users.height else lh.version(table)
-        return dg.MaterializeResult(
-            metadata=table_metadata(
-                lh.uri(table),
-                users.schema,
-                users.height,
-                version,
-                **{
-                    "dagster/column_lineage": _lineage(
-                        user_key="user_id",
-                        user_id="user_id",
-                        user_segment="user_segment",
-                        email_hash="email_hash",
-                        first_seen="timestamp",
-                        last_seen="timestamp",
-                        lifetime_events="event_id",
-                    )
-                },
-            )
-        )
-
-    @dg.asset(
-        key=DIM_DATE,
-        deps=[SILVER_EVENTS],
-        partitions_def=partitions,
-        kinds={"delta", "polars"},
-        description="Date dimension for every event date seen: calendar attributes keyed by date_key.",
-        **_SPEC,
-    )
-    @measured
-    def dim_date(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
-        lh = lakehouse.lakehouse()
-        dates = gold.dim_date(affected_dates(lh, context.partition_key))
-        table = table_of(DIM_DATE)
-        version = lh.upsert(table, dates, ["date_key"]) if dates.height else lh.version(table)
-        return dg.MaterializeResult(
-            metadata=table_metadata(
-                lh.uri(table),
-                dates.schema,
-                dates.height,
-                version,
-                **{"dagster/column_lineage": _lineage(date_key="event_date", date="event_date")},
-            )
-        )
+    ) -> Iterator[dg.MaterializeResult]:
+        yield from build_day(lakehouse.lakehouse(), engine.compute(), context.partition_key, set(context.selected_asset_keys))
 
     @dg.asset_check(
         asset=DAILY_METRICS,
@@ -216,4 +345,4 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             )
         )
 
-    return dg.Definitions(assets=[daily_metrics, fact_events, dim_user, dim_date], asset_checks=[reconciles_with_silver])
+    return dg.Definitions(assets=[gold_analytics], asset_checks=[reconciles_with_silver])

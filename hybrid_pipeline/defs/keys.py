@@ -10,6 +10,7 @@ SILVER_DUPLICATES = dg.AssetKey(["silver", "events_duplicates"])
 DAILY_METRICS = dg.AssetKey(["gold", "daily_metrics"])
 FACT_EVENTS = dg.AssetKey(["gold", "fact_events"])
 DIM_USER = dg.AssetKey(["gold", "dim_user"])
+USER_LANDING_SUMMARY = dg.AssetKey(["gold", "user_landing_summary"])
 DIM_DATE = dg.AssetKey(["gold", "dim_date"])
 
 

@@ -15,6 +15,7 @@ from hybrid_pipeline.defs.keys import (
     SILVER_DUPLICATES,
     SILVER_EVENTS,
     SILVER_QUARANTINE,
+    USER_LANDING_SUMMARY,
     table_of,
 )
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
@@ -22,7 +23,18 @@ from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
 ZORDER = {table_of(SILVER_EVENTS): ["user_id", "event_date"], table_of(FACT_EVENTS): ["user_key", "event_date"]}
 ALL_TABLES = [
     table_of(k)
-    for k in (BRONZE_EVENTS, BRONZE_LANDED_FILES, SILVER_EVENTS, SILVER_QUARANTINE, SILVER_DUPLICATES, DAILY_METRICS, FACT_EVENTS, DIM_USER, DIM_DATE)
+    for k in (
+        BRONZE_EVENTS,
+        BRONZE_LANDED_FILES,
+        SILVER_EVENTS,
+        SILVER_QUARANTINE,
+        SILVER_DUPLICATES,
+        DAILY_METRICS,
+        FACT_EVENTS,
+        USER_LANDING_SUMMARY,
+        DIM_USER,
+        DIM_DATE,
+    )
 ]
 
 

@@ -15,10 +15,11 @@ Inputs and outputs
       natively: polars through ``pl.scan_delta``, Spark through the pinned-snapshot reader of
       :mod:`hybrid_pipeline.engines.delta_commit` (or ``format("delta")`` with the jars).
     * Small results (``daily_metrics``: dates x segments; ``dim_user``: one row per touched
-      user) come back as polars frames; the asset writes them (replace-where / merge through
+      user, from the per-(user, landing day) summaries) come back as polars frames; the asset writes them (replace-where / merge through
       delta-rs, the same code for both engines).
-    * Large results (``fact_events``: a landing day's events; ``user_features``: users x days)
-      are written by the engine itself (``write_fact_events``, ``write_user_features``): on
+    * Large results (``fact_events``: a landing day's events; ``user_landing_summary``: a
+      landing day's users; ``user_features``: users x days)
+      are written by the engine itself (``write_fact_events``, ``write_user_landing_summary``, ``write_user_features``): on
       Spark the executors write Parquet files and the driver commits them (no rows pass through
       the driver); a :class:`Written` summary comes back for the asset's metadata.
 
@@ -39,6 +40,7 @@ import polars as pl
 from hybrid_pipeline.engines.shared import (
     DIM_USER_SCHEMA,
     FACT_EVENTS_SCHEMA,
+    USER_LANDING_SUMMARY_SCHEMA,
     Engine,
     EngineName,
     run_on,
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 SILVER_EVENTS = "silver/events"
 FACT_EVENTS = "gold/fact_events"
+USER_LANDING_SUMMARY = "gold/user_landing_summary"
 USER_FEATURES = "gold/user_features"
 EXISTING_COLUMNS = ("event_id", "landing_date", "source_file", "line_number")
 
@@ -94,8 +97,13 @@ class ComputeEngine(Protocol):
         """Replace the landing day's rows of gold/fact_events with its silver events, keyed."""
         ...
 
+    def write_user_landing_summary(self, lh: Lakehouse, landing_day: str) -> Written:
+        """Replace the landing day's rows of gold/user_landing_summary with its per-user summary."""
+        ...
+
     def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
-        """gold/dim_user rows of the users the landing day touched, over their whole history."""
+        """gold/dim_user rows of the users the landing day touched, over their whole history
+        (from their landing-day summaries: a day's work no longer grows with the history)."""
         ...
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
@@ -125,15 +133,21 @@ class PolarsEngine:
         return gold.daily_metrics(self._silver(lh).filter(pl.col("event_date").is_in(dates)))
 
     def write_fact_events(self, lh: Lakehouse, landing_day: str) -> Written:
-        own = self._silver(lh).filter(pl.col("landing_date") == landing_day).collect()
-        facts = gold.fact_events(own)
+        own = self._silver(lh).filter(pl.col("landing_date") == landing_day)
+        facts = run_on("polars", "fact_events", own)
         version = lh.replace_where(FACT_EVENTS, facts, f"landing_date = '{landing_day}'", partition_by=["event_date"])
         return Written(version, facts.height, dict(facts.schema))
 
+    def write_user_landing_summary(self, lh: Lakehouse, landing_day: str) -> Written:
+        own = self._silver(lh).filter(pl.col("landing_date") == landing_day)
+        rows = run_on("polars", "user_landing_summary", own)
+        version = lh.replace_where(USER_LANDING_SUMMARY, rows, f"landing_date = '{landing_day}'")
+        return Written(version, rows.height, dict(rows.schema))
+
     def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
-        silver = self._silver(lh)
-        touched = silver.filter(pl.col("landing_date") == landing_day).select("user_id").unique()
-        return gold.dim_user(silver.join(touched, on="user_id", how="semi"))
+        summaries = lh.scan_or_empty(USER_LANDING_SUMMARY, USER_LANDING_SUMMARY_SCHEMA)
+        touched = summaries.filter(pl.col("landing_date") == landing_day).select("user_id")
+        return run_on("polars", "dim_user", summaries.join(touched, on="user_id", how="semi"))
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
         rows = features.user_features(self._silver(lh), start, end)
@@ -194,10 +208,21 @@ class SparkEngine:
         rows = lh.scan(FACT_EVENTS).filter(pl.col("landing_date") == landing_day).select(pl.len()).collect().item()
         return Written(version, int(rows), dict(FACT_EVENTS_SCHEMA))
 
+    def write_user_landing_summary(self, lh: Lakehouse, landing_day: str) -> Written:
+        where = f"landing_date = '{landing_day}'"
+        rows = run_on(self.shared, "user_landing_summary", self._silver(lh, where), collect=False)
+        version = self.lakehouse(lh).replace_where(USER_LANDING_SUMMARY, rows, where)
+        written = lh.scan(USER_LANDING_SUMMARY).filter(pl.col("landing_date") == landing_day).select(pl.len()).collect().item()
+        return Written(version, int(written), dict(USER_LANDING_SUMMARY_SCHEMA))
+
     def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
-        silver = self._silver(lh)
-        touched = silver.filter(silver["landing_date"] == landing_day).select("user_id").distinct()
-        return run_on(self.shared, "dim_user", silver.join(touched, on="user_id", how="left_semi"))
+        from hybrid_pipeline.engines.shared import to_spark_schema
+
+        if not lh.exists(USER_LANDING_SUMMARY):
+            return pl.DataFrame(schema=DIM_USER_SCHEMA)
+        summaries = to_spark_schema(self.lakehouse(lh).scan(USER_LANDING_SUMMARY), USER_LANDING_SUMMARY_SCHEMA)
+        touched = summaries.filter(summaries["landing_date"] == landing_day).select("user_id")
+        return run_on(self.shared, "dim_user", summaries.join(touched, on="user_id", how="left_semi"))
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
         rows = run_on(self.shared, "user_features", self._silver(lh), collect=False, start=start, end=end)

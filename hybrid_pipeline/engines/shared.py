@@ -330,22 +330,77 @@ def fact_events(silver: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
     )
 
 
-def dim_user(silver_for_users: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
-    """One row per user over its whole history, latest segment wins (cf. ``gold.dim_user``)."""
-    order = ["timestamp", "event_id"]
-    ranked = silver_for_users.with_columns(nw.col("email_hash").is_null().alias("_no_email")).with_columns(
-        nw.col("event_id").cum_count(reverse=True).over("user_id", order_by=order).alias("_from_last"),
-        nw.col("event_id").cum_count(reverse=True).over("user_id", "_no_email", order_by=order).alias("_email_from_last"),
+USER_LANDING_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.String(),
+    "landing_date": pl.String(),
+    "events": pl.Int64(),
+    "first_seen": _SILVER["timestamp"],
+    "last_seen": _SILVER["timestamp"],
+    "last_event_id": pl.String(),
+    "user_segment": pl.String(),
+    "email_hash": pl.String(),
+    "email_seen": _SILVER["timestamp"],
+    "email_event_id": pl.String(),
+}
+
+
+def _from_last(at: str, event_id: str, *by: str) -> nw.Expr:
+    """1 on the newest row of each ``by`` group in (``at``, ``event_id``) order, 2 on the next, ..."""
+    return nw.col(event_id).cum_count(reverse=True).over(*by, order_by=[at, event_id])
+
+
+def user_landing_summary(silver: nw.LazyFrame) -> nw.LazyFrame:
+    """Per user and landing day: what dim_user needs of that day's events, and no more.
+
+    Each landing day owns its silver rows, so it owns its summary rows too: a rerun replaces
+    them, and dim_user over a user's summaries equals dim_user over all of the user's events
+    (the newest of the newest events is the newest event; counts add; extremes compose).
+    """
+    newest = _from_last("timestamp", "event_id", "user_id", "landing_date") == 1
+    newest_email = _from_last("timestamp", "event_id", "user_id", "landing_date", "_no_email") == 1
+    has_email = ~nw.col("_no_email")
+    return (
+        silver.with_columns(nw.col("email_hash").is_null().alias("_no_email"))
+        .with_columns(newest.alias("_newest"), (has_email & newest_email).alias("_newest_email"))
+        .group_by("user_id", "landing_date")
+        .agg(
+            nw.len().cast(nw.Int64).alias("events"),
+            nw.col("timestamp").min().alias("first_seen"),
+            nw.col("timestamp").max().alias("last_seen"),
+            nw.when(nw.col("_newest")).then(nw.col("event_id")).max().alias("last_event_id"),
+            nw.when(nw.col("_newest")).then(nw.col("user_segment")).max().alias("user_segment"),
+            nw.when(nw.col("_newest_email")).then(nw.col("email_hash")).max().alias("email_hash"),
+            nw.when(nw.col("_newest_email")).then(nw.col("timestamp")).max().alias("email_seen"),
+            nw.when(nw.col("_newest_email")).then(nw.col("event_id")).max().alias("email_event_id"),
+        )
+        .select(*USER_LANDING_SUMMARY_SCHEMA)
     )
-    users = ranked.group_by("user_id").agg(
-        nw.when(nw.col("_from_last") == 1).then(nw.col("user_segment")).max().alias("user_segment"),
-        nw.when(~nw.col("_no_email") & (nw.col("_email_from_last") == 1)).then(nw.col("email_hash")).max().alias("email_hash"),
-        nw.col("timestamp").min().alias("first_seen"),
-        nw.col("timestamp").max().alias("last_seen"),
-        nw.len().cast(nw.Int64).alias("lifetime_events"),
+
+
+def dim_user(summaries: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
+    """One row per user from all of its landing-day summaries: the newest segment and non-null
+    e-mail hash in (timestamp, event_id) order win, first/last seen and event counts compose."""
+    newest = _from_last("last_seen", "last_event_id", "user_id") == 1
+    newest_email = _from_last("email_seen", "email_event_id", "user_id", "_no_email") == 1
+    users = (
+        summaries.with_columns(nw.col("email_hash").is_null().alias("_no_email"))
+        .with_columns(newest.alias("_newest"), (~nw.col("_no_email") & newest_email).alias("_newest_email"))
+        .group_by("user_id")
+        .agg(
+            nw.when(nw.col("_newest")).then(nw.col("user_segment")).max().alias("user_segment"),
+            nw.when(nw.col("_newest_email")).then(nw.col("email_hash")).max().alias("email_hash"),
+            nw.col("first_seen").min().alias("first_seen"),
+            nw.col("last_seen").max().alias("last_seen"),
+            nw.col("events").sum().cast(nw.Int64).alias("lifetime_events"),
+        )
     )
-    keys = user_key_lookup(silver_for_users, engine)  # from the input's ids: the aggregation runs once
+    keys = user_key_lookup(summaries, engine)  # from the input's ids: the aggregation runs once
     return users.join(keys, on="user_id", how="left").select(*DIM_USER_SCHEMA)
+
+
+def dim_user_from_events(silver: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
+    """dim_user straight from silver events: the two steps the daily runs take, in one plan."""
+    return dim_user(user_landing_summary(silver), engine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +420,11 @@ TRANSFORMS: dict[str, SharedTransform] = {
     "daily_metrics": SharedTransform(daily_metrics, DAILY_METRICS_SCHEMA, ("event_date", "user_segment")),
     "user_features": SharedTransform(user_features, FEATURES_SCHEMA, ("user_id", "event_date"), needs_engine=True),
     "fact_events": SharedTransform(fact_events, FACT_EVENTS_SCHEMA, ("event_date", "timestamp", "event_id"), needs_engine=True),
+    "user_landing_summary": SharedTransform(
+        user_landing_summary, USER_LANDING_SUMMARY_SCHEMA, ("landing_date", "user_id")
+    ),
     "dim_user": SharedTransform(dim_user, DIM_USER_SCHEMA, ("user_id",), needs_engine=True),
+    "dim_user_from_events": SharedTransform(dim_user_from_events, DIM_USER_SCHEMA, ("user_id",), needs_engine=True),
 }
 
 

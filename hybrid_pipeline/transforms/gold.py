@@ -1,8 +1,9 @@
-"""Gold analytics from silver events: daily metrics and a star schema.
+"""Gold analytics from silver events: daily metrics, the date dimension and the stable keys.
 
 Each function takes the silver rows of the event dates being (re)computed and returns
 complete rows for exactly those dates, so a late event that lands days later simply
-triggers a recompute of its true event date.
+triggers a recompute of its true event date. The rest of the star schema (fact_events,
+dim_user) is written once for both engines in :mod:`hybrid_pipeline.engines.shared`.
 """
 
 from __future__ import annotations
@@ -62,28 +63,6 @@ def daily_metrics(silver: pl.LazyFrame) -> pl.DataFrame:
     )
 
 
-def fact_events(silver: pl.DataFrame) -> pl.DataFrame:
-    """One row per event, keyed to the date and user dimensions.
-
-    ``landing_date`` stays as lineage: each landing day owns (and on rerun replaces) exactly
-    its own fact rows, whatever event dates they fall on.
-    """
-    return silver.select(
-        "event_id",
-        "event_date",
-        date_key("event_date"),
-        user_keys(silver["user_id"]).alias("user_key"),
-        "session_id",
-        "event_type",
-        "product_id",
-        "timestamp",
-        "hour",
-        "session_duration",
-        pl.col("revenue").fill_null(0.0).alias("revenue"),
-        "landing_date",
-    ).sort("event_date", "timestamp", "event_id")
-
-
 def dim_date(dates: list) -> pl.DataFrame:
     d = pl.DataFrame({"date": dates}, schema={"date": pl.Date}).unique().sort("date")
     return d.select(
@@ -97,21 +76,3 @@ def dim_date(dates: list) -> pl.DataFrame:
         pl.col("date").dt.week().cast(pl.Int8).alias("iso_week"),
         (pl.col("date").dt.weekday() >= 6).alias("is_weekend"),
     )
-
-
-def dim_user(silver_for_users: pl.LazyFrame) -> pl.DataFrame:
-    """One row per user over all of its silver history (SCD type 1: latest segment wins)."""
-    df = (
-        silver_for_users.sort("timestamp", "event_id")
-        .group_by("user_id")
-        .agg(
-            pl.col("user_segment").last().alias("user_segment"),
-            pl.col("email_hash").drop_nulls().last().alias("email_hash"),
-            pl.col("timestamp").min().alias("first_seen"),
-            pl.col("timestamp").max().alias("last_seen"),
-            pl.len().cast(pl.Int64).alias("lifetime_events"),
-        )
-        .sort("user_id")
-        .collect()
-    )
-    return df.select(user_keys(df["user_id"]).alias("user_key"), pl.all())

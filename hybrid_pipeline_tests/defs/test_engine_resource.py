@@ -7,12 +7,18 @@ import dagster as dg
 import pytest
 
 from hybrid_pipeline.definitions import build_definitions, resources
-from hybrid_pipeline.defs.engine import SPARK_POOL, EngineResource, apply_engine_policy, engine_resource, runs_on_engine
+from hybrid_pipeline.defs.engine import SPARK_POOL, EngineResource, apply_engine_policy, engine_resource, on_engine
 from hybrid_pipeline.engines.compute import ComputeEngine, PolarsEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 from hybrid_pipeline.settings import Settings
 
-ENGINE_ASSETS = {("gold", "daily_metrics"), ("gold", "fact_events"), ("gold", "dim_user"), ("gold", "user_features")}
+ENGINE_ASSETS = {
+    ("gold", "daily_metrics"),
+    ("gold", "fact_events"),
+    ("gold", "user_landing_summary"),
+    ("gold", "dim_user"),
+    ("gold", "user_features"),
+}
 
 
 def test_default_engine_is_polars_and_starts_no_spark() -> None:
@@ -43,9 +49,18 @@ def test_unknown_engines_are_refused() -> None:
 
 
 def _engine_assets(defs: dg.Definitions) -> dict[tuple[str, ...], dg.AssetsDefinition]:
+    """Engine-backed asset key -> the assets definition holding it (one op may hold several)."""
     return {
-        tuple(a.key.path): a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and runs_on_engine(a)
+        tuple(spec.key.path): a
+        for a in defs.assets or []
+        if isinstance(a, dg.AssetsDefinition)
+        for spec in a.specs
+        if on_engine(spec)
     }
+
+
+def _kinds(defs: dg.Definitions, key: tuple[str, ...]) -> set[str]:
+    return set(defs.get_assets_def(dg.AssetKey(list(key))).specs_by_key[dg.AssetKey(list(key))].kinds)
 
 
 def test_engine_backed_assets_join_the_spark_pool_only_on_spark(tmp_path) -> None:
@@ -54,14 +69,17 @@ def test_engine_backed_assets_join_the_spark_pool_only_on_spark(tmp_path) -> Non
     on_polars = _engine_assets(defs)
     assert set(on_polars) == ENGINE_ASSETS
     for key, a in on_polars.items():
-        assert a.node_def.pool is None and "polars" in a.specs_by_key[a.key].kinds, key
+        assert a.node_def.pool is None and "polars" in _kinds(defs, key), key
         assert a.required_resource_keys >= {"engine"}
 
-    on_spark = _engine_assets(apply_engine_policy(defs, "spark"))
+    spark_defs = apply_engine_policy(defs, "spark")
+    on_spark = _engine_assets(spark_defs)
     assert set(on_spark) == ENGINE_ASSETS
     for key, a in on_spark.items():
         assert a.node_def.pool == SPARK_POOL, key
-        assert a.specs_by_key[a.key].kinds == {"delta", "spark"}, key
+        assert _kinds(spark_defs, key) == {"delta", "spark"}, key
+    # dim_date shares the gold op (so the spark pool) but is computed on the driver: it keeps its kinds
+    assert _kinds(spark_defs, ("gold", "dim_date")) == {"delta", "polars"}
     assert apply_engine_policy(defs, "polars") is defs
     apply_engine_policy(defs, "spark").get_repository_def()  # still one valid code location
 

@@ -36,7 +36,7 @@ def test_every_table_materialization_carries_schema_row_count_and_gold_carries_c
         for k, a in repo.assets_defs_by_key.items()
         if a.partitions_def is not None and k.path[0] != "features" and a.group_names_by_key[k] != "models"
     ]
-    assert len(event_assets) == 11
+    assert len(event_assets) == 12
     for key in event_assets:
         event = instance.get_latest_materialization_event(key)
         assert event is not None, key
@@ -48,7 +48,8 @@ def test_every_table_materialization_carries_schema_row_count_and_gold_carries_c
         assert meta["run/rows_per_s"].value >= 0, key
         if key.path[0] == "gold" and key.path[1] != "user_labels":
             lineage = meta["dagster/column_lineage"].column_lineage
-            assert all(dep.asset_key == dg.AssetKey(["silver", "events"]) for deps in lineage.deps_by_column.values() for dep in deps)
+            source = ["gold", "user_landing_summary"] if key.path[1] == "dim_user" else ["silver", "events"]
+            assert all(dep.asset_key == dg.AssetKey(source) for deps in lineage.deps_by_column.values() for dep in deps), key
 
 
 def test_maintenance_compacts_zorders_and_vacuums_without_changing_any_table(built):

@@ -33,6 +33,7 @@ TABLES = {
     "silver/events_duplicates": ["source_file", "line_number"],
     "gold/daily_metrics": ["event_date", "user_segment"],
     "gold/fact_events": ["event_id"],
+    "gold/user_landing_summary": ["landing_date", "user_id"],
     "gold/dim_user": ["user_id"],
     "gold/dim_date": ["date_key"],
     "gold/user_features": ["user_id", "event_date"],

@@ -20,6 +20,7 @@ from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
 from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA
 
 from .conftest import SALT, SILVER_PARTITIONS, SILVER_TABLES, START, PolarsRun
+from .oracles import dim_user
 
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
 
@@ -65,9 +66,28 @@ def test_daily_metrics_and_dim_user_are_identical(spark, lakes) -> None:
     assert m_a.height > 0 and m_b.schema == pl.Schema(DAILY_METRICS_SCHEMA)
     assert_frame_equal(m_a, m_b)
     assert polars.daily_metrics(a, []).height == sparkly.daily_metrics(b, []).height == 0
+    for day in DAYS:  # each landing day's summary, as the daily runs write them
+        s_a, s_b = polars.write_user_landing_summary(a, day), sparkly.write_user_landing_summary(b, day)
+        assert s_a.rows == s_b.rows > 0
+    summary = a.read("gold/user_landing_summary")
+    assert_frame_equal(summary.sort("landing_date", "user_id"), b.read("gold/user_landing_summary").sort("landing_date", "user_id"))
     u_a, u_b = polars.dim_user(a, DAYS[2]), sparkly.dim_user(b, DAYS[2])
     assert u_a.height > 0 and u_b.schema == pl.Schema(DIM_USER_SCHEMA)
     assert_frame_equal(sort(u_a, "user_id"), sort(u_b, "user_id"))
+    # the touched users' whole history, though only their summaries were read
+    everything = dim_user(a.read("silver/events"))
+    assert_frame_equal(sort(u_a, "user_id"), everything.join(u_a.select("user_id"), on="user_id", how="semi"))
+    assert (u_a["lifetime_events"] > summary.filter(pl.col("landing_date") == DAYS[2]).sort("user_id")["events"]).any()
+
+
+def test_a_rerun_landing_day_replaces_its_summary_rows(lakes) -> None:
+    a, _ = lakes
+    engine = PolarsEngine()
+    for day in DAYS:
+        engine.write_user_landing_summary(a, day)
+    before = a.read("gold/user_landing_summary").sort("landing_date", "user_id")
+    engine.write_user_landing_summary(a, DAYS[1])
+    assert_frame_equal(a.read("gold/user_landing_summary").sort("landing_date", "user_id"), before)
 
 
 def test_fact_events_and_user_features_written_by_each_engine_are_identical(spark, lakes) -> None:

@@ -16,9 +16,10 @@ from polars.testing import assert_frame_equal
 
 from hybrid_pipeline.engines.shared import DIM_USER_SCHEMA, FACT_EVENTS_SCHEMA, Engine, calendar, run_on
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, user_features
-from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, daily_metrics, dim_user, fact_events
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, daily_metrics
 
 from .conftest import START, PolarsRun, SparkRun
+from .oracles import dim_user, fact_events
 
 END = START + timedelta(days=35)  # past the last event: rows decay on quiet days
 
@@ -113,19 +114,20 @@ def silver_with_gaps(silver: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def test_shared_fact_events_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
+def test_shared_fact_events_on_polars_equals_the_oracle(polars_run: PolarsRun) -> None:
     silver = polars_run.silver
     got = run_on("polars", "fact_events", silver)
     assert_frame_equal(fact_events(silver), got)  # exact, schema included
     assert got.schema == pl.Schema(FACT_EVENTS_SCHEMA)
 
 
-def test_shared_dim_user_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
+def test_shared_dim_user_on_polars_equals_the_oracle(polars_run: PolarsRun) -> None:
     silver = silver_with_gaps(polars_run.silver)
-    reference = dim_user(silver.lazy())
+    assert silver["landing_date"].n_unique() > 1  # users' summaries of several landing days are composed
+    reference = dim_user(silver)
     # users without an e-mail at all (5 chosen, plus one-event users whose event lost it), and 20 new segments
     assert reference["email_hash"].null_count() >= 5 and (reference["user_segment"] == "changed").sum() == 20
-    got = run_on("polars", "dim_user", silver)
+    got = run_on("polars", "dim_user_from_events", silver)
     assert_frame_equal(reference, got)
     assert got.schema == pl.Schema(DIM_USER_SCHEMA)
 
@@ -139,4 +141,4 @@ def test_fact_events_on_spark_equals_polars(spark, polars_run: PolarsRun) -> Non
 
 def test_dim_user_on_spark_equals_polars(spark, polars_run: PolarsRun) -> None:
     silver = silver_with_gaps(polars_run.silver)
-    assert_frame_equal(dim_user(silver.lazy()), run_on("spark", "dim_user", silver, spark=spark))
+    assert_frame_equal(dim_user(silver), run_on("spark", "dim_user_from_events", silver, spark=spark))

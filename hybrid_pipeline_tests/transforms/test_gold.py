@@ -1,4 +1,5 @@
-"""Specification of gold analytics (``transforms.gold``) on a small silver frame computed by hand."""
+"""Specification of gold analytics on a small silver frame computed by hand: ``transforms.gold``
+and the star-schema definitions shared by both engines (``engines.shared``, run here on polars)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,28 @@ from datetime import date, datetime, timezone
 import polars as pl
 import pytest
 
+from hybrid_pipeline.engines.shared import run_on
 from hybrid_pipeline.transforms.gold import (
     DAILY_METRICS_SCHEMA,
     daily_metrics,
     date_key,
     dim_date,
-    dim_user,
-    fact_events,
     user_keys,
 )
 
 from .factories import silver
+
+
+def fact_events(rows: pl.DataFrame) -> pl.DataFrame:
+    return run_on("polars", "fact_events", rows)
+
+
+def summaries(rows: pl.DataFrame) -> pl.DataFrame:
+    return run_on("polars", "user_landing_summary", rows)
+
+
+def dim_user(rows: pl.DataFrame) -> pl.DataFrame:
+    return run_on("polars", "dim_user", summaries(rows))
 
 UTC = timezone.utc
 
@@ -120,7 +132,7 @@ def test_a_user_key_is_the_non_negative_63_bit_blake2b_of_the_user_id() -> None:
 
 
 def test_dim_user_takes_the_latest_segment_and_the_first_and_last_timestamps() -> None:
-    users = dim_user(SILVER.lazy())
+    users = dim_user(SILVER)
 
     assert users.columns == ["user_key", "user_id", "user_segment", "email_hash", "first_seen", "last_seen", "lifetime_events"]
     assert users.drop("user_key").rows() == [
@@ -133,7 +145,44 @@ def test_dim_user_takes_the_latest_segment_and_the_first_and_last_timestamps() -
 
 
 def test_dim_user_does_not_depend_on_the_order_of_silver_rows() -> None:
-    assert dim_user(SILVER.reverse().lazy()).equals(dim_user(SILVER.lazy()))
+    assert dim_user(SILVER.reverse()).equals(dim_user(SILVER))
+
+
+def test_a_landing_day_summary_keeps_what_makes_its_values_newest() -> None:
+    day = summaries(SILVER.filter(pl.col("landing_date") == "2024-01-06"))
+
+    assert day.filter(pl.col("user_id") == "u1").drop("landing_date", "user_id").rows() == [
+        # events, first seen, last seen, newest event, its segment, newest e-mail, when, which event
+        (3, at(6, 10), at(6, 11), "e3", "new", "h1", at(6, 11), "e3"),
+    ]
+    assert day["user_id"].to_list() == ["u1", "u2", "u3"]
+
+
+def test_dim_user_from_landing_day_summaries_equals_dim_user_over_all_events() -> None:
+    """The daily runs summarise each landing day once and compose the summaries; a later landing
+    day may carry older events (late arrivals), which must not win the newest segment."""
+    late = silver(
+        [{"event_id": "e0", "user_id": "u3", "event_type": "view", "timestamp": at(5, 8), "user_segment": "new", "email_hash": "old", "landing_date": "2024-01-09"}]
+    )  # fmt: skip
+    everything = pl.concat([SILVER, late])
+    per_day = pl.concat([summaries(everything.filter(pl.col("landing_date") == d)) for d in everything["landing_date"].unique()])
+
+    composed = run_on("polars", "dim_user", per_day)
+
+    assert composed.equals(dim_user(everything))
+    assert composed.filter(pl.col("user_id") == "u3").select("user_segment", "email_hash", "first_seen", "lifetime_events").row(0) == (
+        "loyal",
+        "h3",
+        at(5, 8),
+        3,
+    )
+
+
+def test_the_newest_non_null_email_wins_even_when_the_newest_event_has_none() -> None:
+    users = dim_user(SILVER)
+
+    # u1's newest event (e7, landed on the 8th) has no e-mail: the hash of the 6th stays
+    assert users.filter(pl.col("user_id") == "u1")["email_hash"].to_list() == ["h1"]
 
 
 @pytest.mark.parametrize(

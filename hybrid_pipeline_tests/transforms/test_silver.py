@@ -22,6 +22,8 @@ from hybrid_pipeline.transforms.silver import (
     SilverBatch,
     clean_events,
     hash_emails,
+    in_source_order,
+    ndjson_bytes,
     parse_timestamps,
     unknown_fields,
 )
@@ -240,6 +242,30 @@ def test_within_a_batch_the_first_record_by_file_and_line_is_kept() -> None:
         ("events/2024-03-01/b.jsonl", 1, "events/2024-03-01/a.jsonl", 3),
     ]
     assert set(batch.duplicates["kept_landing_date"]) == {DAY}
+
+
+@pytest.mark.parametrize(
+    ("files", "lines", "ordered"),
+    [
+        (["a", "a", "b"], [1, 2, 1], True),
+        (["a", "b", "a"], [1, 1, 2], False),  # a file seen again later
+        (["a", "a"], [2, 1], False),
+        (["a", None], [1, 2], False),  # unknown lineage is never taken as ordered
+        (["a"], [7], True),
+    ],
+)
+def test_source_order_is_file_then_strictly_increasing_line(files: list, lines: list, ordered: bool) -> None:
+    frame = pl.DataFrame({"source_file": files, "line_number": lines}, schema={"source_file": pl.String, "line_number": pl.Int64})
+    assert in_source_order(frame) is ordered
+
+
+def test_payloads_become_one_ndjson_document_with_inner_line_breaks_as_spaces() -> None:
+    payloads = pl.Series(["{}", '{"a":\n1}', '{"b": "é"}', '{"c": 3}'])
+
+    assert bytes(ndjson_bytes(payloads)) == '{}\n{"a": 1}\n{"b": "é"}\n{"c": 3}\n'.encode()
+    assert bytes(ndjson_bytes(payloads.slice(2, 2))) == '{"b": "é"}\n{"c": 3}\n'.encode()  # an offset into the buffer
+    with pytest.raises(ValueError, match="null"):
+        ndjson_bytes(pl.Series(["{}", None]))
 
 
 def test_a_record_already_in_silver_is_a_duplicate_pointing_at_the_kept_record() -> None:
