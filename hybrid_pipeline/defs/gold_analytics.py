@@ -81,135 +81,87 @@ def _json_dates(dates: list[dt.date]) -> dg.MetadataValue:
 # -- one table each: what is computed and what its materialization records ---------------------
 
 
+def _result(
+    lh: Lakehouse, key: dg.AssetKey, schema, rows: int, version: int | None, lineage: dg.TableColumnLineage, **extra  # noqa: ANN001, ANN003
+) -> dg.MaterializeResult:
+    meta = table_metadata(lh.uri(table_of(key)), schema, rows, version, **extra)
+    return dg.MaterializeResult(asset_key=key, metadata={**meta, "dagster/column_lineage": lineage})
+
+
 def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
     metrics = engine.daily_metrics(lh, dates)
     table = table_of(DAILY_METRICS)
     version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
-    return dg.MaterializeResult(
-        asset_key=DAILY_METRICS,
-        metadata=table_metadata(
-            lh.uri(table),
-            gold.DAILY_METRICS_SCHEMA,
-            metrics.height,
-            version,
-            recomputed_dates=_json_dates(dates),
-            total_revenue=float(metrics["total_revenue"].sum()) if metrics.height else 0.0,
-            **{
-                "dagster/column_lineage": _lineage(
-                    event_date="event_date",
-                    user_segment="user_segment",
-                    events="event_id",
-                    unique_users="user_id",
-                    purchases="event_type",
-                    purchasing_users=["user_id", "event_type"],
-                    total_revenue="revenue",
-                    conversion_rate=["user_id", "event_type"],
-                )
-            },
-        ),
+    lineage = _lineage(
+        event_date="event_date",
+        user_segment="user_segment",
+        events="event_id",
+        unique_users="user_id",
+        purchases="event_type",
+        purchasing_users=["user_id", "event_type"],
+        total_revenue="revenue",
+        conversion_rate=["user_id", "event_type"],
+    )
+    return _result(
+        lh,
+        DAILY_METRICS,
+        gold.DAILY_METRICS_SCHEMA,
+        metrics.height,
+        version,
+        lineage,
+        recomputed_dates=_json_dates(dates),
+        total_revenue=float(metrics["total_revenue"].sum()) if metrics.height else 0.0,
     )
 
 
 def _fact_events(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
     written = engine.write_fact_events(lh, day)
-    table = table_of(FACT_EVENTS)
-    return dg.MaterializeResult(
-        asset_key=FACT_EVENTS,
-        metadata=table_metadata(
-            lh.uri(table),
-            written.schema,
-            written.rows,
-            written.version,
-            event_dates=_json_dates(dates),
-            **{
-                "dagster/column_lineage": _lineage(
-                    event_id="event_id",
-                    event_date="event_date",
-                    date_key="event_date",
-                    user_key="user_id",
-                    session_id="session_id",
-                    event_type="event_type",
-                    product_id="product_id",
-                    timestamp="timestamp",
-                    hour="hour",
-                    session_duration="session_duration",
-                    revenue="revenue",
-                    landing_date="landing_date",
-                )
-            },
-        ),
+    same = ["event_id", "event_date", "session_id", "event_type", "product_id", "timestamp", "hour"]
+    lineage = _lineage(
+        **{c: c for c in same + ["session_duration", "revenue", "landing_date"]}, date_key="event_date", user_key="user_id"
     )
+    return _result(lh, FACT_EVENTS, written.schema, written.rows, written.version, lineage, event_dates=_json_dates(dates))
 
 
 def _user_landing_summary(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
     written = engine.write_user_landing_summary(lh, day)
-    table = table_of(USER_LANDING_SUMMARY)
-    return dg.MaterializeResult(
-        asset_key=USER_LANDING_SUMMARY,
-        metadata=table_metadata(
-            lh.uri(table),
-            written.schema,
-            written.rows,
-            written.version,
-            **{
-                "dagster/column_lineage": _lineage(
-                    user_id="user_id",
-                    landing_date="landing_date",
-                    events="event_id",
-                    first_seen="timestamp",
-                    last_seen="timestamp",
-                    last_event_id=["timestamp", "event_id"],
-                    user_segment=["user_segment", "timestamp", "event_id"],
-                    email_hash=["email_hash", "timestamp", "event_id"],
-                    email_seen=["email_hash", "timestamp"],
-                    email_event_id=["email_hash", "timestamp", "event_id"],
-                )
-            },
-        ),
+    lineage = _lineage(
+        user_id="user_id",
+        landing_date="landing_date",
+        events="event_id",
+        first_seen="timestamp",
+        last_seen="timestamp",
+        last_event_id=["timestamp", "event_id"],
+        user_segment=["user_segment", "timestamp", "event_id"],
+        email_hash=["email_hash", "timestamp", "event_id"],
+        email_seen=["email_hash", "timestamp"],
+        email_event_id=["email_hash", "timestamp", "event_id"],
     )
+    return _result(lh, USER_LANDING_SUMMARY, written.schema, written.rows, written.version, lineage)
 
 
 def _dim_user(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
     users = engine.dim_user(lh, day)
     table = table_of(DIM_USER)
     version = lh.upsert(table, users, ["user_key"]) if users.height else lh.version(table)
-    return dg.MaterializeResult(
-        asset_key=DIM_USER,
-        metadata=table_metadata(
-            lh.uri(table),
-            users.schema,
-            users.height,
-            version,
-            **{
-                "dagster/column_lineage": _lineage(
-                    USER_LANDING_SUMMARY,
-                    user_key="user_id",
-                    user_id="user_id",
-                    user_segment=["user_segment", "last_seen", "last_event_id"],
-                    email_hash=["email_hash", "email_seen", "email_event_id"],
-                    first_seen="first_seen",
-                    last_seen="last_seen",
-                    lifetime_events="events",
-                )
-            },
-        ),
+    lineage = _lineage(
+        USER_LANDING_SUMMARY,
+        user_key="user_id",
+        user_id="user_id",
+        user_segment=["user_segment", "last_seen", "last_event_id"],
+        email_hash=["email_hash", "email_seen", "email_event_id"],
+        first_seen="first_seen",
+        last_seen="last_seen",
+        lifetime_events="events",
     )
+    return _result(lh, DIM_USER, users.schema, users.height, version, lineage)
 
 
 def _dim_date(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
     rows = gold.dim_date(dates)
     table = table_of(DIM_DATE)
     version = lh.upsert(table, rows, ["date_key"]) if rows.height else lh.version(table)
-    return dg.MaterializeResult(
-        asset_key=DIM_DATE,
-        metadata=table_metadata(
-            lh.uri(table),
-            rows.schema,
-            rows.height,
-            version,
-            **{"dagster/column_lineage": _lineage(date_key="event_date", date="event_date")},
-        ),
-    )
+    return _result(lh, DIM_DATE, rows.schema, rows.height, version, _lineage(date_key="event_date", date="event_date"))
 
 
 Build = Callable[[Lakehouse, ComputeEngine, str, list[dt.date]], dg.MaterializeResult]
