@@ -78,7 +78,7 @@ def main() -> None:
                 # The benchmarked scope: bronze -> silver -> gold analytics (the baseline's scope).
                 cmd = [sys.executable, "-m", "hybrid_pipeline.cli", "materialize", "--all-landed",
                        "--select", "key:bronze/events or key:bronze/landed_files or key:silver/events* or "
-                       "key:gold/daily_metrics or key:gold/fact_events or key:gold/dim_*"]
+                       "key:gold/daily_metrics or key:gold/fact_events or key:gold/user_landing_summary or key:gold/dim_*"]
                 env = {**os.environ, "HYBRID_LANDING_DIR": str(landing), "HYBRID_LAKEHOUSE_ROOT": str(out / "lake"),
                        "DAGSTER_HOME": str(out / "dagster_home"), "HYBRID_START_DATE": START.isoformat(),
                        "HYBRID_PII_SALT": "bench-salt"}
