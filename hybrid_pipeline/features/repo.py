@@ -238,6 +238,9 @@ def write_feature_repo(
         "offline_store": offline,
         "online_store": dict(online_store),
         "entity_key_serialization_version": 3,
+        # Feast would copy the whole entity frame to make naive timestamps UTC-aware; the Delta
+        # store reads naive timestamps as UTC itself (features.pit.to_utc), in its one pass.
+        "coerce_tz_aware": False,
     }
     (repo / "data").mkdir(exist_ok=True)
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

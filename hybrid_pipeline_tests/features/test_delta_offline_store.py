@@ -117,6 +117,20 @@ def test_historical_features_equal_the_point_in_time_oracle(feature_repo, store)
     assert isinstance(df.index, pd.RangeIndex)
 
 
+def test_naive_entity_timestamps_are_utc_without_feasts_copy_of_the_entity_frame(feature_repo, store):
+    assert store.config.coerce_tz_aware is False  # the store converts, Feast does not copy first
+    features = [f"user_activity:{f}" for f in ACTIVITY_FEATURES]
+    aware = entity_frame(entity_rows())
+    naive = aware.assign(event_timestamp=aware["event_timestamp"].dt.tz_convert("UTC").dt.tz_localize(None))
+    assert naive["event_timestamp"].dt.tz is None
+
+    got = store.get_historical_features(entity_df=naive, features=features).to_df()
+    expected = store.get_historical_features(entity_df=aware, features=features).to_df()
+
+    assert str(got["event_timestamp"].dt.tz) == "UTC"
+    pd.testing.assert_frame_equal(got, expected)
+
+
 def test_feature_service_with_full_feature_names(feature_repo, store):
     entities = entity_rows(seed=5, n=60)
     df = store.get_historical_features(
