@@ -70,32 +70,24 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         day = context.partition_key
         lh = lakehouse.lakehouse()
         events, quarantine, duplicates = table_of(SILVER_EVENTS), table_of(SILVER_QUARANTINE), table_of(SILVER_DUPLICATES)
-        bronze = _rows(lh, table_of(BRONZE_EVENTS), BRONZE_SCHEMA, day).collect()
-        existing = lh.scan_or_empty(events, silver_schema()).filter(pl.col("landing_date") != day)
-        batch = engine.compute().clean_events(bronze, existing, policy.pii_salt)
-        where = f"landing_date = '{day}'"
-        v_events = lh.replace_where(events, batch.events, where, partition_by=["event_date"])
-        v_quarantine = lh.replace_where(quarantine, batch.quarantine, where, partition_by=["landing_date"])
-        v_duplicates = lh.replace_where(duplicates, batch.duplicates, where, partition_by=["landing_date"])
-        conservation = quality.row_conservation(
-            bronze.height, batch.events.height, batch.quarantine.height, batch.duplicates.height
-        )
-        event_dates = sorted({str(d) for d in batch.events["event_date"].unique().to_list()})
-        if batch.drift:
-            context.log.warning(f"schema drift on {day}: unknown fields {batch.drift}")
+        written = engine.compute().write_silver(lh, day, policy.pii_salt)
+        rows, versions = written.rows, written.versions
+        conservation = quality.row_conservation(written.bronze_rows, rows["events"], rows["quarantine"], rows["duplicates"])
+        if written.drift:
+            context.log.warning(f"schema drift on {day}: unknown fields {written.drift}")
         yield dg.MaterializeResult(
             asset_key=SILVER_EVENTS,
             metadata=table_metadata(
                 lh.uri(events),
                 silver_schema(),
-                batch.events.height,
-                v_events,
-                bronze_rows=bronze.height,
-                quarantined_rows=batch.quarantine.height,
-                duplicate_rows=batch.duplicates.height,
+                rows["events"],
+                versions["events"],
+                bronze_rows=written.bronze_rows,
+                quarantined_rows=rows["quarantine"],
+                duplicate_rows=rows["duplicates"],
                 rows_conserved=conservation.passed,
-                event_dates=dg.MetadataValue.json(event_dates),
-                schema_drift=dg.MetadataValue.json(batch.drift),
+                event_dates=dg.MetadataValue.json(written.event_dates),
+                schema_drift=dg.MetadataValue.json(written.drift),
             ),
         )
         yield dg.MaterializeResult(
@@ -103,14 +95,14 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             metadata=table_metadata(
                 lh.uri(quarantine),
                 QUARANTINE_SCHEMA,
-                batch.quarantine.height,
-                v_quarantine,
-                reasons=dg.MetadataValue.json(batch.reasons()),
+                rows["quarantine"],
+                versions["quarantine"],
+                reasons=dg.MetadataValue.json(written.reasons),
             ),
         )
         yield dg.MaterializeResult(
             asset_key=SILVER_DUPLICATES,
-            metadata=table_metadata(lh.uri(duplicates), DUPLICATES_SCHEMA, batch.duplicates.height, v_duplicates),
+            metadata=table_metadata(lh.uri(duplicates), DUPLICATES_SCHEMA, rows["duplicates"], versions["duplicates"]),
         )
 
     checks = {

@@ -1,15 +1,17 @@
 """The compute engine behind the silver and gold assets: one interface, polars or Spark behind it.
 
-Assets call ``engine.clean_events(...)``, ``engine.daily_metrics(...)``, ... and never ask which
+Assets call ``engine.write_silver(...)``, ``engine.daily_metrics(...)``, ... and never ask which
 engine runs; this module is the one place where the choice (``HYBRID_ENGINE``) is dispatched
 (:func:`make_engine`). Both engines produce the same rows and schemas (the equivalence tests in
 ``hybrid_pipeline_tests/engines`` hold them to it).
 
 Inputs and outputs
-    * ``clean_events(bronze, existing, pii_salt) -> SilverBatch``: polars in, polars out, as the
-      silver asset has always called ``transforms.silver.clean_events``. The Spark engine ships
-      the landing day's bronze records and the ``event_id``/lineage columns of ``existing`` to
-      Spark (Arrow), cleans there and collects the three outputs.
+    * ``write_silver(lh, landing_day, pii_salt) -> SilverWritten``: what the silver asset calls.
+      Polars reads the day's bronze records and cleans them in process; Spark reads the bronze
+      and silver snapshots itself, cleans in its tasks and writes through ``delta_commit``
+      (nothing is collected to the driver but counts, reasons and drift keys).
+    * ``clean_events(bronze, existing, pii_salt) -> SilverBatch``: the same cleaning on frames
+      handed in (polars in, polars out), for callers that hold the records already.
     * The gold operations take the :class:`~hybrid_pipeline.lakehouse.Lakehouse` and say *what*
       to compute (event dates, a landing day, a feature window). Each engine reads silver
       natively: polars through ``pl.scan_delta``, Spark through the pinned-snapshot reader of
@@ -56,7 +58,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from hybrid_pipeline.engines.delta_commit import SparkLakehouse
     from hybrid_pipeline.lakehouse import Lakehouse
 
+BRONZE_EVENTS = "bronze/events"
 SILVER_EVENTS = "silver/events"
+SILVER_TABLES = {"events": "silver/events", "quarantine": "silver/events_quarantine", "duplicates": "silver/events_duplicates"}
+# events by their true date (late events included), the set-asides by the day that landed them
+SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "duplicates": ["landing_date"]}
 FACT_EVENTS = "gold/fact_events"
 USER_LANDING_SUMMARY = "gold/user_landing_summary"
 USER_FEATURES = "gold/user_features"
@@ -79,6 +85,33 @@ def in_dates(column: str, dates: list[date]) -> str:
     return f"{column} IN ({', '.join(repr(d.isoformat()) for d in dates)})"
 
 
+@dataclass(frozen=True)
+class SilverWritten:
+    """What a landing day's silver step wrote: rows in and out (row conservation), the tables'
+    versions, quarantine reasons, schema drift and the event dates the kept events fall on."""
+
+    bronze_rows: int
+    rows: dict[str, int]
+    versions: dict[str, int]
+    reasons: dict[str, int]
+    drift: dict[str, int]
+    event_dates: list[str]
+
+
+def landing_day_rows(lh: Lakehouse, table: str, landing_day: str) -> int:
+    """Rows of ``table`` that ``landing_day`` owns (0 before the table exists)."""
+    if not lh.exists(table):
+        return 0
+    return int(lh.scan(table).filter(pl.col("landing_date") == landing_day).select(pl.len()).collect().item())
+
+
+def landing_day_event_dates(lh: Lakehouse, landing_day: str) -> list[str]:
+    if not lh.exists(SILVER_EVENTS):
+        return []
+    dates = lh.scan(SILVER_EVENTS).filter(pl.col("landing_date") == landing_day).select(pl.col("event_date").unique())
+    return sorted(str(d) for d in dates.collect()["event_date"].to_list())
+
+
 @runtime_checkable
 class ComputeEngine(Protocol):
     """What the silver and gold assets ask of an engine."""
@@ -87,6 +120,10 @@ class ComputeEngine(Protocol):
 
     def clean_events(self, bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) -> polars_silver.SilverBatch:
         """Bronze records of one batch -> typed, validated, deduplicated silver + quarantine + duplicates."""
+        ...
+
+    def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
+        """Clean the landing day's bronze records and replace its rows of the three silver tables."""
         ...
 
     def daily_metrics(self, lh: Lakehouse, dates: list[date]) -> pl.DataFrame:
@@ -123,6 +160,26 @@ class PolarsEngine:
 
     def clean_events(self, bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) -> polars_silver.SilverBatch:
         return polars_silver.clean_events(bronze, existing, pii_salt)
+
+    def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
+        from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
+
+        where = f"landing_date = '{landing_day}'"
+        bronze = lh.scan_or_empty(BRONZE_EVENTS, BRONZE_SCHEMA).filter(pl.col("landing_date") == landing_day).collect()
+        existing = self._silver(lh).filter(pl.col("landing_date") != landing_day)
+        batch = self.clean_events(bronze, existing, pii_salt)
+        versions = {
+            name: lh.replace_where(table, getattr(batch, name), where, partition_by=SILVER_PARTITIONS[name])
+            for name, table in SILVER_TABLES.items()
+        }
+        return SilverWritten(
+            bronze_rows=bronze.height,
+            rows={name: getattr(batch, name).height for name in SILVER_TABLES},
+            versions=versions,
+            reasons=batch.reasons(),
+            drift=batch.drift,
+            event_dates=sorted({str(d) for d in batch.events["event_date"].unique().to_list()}),
+        )
 
     def _silver(self, lh: Lakehouse) -> pl.LazyFrame:
         return lh.scan_or_empty(SILVER_EVENTS, silver_schema())
@@ -195,6 +252,41 @@ class SparkEngine:
             return batch.to_polars()
         finally:
             batch.unpersist()
+
+    def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
+        """Spark reads the bronze and silver snapshots itself, its tasks write the Parquet files and
+        the driver commits them: no record passes through the driver."""
+        from hybrid_pipeline.engines.spark_silver import clean_events
+        from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
+
+        where = f"landing_date = '{landing_day}'"
+        slh = self.lakehouse(lh)
+        if lh.exists(BRONZE_EVENTS):
+            bronze = slh.scan(BRONZE_EVENTS, predicate=where)
+        else:
+            bronze = self._frame(pl.DataFrame(schema=BRONZE_SCHEMA))
+        schema = silver_schema()
+        if lh.exists(SILVER_EVENTS):
+            existing = slh.scan(SILVER_EVENTS, predicate=f"landing_date != '{landing_day}'").select(*EXISTING_COLUMNS)
+        else:
+            existing = self._frame(pl.DataFrame(schema={c: schema[c] for c in EXISTING_COLUMNS}))
+        batch = clean_events(bronze, existing, pii_salt)
+        try:
+            versions = {
+                name: slh.replace_where(table, getattr(batch, name), where, partition_by=SILVER_PARTITIONS[name])
+                for name, table in SILVER_TABLES.items()
+            }
+            reasons = batch.reasons()
+        finally:
+            batch.unpersist()
+        return SilverWritten(
+            bronze_rows=landing_day_rows(lh, BRONZE_EVENTS, landing_day),
+            rows={name: landing_day_rows(lh, table, landing_day) for name, table in SILVER_TABLES.items()},
+            versions=versions,
+            reasons=reasons,
+            drift=dict(batch.drift),
+            event_dates=landing_day_event_dates(lh, landing_day),
+        )
 
     def daily_metrics(self, lh: Lakehouse, dates: list[date]) -> pl.DataFrame:
         if not dates:
