@@ -154,7 +154,8 @@ class ComputeEngine(Protocol):
 
 
 class PolarsEngine:
-    """In-process polars on delta-rs snapshots: the transforms of :mod:`hybrid_pipeline.transforms`."""
+    """In-process polars on delta-rs snapshots: silver from :mod:`hybrid_pipeline.transforms.silver`,
+    gold from the definitions both engines share (:mod:`hybrid_pipeline.engines.shared`)."""
 
     name: EngineName = "polars"
 
@@ -187,7 +188,7 @@ class PolarsEngine:
     def daily_metrics(self, lh: Lakehouse, dates: list[date]) -> pl.DataFrame:
         if not dates:
             return pl.DataFrame(schema=gold.DAILY_METRICS_SCHEMA)
-        return gold.daily_metrics(self._silver(lh).filter(pl.col("event_date").is_in(dates)))
+        return run_on("polars", "daily_metrics", self._silver(lh).filter(pl.col("event_date").is_in(dates)))
 
     def write_fact_events(self, lh: Lakehouse, landing_day: str) -> Written:
         own = self._silver(lh).filter(pl.col("landing_date") == landing_day)
@@ -207,7 +208,7 @@ class PolarsEngine:
         return run_on("polars", "dim_user", summaries.join(touched, on="user_id", how="semi"))
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
-        rows = features.user_features(self._silver(lh), start, end)
+        rows = run_on("polars", "user_features", self._silver(lh), start=start, end=end)
         version = lh.replace_where(USER_FEATURES, rows, f"event_date >= '{start.isoformat()}'")
         return Written(version, rows.height, dict(rows.schema), {"users": rows["user_id"].n_unique()})
 

@@ -1,16 +1,16 @@
 """Gold transforms written once, run on polars or on Spark (narwhals' lazy API).
 
 What is shared
-    :func:`daily_metrics`, :func:`user_features`, :func:`fact_events` and :func:`dim_user` are
+    :func:`daily_metrics`, :func:`user_features`, :func:`fact_events`, :func:`user_landing_summary`
+    and :func:`dim_user` are
     single definitions in narwhals expressions; narwhals translates them to polars lazy plans or
-    to Spark SQL column expressions (its "spark-like" backend). They mirror
-    ``transforms.gold.daily_metrics``, ``transforms.features.user_features``,
-    ``transforms.gold.fact_events`` and ``transforms.gold.dim_user`` (same rows, same columns,
-    same semantics); the equivalence tests hold each pair to the same output. :func:`dim_date`
+    to Spark SQL column expressions (its "spark-like" backend). Both engines run these and only
+    these. The tests hold them to plain-polars references written with native idioms
+    (``hybrid_pipeline_tests/engines/oracles.py``) and to hand-computed specifications. :func:`dim_date`
     needs no port: it is computed on the driver from a (small) list of dates, the same polars
     function for both engines.
 
-Where the definitions differ from the polars originals, and why
+Where the definitions differ from the plain-polars references, and why
     * narwhals has no time-based ``rolling_sum_by`` nor ``date_ranges``/``explode`` on lazy
       backends, and Spark's narwhals backend cannot subtract dates (``total_seconds`` is not
       implemented there). The per-user daily grid is therefore built by joining user spans to a
@@ -127,7 +127,7 @@ def as_engine(engine: Engine | EngineName, spark: SparkSession | None = None) ->
 
 
 def daily_metrics(silver: nw.LazyFrame) -> nw.LazyFrame:
-    """Events, users, revenue and conversion per event date and user segment (cf. ``gold.daily_metrics``)."""
+    """Events, users, revenue and conversion per event date and user segment."""
     is_purchase = nw.col("event_type") == "purchase"
     return (
         silver.group_by("event_date", "user_segment")
@@ -206,7 +206,7 @@ def daily_user_activity(silver: nw.LazyFrame) -> nw.LazyFrame:
 
 
 def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, first_day: date | None = None) -> nw.LazyFrame:
-    """Feature rows for days ``start``..``end`` (cf. ``features.user_features``).
+    """Feature rows for days ``start``..``end`` (inclusive), one per user and day as of its end.
 
     ``first_day`` is the earliest event date in ``silver`` (computed with one small query when
     not given); the calendar runs from it to ``end``.

@@ -1,9 +1,8 @@
-"""Gold analytics from silver events: daily metrics, the date dimension and the stable keys.
+"""Gold analytics helpers shared by both engines: the daily metrics schema, the date
+dimension and the stable date and user keys.
 
-Each function takes the silver rows of the event dates being (re)computed and returns
-complete rows for exactly those dates, so a late event that lands days later simply
-triggers a recompute of its true event date. The rest of the star schema (fact_events,
-dim_user) is written once for both engines in :mod:`hybrid_pipeline.engines.shared`.
+The table transforms themselves (daily_metrics, fact_events, dim_user) are written once for
+polars and Spark in :mod:`hybrid_pipeline.engines.shared`.
 """
 
 from __future__ import annotations
@@ -37,30 +36,6 @@ def user_keys(user_ids: pl.Series) -> pl.Series:
     uniq = user_ids.drop_nulls().unique().to_list()
     mapping = {u: int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "big") >> 1 for u in uniq}
     return user_ids.replace_strict(mapping, default=None, return_dtype=pl.Int64)
-
-
-def daily_metrics(silver: pl.LazyFrame) -> pl.DataFrame:
-    """Events, users, revenue and conversion per event date and user segment."""
-    is_purchase = pl.col("event_type") == "purchase"
-    return (
-        silver.group_by("event_date", "user_segment")
-        .agg(
-            pl.len().cast(pl.Int64).alias("events"),
-            pl.col("user_id").n_unique().cast(pl.Int64).alias("unique_users"),
-            is_purchase.sum().cast(pl.Int64).alias("purchases"),
-            pl.col("user_id").filter(is_purchase).n_unique().cast(pl.Int64).alias("purchasing_users"),
-            # Summed in integer cents: exact, so reruns and engines agree to the last digit.
-            (pl.col("revenue") * 100).round().cast(pl.Int64).sum().alias("_revenue_cents"),
-        )
-        .with_columns(
-            (pl.col("_revenue_cents") / 100).alias("total_revenue"),
-            (pl.col("purchasing_users") / pl.col("unique_users")).alias("conversion_rate"),
-        )
-        .sort("event_date", "user_segment")
-        .collect()
-        .cast(DAILY_METRICS_SCHEMA)
-        .select(list(DAILY_METRICS_SCHEMA))
-    )
 
 
 def dim_date(dates: list) -> pl.DataFrame:

@@ -15,11 +15,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from hybrid_pipeline.engines.shared import DIM_USER_SCHEMA, FACT_EVENTS_SCHEMA, Engine, calendar, run_on
-from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, user_features
-from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, daily_metrics
+from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA
 
 from .conftest import START, PolarsRun, SparkRun
-from .oracles import dim_user, fact_events
+from .oracles import daily_metrics, dim_user, fact_events, user_features
 
 END = START + timedelta(days=35)  # past the last event: rows decay on quiet days
 
@@ -29,7 +29,7 @@ def assert_same(reference: pl.DataFrame, got: pl.DataFrame) -> None:
     assert_frame_equal(reference, got, check_exact=False, rel_tol=1e-12, abs_tol=0.0)
 
 
-def test_shared_daily_metrics_on_polars_is_the_gold_function(polars_run: PolarsRun) -> None:
+def test_shared_daily_metrics_on_polars_equals_the_reference(polars_run: PolarsRun) -> None:
     reference = daily_metrics(polars_run.silver.lazy())
     got = run_on("polars", "daily_metrics", polars_run.silver)
     assert_frame_equal(reference, got)  # exact
@@ -37,7 +37,7 @@ def test_shared_daily_metrics_on_polars_is_the_gold_function(polars_run: PolarsR
 
 
 @pytest.mark.parametrize("start", [START, START + timedelta(days=2)])
-def test_shared_user_features_on_polars_is_the_features_function(polars_run: PolarsRun, start: date) -> None:
+def test_shared_user_features_on_polars_equals_the_reference(polars_run: PolarsRun, start: date) -> None:
     reference = user_features(polars_run.silver.lazy(), start, END)
     got = run_on("polars", "user_features", polars_run.silver, start=start, end=END)
     assert reference.height > 0

@@ -10,15 +10,13 @@ import polars as pl
 import pytest
 
 from hybrid_pipeline.engines.shared import run_on
-from hybrid_pipeline.transforms.gold import (
-    DAILY_METRICS_SCHEMA,
-    daily_metrics,
-    date_key,
-    dim_date,
-    user_keys,
-)
+from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, date_key, dim_date, user_keys
 
 from .factories import silver
+
+
+def daily_metrics(rows: pl.LazyFrame) -> pl.DataFrame:
+    return run_on("polars", "daily_metrics", rows)
 
 
 def fact_events(rows: pl.DataFrame) -> pl.DataFrame:

@@ -9,7 +9,6 @@ import pytest
 
 from hybrid_pipeline.transforms.contract import silver_schema
 from hybrid_pipeline.engines.shared import run_on
-from hybrid_pipeline.transforms.gold import daily_metrics
 from hybrid_pipeline.transforms.quality import (
     enums_valid,
     event_ids_unique,
@@ -31,6 +30,10 @@ SILVER = silver(
         {"event_id": "e3", "user_id": "u2", "event_type": "purchase", "timestamp": datetime(2024, 1, 7, 9, tzinfo=UTC), "revenue": 3.0, "user_segment": "loyal"},
     ]
 )  # fmt: skip
+
+
+def daily_metrics(silver: pl.LazyFrame) -> pl.DataFrame:
+    return run_on("polars", "daily_metrics", silver)
 
 
 def fact_events(silver: pl.DataFrame) -> pl.DataFrame:
