@@ -17,6 +17,7 @@ At the end the polars and Spark outputs are compared: every silver and gold tabl
 
     python bench/engines.py --events 10000000          # the default size (2 cores: long)
     python bench/engines.py --events 1000000 --days 5  # what fits in a few minutes here
+    python bench/engines.py --events 10000000 --gold-only  # gold again on the silver of the last run
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SALT = "bench-salt"
 SILVER = {"events": "silver/events", "quarantine": "silver/events_quarantine", "duplicates": "silver/events_duplicates"}
 SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "duplicates": ["landing_date"]}
 WORK = ("silver", "daily_metrics", "fact_events", "dim_user", "user_features")
+GOLD_ONLY = "BENCH_ENGINES_GOLD_ONLY"  # set for the children by --gold-only
 
 
 # -- preparation ---------------------------------------------------------------------------------
@@ -84,13 +86,14 @@ def run_polars(bronze_root: str, out_root: str, days: list[str]) -> dict:
     engine = PolarsEngine()
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    for day in days:
+    for day in [] if os.environ.get(GOLD_ONLY) else days:
         records = bronze.scan("bronze/events").filter(pl.col("landing_date") == day).collect()
         existing = out.scan_or_empty(SILVER["events"], silver_schema()).filter(pl.col("landing_date") != day)
         batch = engine.clean_events(records, existing, SALT)
         for name, table in SILVER.items():
             out.replace_where(table, getattr(batch, name), f"landing_date = '{day}'", partition_by=SILVER_PARTITIONS[name])
-    stages["silver"] = time.perf_counter() - t
+    if not os.environ.get(GOLD_ONLY):
+        stages["silver"] = time.perf_counter() - t
     stages.update(run_gold(engine, out, days))
     stages["ru_maxrss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     return stages
@@ -98,7 +101,8 @@ def run_polars(bronze_root: str, out_root: str, days: list[str]) -> dict:
 
 def run_gold(engine, out, days: list[str]) -> dict:  # noqa: ANN001
     """Gold through the engine operations the assets call: daily_metrics over every event date,
-    fact_events and dim_user per landing day (as the daily runs do), user_features over the range."""
+    fact_events and dim_user (its landing-day summary, then the touched users) per landing day (as the
+    daily runs do), user_features over the range."""
     import polars as pl
 
     stages: dict[str, float] = {}
@@ -140,7 +144,7 @@ def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, dri
     # Silver on the scale-out path: Spark reads the bronze snapshot and earlier silver itself and
     # writes through delta_commit (nothing passes through the driver).
     t = time.perf_counter()
-    for day in days:
+    for day in [] if os.environ.get(GOLD_ONLY) else days:
         records = bronze.scan("bronze/events", predicate=f"landing_date = '{day}'")
         if out.exists(SILVER["events"]):
             existing = out.scan(SILVER["events"], predicate=f"landing_date != '{day}'")
@@ -152,7 +156,8 @@ def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, dri
                 out.replace_where(table, getattr(batch, name), f"landing_date = '{day}'", partition_by=SILVER_PARTITIONS[name])
         finally:
             batch.unpersist()
-    stages["silver"] = time.perf_counter() - t
+    if not os.environ.get(GOLD_ONLY):
+        stages["silver"] = time.perf_counter() - t
     stages.update(run_gold(SparkEngine(spark), out_lh, days))
     spark.stop()
     return stages
@@ -246,6 +251,11 @@ def main() -> None:
     ap.add_argument("--driver-memory", default="3g")
     ap.add_argument("--engines", default="polars,spark")
     ap.add_argument("--workdir", default=str(HERE / "results" / "engines"))
+    ap.add_argument(
+        "--gold-only",
+        action="store_true",
+        help="keep each engine's silver tables from an earlier run in --workdir and time gold alone",
+    )
     ap.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -267,7 +277,13 @@ def main() -> None:
     )
     for name in plan:
         out = work / ("out-" + name.replace(" ", "-").replace("[", "").replace("]", ""))
-        shutil.rmtree(out, ignore_errors=True)
+        if args.gold_only:
+            if not (out / "silver").exists():
+                raise SystemExit(f"--gold-only: no silver tables in {out}; run once without it first")
+            shutil.rmtree(out / "gold", ignore_errors=True)
+            os.environ[GOLD_ONLY] = "1"
+        else:
+            shutil.rmtree(out, ignore_errors=True)
         child = [sys.executable, str(Path(__file__).resolve()), "--_child"]
         if name == "polars":
             child += ["polars", str(bronze_root), str(out), ",".join(days)]
@@ -293,8 +309,9 @@ def main() -> None:
     summary = {"events": args.events, "bronze_rows": bronze_rows, "days": len(days), "runs": runs}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for name, r in runs.items():
-        per_s = bronze_rows / sum(r[k] for k in WORK)
-        print(f"{name:16s} {per_s:,.0f} bronze records/s through silver+gold (startup excluded)")
+        per_s = bronze_rows / sum(r.get(k, 0.0) for k in WORK)
+        scope = "gold" if args.gold_only else "silver+gold"
+        print(f"{name:16s} {per_s:,.0f} bronze records/s through {scope} (startup excluded)")
 
 
 if __name__ == "__main__":
