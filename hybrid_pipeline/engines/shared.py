@@ -309,7 +309,7 @@ def date_key(col: str) -> nw.Expr:
 
 
 def fact_events(silver: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
-    """One row per event keyed to the date and user dimensions (cf. ``gold.fact_events``)."""
+    """One row per event keyed to the date and user dimensions."""
     keys = user_key_lookup(silver, engine)
     return (
         silver.join(keys, on="user_id", how="left")

@@ -38,6 +38,7 @@ from hybrid_pipeline.ml.reproduce import (
     train_recipe,
 )
 from hybrid_pipeline.sources.generator import EventGenerator, GeneratorConfig
+from hybrid_pipeline.engines.shared import run_on
 from hybrid_pipeline.transforms import features as ft
 
 DAYS = 13  # 12 landed at training time, the 13th arrives afterwards
@@ -56,7 +57,7 @@ def _land(lh: Lakehouse, silver: pl.DataFrame, through: date) -> None:
     """Write features for every day up to ``through`` and the labels they allow (one commit each)."""
     seen = silver.filter(pl.col("event_date") <= through).lazy()
     first = silver["event_date"].min()
-    feats = ft.user_features(seen, first, through)
+    feats = run_on("polars", "user_features", seen, start=first, end=through)
     lh.replace_where(FEATURES_TABLE, feats, "true")
     labels = ft.user_labels(feats, seen, through)
     lh.replace_where(LABELS_TABLE, labels, "true")
