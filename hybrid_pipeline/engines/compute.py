@@ -17,13 +17,13 @@ Inputs and outputs
       natively: polars through ``pl.scan_delta``, Spark through the pinned-snapshot reader of
       :mod:`hybrid_pipeline.engines.delta_commit` (or ``format("delta")`` with the jars).
     * Small results (``daily_metrics``: dates x segments; ``dim_user``: one row per touched
-      user, from the per-(user, landing day) summaries) come back as polars frames; the asset writes them (replace-where / merge through
-      delta-rs, the same code for both engines).
+      user, from the per-(user, landing day) summaries) come back as polars frames; the asset
+      writes them (replace-where / merge through delta-rs, the same code for both engines).
     * Large results (``fact_events``: a landing day's events; ``user_landing_summary``: a
-      landing day's users; ``user_features``: users x days)
-      are written by the engine itself (``write_fact_events``, ``write_user_landing_summary``, ``write_user_features``): on
-      Spark the executors write Parquet files and the driver commits them (no rows pass through
-      the driver); a :class:`Written` summary comes back for the asset's metadata.
+      landing day's users; ``user_features``: users x days) are written by the engine itself
+      (``write_fact_events``, ``write_user_landing_summary``, ``write_user_features``): on Spark
+      the executors write Parquet files and the driver commits them (no rows pass through the
+      driver); a :class:`Written` summary comes back for the asset's metadata.
 
 What stays on the driver whatever the engine: planning queries that read one or two columns
 (the event dates a landing day touches, the newest event date), ``dim_date`` (one row per date)
@@ -106,6 +106,7 @@ def landing_day_rows(lh: Lakehouse, table: str, landing_day: str) -> int:
 
 
 def landing_day_event_dates(lh: Lakehouse, landing_day: str) -> list[str]:
+    """The event dates (ISO text) of the silver events ``landing_day`` owns."""
     if not lh.exists(SILVER_EVENTS):
         return []
     dates = lh.scan(SILVER_EVENTS).filter(pl.col("landing_date") == landing_day).select(pl.col("event_date").unique())
