@@ -591,21 +591,19 @@ def match_rows(
     if len(right_key) < 2 or bool((right_key[1:] >= right_key[:-1]).all()):
         # already in order (e.g. a table sorted by key and time): no sort at all
         perm = _order_ties(np.arange(len(right_key)), right_key, right_created)
-        sorted_key = right_key
+        coarse, shift = right_key, 0
     else:
-        perm = _key_order(right_key, bits, n_codes, right_created)
-        sorted_key = np.take(right_key, perm)
-    del right_key
+        perm, coarse, shift = _key_order(right_key, bits, n_codes, right_created)
 
     valid = left_code >= 0
     left_key = np.where(valid, (np.maximum(left_code, 0) << bits) | left_off, -1)
-    order = np.argsort(left_key)  # sorted probes: a cache-friendly search
+    order = _sort_order(left_key)  # sorted probes: a cache-friendly search
     probes = left_key[order]
-    pos = np.searchsorted(sorted_key, probes, side="right") - 1
+    pos = _last_at_or_below(coarse, shift, perm, right_key, probes)
+    del coarse, right_key
     found = (pos >= 0) & valid[order]
-    pos = np.maximum(pos, 0)
-    found &= (sorted_key[pos] >> bits) == left_code[order]
-    rows = perm[pos]
+    rows = perm[np.maximum(pos, 0)]
+    found &= right_code[rows] == left_code[order]
     t = left_ts[order]
     found &= right_ts[rows] <= t
     if ttl is not None:
@@ -614,40 +612,82 @@ def match_rows(
     return match
 
 
-def _key_order(key: np.ndarray, bits: int, n_codes: int, created: np.ndarray | None) -> np.ndarray:
+def _sort_order(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values)`` (any order among equal values), on polars' parallel sort."""
+    return pl.Series(values).arg_sort().to_numpy().astype(np.int64, copy=False)
+
+
+def _last_at_or_below(
+    coarse: np.ndarray, shift: int, perm: np.ndarray, key: np.ndarray, probes: np.ndarray
+) -> np.ndarray:
+    """For each of the ascending ``probes``, the last position ``p`` of the sorted order
+    with ``key[perm[p]] <= probe``, or ``-1``.
+
+    ``coarse`` is the sorted ``key >> shift`` (``key[perm]`` ascending): positions whose
+    coarse key is below the probe's are all below it, so only a run sharing the probe's
+    coarse key needs the exact keys, found by a binary search inside that run.
+    """
+    probe_coarse = probes >> shift
+    hi = np.searchsorted(coarse, probe_coarse, side="right")
+    pos = hi - 1
+    if not shift or len(coarse) == 0:
+        return pos
+    shared = np.flatnonzero((pos >= 0) & (coarse[np.maximum(pos, 0)] == probe_coarse))
+    if len(shared):
+        # first position in [lo, hi) whose exact key is above the probe
+        lo = np.searchsorted(coarse, probe_coarse[shared], side="left")
+        hi, probe = hi[shared], probes[shared]
+        last = len(coarse) - 1
+        while (open_ := lo < hi).any():
+            mid = (lo + hi) // 2
+            above = key[perm[np.minimum(mid, last)]] > probe
+            hi = np.where(open_ & above, mid, hi)
+            lo = np.where(open_ & ~above, mid + 1, lo)
+        pos[shared] = lo - 1
+    return pos
+
+
+def _key_order(
+    key: np.ndarray, bits: int, n_codes: int, created: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """The permutation sorting ``key`` (``code << bits | offset``), equal keys by
-    ``created`` ascending, as a backward search needs.
+    ``created`` ascending, as a backward search needs; with the sorted coarse keys
+    ``key[perm] >> shift`` and ``shift``.
 
     Instead of an ``argsort`` (slow: it moves indices around), the row number is packed
     into the low bits of a coarser key, ``code << (bits - shift) | offset >> shift``, and
-    the packed values are sorted (a plain value sort, several times faster); the few runs
-    of rows sharing a coarse key (same code, offsets equal after the shift) are then put
-    in exact order. Falls back to ``argsort`` when codes and row numbers leave too few bits.
+    the packed values are sorted (a plain value sort, on polars' parallel sort); the few
+    runs of rows sharing a coarse key (same code, offsets equal after the shift) are then
+    put in exact order. Falls back to ``argsort`` when codes and row numbers leave too
+    few bits.
     """
     n = len(key)
     row_bits = max(1, (n - 1).bit_length())
     code_bits = max(1, (n_codes - 1).bit_length())
     room = 63 - code_bits - row_bits  # bits left for the (shifted) offset
     if room < 8:
-        return _argsort_order(key, created)
+        perm = _argsort_order(key, created)
+        return perm, key[perm], 0
     shift = max(0, bits - room)
     packed = np.right_shift(key, shift)
     np.left_shift(packed, row_bits, out=packed)
     np.bitwise_or(packed, np.arange(n, dtype=np.int64), out=packed)
-    packed.sort()
-    perm = packed & ((1 << row_bits) - 1)
-    np.right_shift(packed, row_bits, out=packed)  # the coarse keys, ascending
+    ordered = pl.Series(packed).sort().to_numpy()
+    del packed
+    perm = ordered & ((1 << row_bits) - 1)
+    coarse = ordered >> row_bits
+    del ordered
     if shift or created is not None:
-        same = packed[1:] == packed[:-1]
+        same = coarse[1:] == coarse[:-1]
         if same.any():
             in_run = np.zeros(n, dtype=bool)
             in_run[1:] |= same
             in_run[:-1] |= same
             at = np.flatnonzero(in_run)
             rows = perm[at]
-            sort_keys = (key[rows], packed[at]) if created is None else (created[rows], key[rows], packed[at])
+            sort_keys = (key[rows], coarse[at]) if created is None else (created[rows], key[rows], coarse[at])
             perm[at] = rows[np.lexsort(sort_keys)]
-    return perm
+    return perm, coarse, shift
 
 
 def _argsort_order(key: np.ndarray, created: np.ndarray | None) -> np.ndarray:
@@ -676,7 +716,7 @@ def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values)
     if len(values) == 0:
         return values.copy(), np.zeros(0, dtype=np.int64)
-    order = np.argsort(values, kind="stable")
+    order = _sort_order(values)
     ordered = values[order]
     first = np.empty(len(ordered), dtype=bool)
     first[0] = True
@@ -699,12 +739,13 @@ def fetch_rows(numbered: pl.LazyFrame, columns: list[str], rows: np.ndarray, eng
     if len(hit) == 0:
         return numbered.select(columns).clear().collect().clear(n)
     wanted, inverse = _unique_inverse(rows[hit])
-    wanted_series = pl.Series(_SOURCE_ROW, wanted).cast(pl.get_index_type())
-    fetched = (
-        numbered.filter(pl.col(_SOURCE_ROW).is_in(wanted_series.implode()))
-        .select(_SOURCE_ROW, *columns)
-        .collect(engine=engine)
-    )
+    # row numbers looked up in a mask (an array read per row, cheaper than a hash probe)
+    last = int(wanted[-1])
+    keep = np.zeros(last + 1, dtype=bool)
+    keep[wanted] = True
+    row = pl.col(_SOURCE_ROW)
+    wanted_row = (row <= last) & pl.lit(pl.Series(keep)).gather(row.clip(upper_bound=last))
+    fetched = numbered.filter(wanted_row).select(_SOURCE_ROW, *columns).collect(engine=engine)
     if fetched.n_chunks() > 1:  # a gather across many chunks is several times slower than a rechunk
         fetched = fetched.rechunk()
     got = fetched[_SOURCE_ROW]
@@ -719,11 +760,18 @@ def fetch_rows(numbered: pl.LazyFrame, columns: list[str], rows: np.ndarray, eng
 
 
 def _place(fetched: pl.DataFrame, where: np.ndarray) -> pl.DataFrame:
-    """Rows of ``fetched`` at ``where`` (``-1``: nulls)."""
-    index = pl.Series(where)
-    if (where < 0).any():
-        index = pl.select(pl.when(pl.lit(index) >= 0).then(pl.lit(index))).to_series()
-    return fetched.select(pl.all().gather(index.cast(pl.get_index_type())))
+    """Rows of ``fetched`` at ``where`` (``-1``: nulls).
+
+    A gather by an index without nulls, then masked: about twice as fast as a gather by
+    an index holding nulls."""
+    hit = where >= 0
+    if hit.all():
+        return fetched.select(pl.all().gather(pl.Series(where).cast(pl.get_index_type())))
+    index = pl.Series(np.where(hit, where, 0)).cast(pl.get_index_type())
+    if fetched.height == 0:  # nothing to gather from: every row is null
+        return fetched.clear(len(where))
+    gathered = fetched.select(pl.all().gather(index))
+    return gathered.select(pl.when(pl.lit(pl.Series(hit))).then(pl.all()))
 
 
 def gather_rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
