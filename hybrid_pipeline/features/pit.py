@@ -469,9 +469,9 @@ def point_in_time_join(
             None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit),
         )
         if two_pass:
-            source_rows = right[_SOURCE_ROW].to_numpy().astype(np.int64)
+            source_rows = right[_SOURCE_ROW].to_numpy()
             del right
-            rows = np.where(match >= 0, source_rows[np.maximum(match, 0)], -1)
+            rows = np.where(match >= 0, source_rows[np.maximum(match, 0)].astype(np.int64), -1)
             fetched = fetch_rows(numbered, list(names), rows, engine)
         else:
             fetched = gather_rows(right.select(list(names)), match)
@@ -510,7 +510,13 @@ def _key_codes(entities: pl.DataFrame, right: pl.DataFrame, entity_keys: list[st
         if hi - lo <= _INT64_MAX:
             # unsigned arithmetic for UInt64 keys above the int64 range; hi - lo fits int64
             wide, base = (np.uint64, np.uint64(lo)) if right.schema[key] == pl.UInt64 else (np.int64, np.int64(lo))
-            right_code = (right[key].to_numpy().astype(wide, copy=False) - base).astype(np.int64, copy=False)
+            # in polars: its allocator reuses memory where a fresh numpy array of this size
+            # costs page faults
+            right_key = right[key]
+            if right_key.dtype == pl.UInt64:
+                right_code = (right_key - lo).cast(pl.Int64).to_numpy()
+            else:  # narrower types widen first: key - lo may not fit theirs
+                right_code = (right_key.cast(pl.Int64) - lo).to_numpy()
             left = entities[key]
             inside = (left.is_not_null() & (left >= lo) & (left <= hi)).fill_null(False).to_numpy()
             raw = left.fill_null(lo).to_numpy().astype(wide)
@@ -571,12 +577,20 @@ def match_rows(
         at = np.minimum(np.searchsorted(distinct, left_code), len(distinct) - 1)
         left_code = np.where((left_code >= 0) & (distinct[at] == left_code), at, -1)
         n_codes = len(distinct)
-    # right_key = code << bits | offset, built in place (one buffer, no temporaries)
-    right_key = np.left_shift(right_code, bits)
+    # right_key = code << bits | offset
     if (n_codes << bits) <= _INT64_MAX + 1:
-        # (code << bits) - (t_min - 1) + ts: every intermediate stays inside int64
-        np.subtract(right_key, t_min - 1, out=right_key)
-        np.add(right_key, sort_ts, out=right_key)
+        # (ts - t_min + 1) + code * 2^bits: every intermediate stays inside int64 (a
+        # single code when bits is 63). In polars: parallel, and no fresh pages for a
+        # new array of this size
+        offset = pl.col("ts") - t_min + 1
+        code_part = pl.col("code") * (1 << bits) if n_codes > 1 else pl.lit(0, dtype=pl.Int64)
+        right_key = (
+            pl.LazyFrame({"code": right_code, "ts": sort_ts})
+            .select(offset + code_part)
+            .collect(engine="streaming")
+            .to_series()
+            .to_numpy()
+        )
         left_off = np.clip(probe_ts, t_min - 1, t_max) - (t_min - 1)
     else:
         everything, _ = _unique_inverse(np.concatenate([sort_ts, probe_ts]))
@@ -591,18 +605,18 @@ def match_rows(
     if len(right_key) < 2 or bool((right_key[1:] >= right_key[:-1]).all()):
         # already in order (e.g. a table sorted by key and time): no sort at all
         perm = _order_ties(np.arange(len(right_key)), right_key, right_created)
-        coarse, shift = right_key, 0
+        order_of_rows = _SortedRows(right_key, row_bits=0, shift=0, perm=perm)
     else:
-        perm, coarse, shift = _key_order(right_key, bits, n_codes, right_created)
+        order_of_rows = _SortedRows.of(right_key, bits, n_codes, right_created)
 
     valid = left_code >= 0
     left_key = np.where(valid, (np.maximum(left_code, 0) << bits) | left_off, -1)
     order = _sort_order(left_key)  # sorted probes: a cache-friendly search
     probes = left_key[order]
-    pos = _last_at_or_below(coarse, shift, perm, right_key, probes)
-    del coarse, right_key
+    pos = order_of_rows.last_at_or_below(probes, right_key)
+    del right_key
     found = (pos >= 0) & valid[order]
-    rows = perm[np.maximum(pos, 0)]
+    rows = order_of_rows.rows(np.maximum(pos, 0))
     found &= right_code[rows] == left_code[order]
     t = left_ts[order]
     found &= right_ts[rows] <= t
@@ -617,77 +631,124 @@ def _sort_order(values: np.ndarray) -> np.ndarray:
     return pl.Series(values).arg_sort().to_numpy().astype(np.int64, copy=False)
 
 
-def _last_at_or_below(
-    coarse: np.ndarray, shift: int, perm: np.ndarray, key: np.ndarray, probes: np.ndarray
-) -> np.ndarray:
-    """For each of the ascending ``probes``, the last position ``p`` of the sorted order
-    with ``key[perm[p]] <= probe``, or ``-1``.
+_CHUNK = 1 << 20  # elements per slice of a pass over a long array (small temporaries)
 
-    ``coarse`` is the sorted ``key >> shift`` (``key[perm]`` ascending): positions whose
-    coarse key is below the probe's are all below it, so only a run sharing the probe's
-    coarse key needs the exact keys, found by a binary search inside that run.
+
+@dataclass(frozen=True)
+class _SortedRows:
+    """The right rows in key order (``key = code << bits | offset``), equal keys by
+    created timestamp ascending, as a backward search needs.
+
+    ``values`` ascending: ``(key >> shift) << row_bits | row`` (the row number packed
+    under a coarse key), or, with ``perm`` given, the exact sorted keys (``row_bits`` and
+    ``shift`` 0). Rows of a run sharing a coarse key are put in exact order by
+    ``fixed_rows`` at the positions ``fixed_at``. Nothing of length n beyond ``values``
+    is kept: rows are unpacked only at the positions a search asks for.
     """
-    probe_coarse = probes >> shift
-    hi = np.searchsorted(coarse, probe_coarse, side="right")
-    pos = hi - 1
-    if not shift or len(coarse) == 0:
+
+    values: np.ndarray
+    row_bits: int
+    shift: int
+    perm: np.ndarray | None = None
+    fixed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fixed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def of(cls, key: np.ndarray, bits: int, n_codes: int, created: np.ndarray | None) -> _SortedRows:
+        """Sort ``key`` (values ``code << bits | offset``, ``n_codes`` codes).
+
+        Instead of an ``argsort`` (slow: it moves indices around), the row number is
+        packed into the low bits of a coarser key, ``code << (bits - shift) | offset >>
+        shift``, and the packed values are sorted (a value sort, on polars' parallel
+        sort); the few runs of rows sharing a coarse key (same code, offsets equal after
+        the shift) are then put in exact order. Falls back to ``argsort`` when codes and
+        row numbers leave too few bits.
+        """
+        n = len(key)
+        row_bits = max(1, (n - 1).bit_length())
+        code_bits = max(1, (n_codes - 1).bit_length())
+        room = 63 - code_bits - row_bits  # bits left for the (shifted) offset
+        if room < 8:
+            perm = _argsort_order(key, created)
+            return cls(key[perm], row_bits=0, shift=0, perm=perm)
+        shift = max(0, bits - room)
+        # (key >> shift) << row_bits | row, in polars (parallel, and its allocator reuses
+        # memory where fresh numpy arrays of this size cost page faults)
+        packed = (
+            pl.LazyFrame({"key": key})
+            .select((pl.col("key") // (1 << shift)) * (1 << row_bits) + pl.int_range(pl.len(), dtype=pl.Int64))
+            .collect(engine="streaming")
+            .to_series()
+        )
+        values = packed.sort().to_numpy()
+        del packed
+        sorted_rows = cls(values, row_bits=row_bits, shift=shift)
+        if not shift and created is None:
+            return sorted_rows  # equal coarse keys are equal keys, in any order
+        at = sorted_rows._runs()
+        if len(at) == 0:
+            return sorted_rows
+        rows = sorted_rows.rows(at)
+        coarse = values[at] >> row_bits
+        sort_keys = (key[rows], coarse) if created is None else (created[rows], key[rows], coarse)
+        return replace(sorted_rows, fixed_at=at, fixed_rows=rows[np.lexsort(sort_keys)])
+
+    def _runs(self) -> np.ndarray:
+        """Positions inside runs of equal coarse keys, ascending (in slices: no
+        temporaries of length n)."""
+        values, found = self.values, []
+        for start in range(0, len(values) - 1, _CHUNK):
+            stop = min(start + _CHUNK + 1, len(values))
+            coarse = values[start:stop] >> self.row_bits
+            same = coarse[1:] == coarse[:-1]
+            if same.any():
+                in_run = np.zeros(len(coarse), dtype=bool)
+                in_run[1:] |= same
+                in_run[:-1] |= same
+                found.append(np.flatnonzero(in_run) + start)
+        if not found:
+            return np.zeros(0, dtype=np.int64)
+        at = np.concatenate(found)  # ascending; slices overlap by one position
+        return at[np.concatenate([[True], at[1:] != at[:-1]])]
+
+    def rows(self, pos: np.ndarray) -> np.ndarray:
+        """Row numbers at sorted positions ``pos``."""
+        if self.perm is not None:
+            return self.perm[pos]
+        rows = self.values[pos] & ((1 << self.row_bits) - 1)
+        if len(self.fixed_at):
+            i = np.minimum(np.searchsorted(self.fixed_at, pos), len(self.fixed_at) - 1)
+            rows = np.where(self.fixed_at[i] == pos, self.fixed_rows[i], rows)
+        return rows
+
+    def last_at_or_below(self, probes: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """For each of the ascending ``probes``, the last sorted position ``p`` whose row
+        has ``key <= probe``, or ``-1``.
+
+        Positions whose coarse key is below the probe's are all below it, so only a run
+        sharing the probe's coarse key needs the exact keys (``key``, by row), found by a
+        binary search inside that run.
+        """
+        low_mask = (1 << self.row_bits) - 1
+        probe_coarse = probes >> self.shift
+        hi = np.searchsorted(self.values, (probe_coarse << self.row_bits) | low_mask, side="right")
+        pos = hi - 1
+        if not self.shift or len(self.values) == 0:
+            return pos
+        coarse_at = self.values[np.maximum(pos, 0)] >> self.row_bits
+        shared = np.flatnonzero((pos >= 0) & (coarse_at == probe_coarse))
+        if len(shared):
+            # first position in [lo, hi) whose exact key is above the probe
+            lo = np.searchsorted(self.values, probe_coarse[shared] << self.row_bits, side="left")
+            hi, probe = hi[shared], probes[shared]
+            last = len(self.values) - 1
+            while (open_ := lo < hi).any():
+                mid = (lo + hi) // 2
+                above = key[self.rows(np.minimum(mid, last))] > probe
+                hi = np.where(open_ & above, mid, hi)
+                lo = np.where(open_ & ~above, mid + 1, lo)
+            pos[shared] = lo - 1
         return pos
-    shared = np.flatnonzero((pos >= 0) & (coarse[np.maximum(pos, 0)] == probe_coarse))
-    if len(shared):
-        # first position in [lo, hi) whose exact key is above the probe
-        lo = np.searchsorted(coarse, probe_coarse[shared], side="left")
-        hi, probe = hi[shared], probes[shared]
-        last = len(coarse) - 1
-        while (open_ := lo < hi).any():
-            mid = (lo + hi) // 2
-            above = key[perm[np.minimum(mid, last)]] > probe
-            hi = np.where(open_ & above, mid, hi)
-            lo = np.where(open_ & ~above, mid + 1, lo)
-        pos[shared] = lo - 1
-    return pos
-
-
-def _key_order(
-    key: np.ndarray, bits: int, n_codes: int, created: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The permutation sorting ``key`` (``code << bits | offset``), equal keys by
-    ``created`` ascending, as a backward search needs; with the sorted coarse keys
-    ``key[perm] >> shift`` and ``shift``.
-
-    Instead of an ``argsort`` (slow: it moves indices around), the row number is packed
-    into the low bits of a coarser key, ``code << (bits - shift) | offset >> shift``, and
-    the packed values are sorted (a plain value sort, on polars' parallel sort); the few
-    runs of rows sharing a coarse key (same code, offsets equal after the shift) are then
-    put in exact order. Falls back to ``argsort`` when codes and row numbers leave too
-    few bits.
-    """
-    n = len(key)
-    row_bits = max(1, (n - 1).bit_length())
-    code_bits = max(1, (n_codes - 1).bit_length())
-    room = 63 - code_bits - row_bits  # bits left for the (shifted) offset
-    if room < 8:
-        perm = _argsort_order(key, created)
-        return perm, key[perm], 0
-    shift = max(0, bits - room)
-    packed = np.right_shift(key, shift)
-    np.left_shift(packed, row_bits, out=packed)
-    np.bitwise_or(packed, np.arange(n, dtype=np.int64), out=packed)
-    ordered = pl.Series(packed).sort().to_numpy()
-    del packed
-    perm = ordered & ((1 << row_bits) - 1)
-    coarse = ordered >> row_bits
-    del ordered
-    if shift or created is not None:
-        same = coarse[1:] == coarse[:-1]
-        if same.any():
-            in_run = np.zeros(n, dtype=bool)
-            in_run[1:] |= same
-            in_run[:-1] |= same
-            at = np.flatnonzero(in_run)
-            rows = perm[at]
-            sort_keys = (key[rows], coarse[at]) if created is None else (created[rows], key[rows], coarse[at])
-            perm[at] = rows[np.lexsort(sort_keys)]
-    return perm, coarse, shift
 
 
 def _argsort_order(key: np.ndarray, created: np.ndarray | None) -> np.ndarray:
