@@ -1,6 +1,6 @@
 """Running unattended: the daily schedule, the landing-zone sensor and alert routing."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import dagster as dg

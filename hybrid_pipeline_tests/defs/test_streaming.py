@@ -12,7 +12,7 @@ import redis
 
 from hybrid_pipeline.defs.feature_store import FeatureStoreResource
 from hybrid_pipeline.defs.streaming import push_streaming_features
-from hybrid_pipeline.features.streaming import VIEW, CombinedReader, merge_window
+from hybrid_pipeline.features.streaming import CombinedReader, merge_window
 from hybrid_pipeline.sources.stream import StreamConsumer, produce
 
 REDIS = "redis://127.0.0.1:6379/0"
