@@ -512,11 +512,11 @@ def _key_codes(entities: pl.DataFrame, right: pl.DataFrame, entity_keys: list[st
             wide, base = (np.uint64, np.uint64(lo)) if right.schema[key] == pl.UInt64 else (np.int64, np.int64(lo))
             # in polars: its allocator reuses memory where a fresh numpy array of this size
             # costs page faults
-            right_key = right[key]
-            if right_key.dtype == pl.UInt64:
-                right_code = (right_key - lo).cast(pl.Int64).to_numpy()
+            right_values = right[key]
+            if right_values.dtype == pl.UInt64:
+                right_code = (right_values - lo).cast(pl.Int64).to_numpy()
             else:  # narrower types widen first: key - lo may not fit theirs
-                right_code = (right_key.cast(pl.Int64) - lo).to_numpy()
+                right_code = (right_values.cast(pl.Int64) - lo).to_numpy()
             left = entities[key]
             inside = (left.is_not_null() & (left >= lo) & (left <= hi)).fill_null(False).to_numpy()
             raw = left.fill_null(lo).to_numpy().astype(wide)
@@ -685,31 +685,13 @@ class _SortedRows:
         sorted_rows = cls(values, row_bits=row_bits, shift=shift)
         if not shift and created is None:
             return sorted_rows  # equal coarse keys are equal keys, in any order
-        at = sorted_rows._runs()
+        at = _run_positions(values, row_bits)
         if len(at) == 0:
             return sorted_rows
         rows = sorted_rows.rows(at)
         coarse = values[at] >> row_bits
         sort_keys = (key[rows], coarse) if created is None else (created[rows], key[rows], coarse)
         return replace(sorted_rows, fixed_at=at, fixed_rows=rows[np.lexsort(sort_keys)])
-
-    def _runs(self) -> np.ndarray:
-        """Positions inside runs of equal coarse keys, ascending (in slices: no
-        temporaries of length n)."""
-        values, found = self.values, []
-        for start in range(0, len(values) - 1, _CHUNK):
-            stop = min(start + _CHUNK + 1, len(values))
-            coarse = values[start:stop] >> self.row_bits
-            same = coarse[1:] == coarse[:-1]
-            if same.any():
-                in_run = np.zeros(len(coarse), dtype=bool)
-                in_run[1:] |= same
-                in_run[:-1] |= same
-                found.append(np.flatnonzero(in_run) + start)
-        if not found:
-            return np.zeros(0, dtype=np.int64)
-        at = np.concatenate(found)  # ascending; slices overlap by one position
-        return at[np.concatenate([[True], at[1:] != at[:-1]])]
 
     def rows(self, pos: np.ndarray) -> np.ndarray:
         """Row numbers at sorted positions ``pos``."""
@@ -759,16 +741,30 @@ def _argsort_order(key: np.ndarray, created: np.ndarray | None) -> np.ndarray:
 def _order_ties(perm: np.ndarray, sorted_key: np.ndarray, created: np.ndarray | None) -> np.ndarray:
     """Within runs of equal ``sorted_key``, order ``perm`` by ``created`` ascending (the
     latest created last: a backward search takes the last)."""
-    if created is not None and len(sorted_key) > 1:
-        tie = sorted_key[1:] == sorted_key[:-1]
-        if tie.any():
-            in_tie = np.zeros(len(sorted_key), dtype=bool)
-            in_tie[1:] |= tie
-            in_tie[:-1] |= tie
-            positions = np.flatnonzero(in_tie)
+    if created is not None:
+        positions = _run_positions(sorted_key)
+        if len(positions):
             rows = perm[positions]
             perm[positions] = rows[np.lexsort((created[rows], sorted_key[positions]))]
     return perm
+
+
+def _run_positions(ascending: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Positions inside runs of equal ``ascending >> shift`` values, ascending (computed
+    in slices: no temporaries as long as the array)."""
+    found = []
+    for start in range(0, len(ascending) - 1, _CHUNK):
+        values = ascending[start : start + _CHUNK + 1] >> shift
+        same = values[1:] == values[:-1]
+        if same.any():
+            in_run = np.zeros(len(values), dtype=bool)
+            in_run[1:] |= same
+            in_run[:-1] |= same
+            found.append(np.flatnonzero(in_run) + start)
+    if not found:
+        return np.zeros(0, dtype=np.int64)
+    at = np.concatenate(found)  # slices overlap by one position
+    return at[np.concatenate([[True], at[1:] != at[:-1]])]
 
 
 def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -828,9 +824,9 @@ def _place(fetched: pl.DataFrame, where: np.ndarray) -> pl.DataFrame:
     hit = where >= 0
     if hit.all():
         return fetched.select(pl.all().gather(pl.Series(where).cast(pl.get_index_type())))
-    index = pl.Series(np.where(hit, where, 0)).cast(pl.get_index_type())
     if fetched.height == 0:  # nothing to gather from: every row is null
         return fetched.clear(len(where))
+    index = pl.Series(np.where(hit, where, 0)).cast(pl.get_index_type())
     gathered = fetched.select(pl.all().gather(index))
     return gathered.select(pl.when(pl.lit(pl.Series(hit))).then(pl.all()))
 
