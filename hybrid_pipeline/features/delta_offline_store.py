@@ -26,9 +26,13 @@ and its semantics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -54,10 +58,12 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from feast.value_type import ValueType
 from pydantic import StrictStr
 
+from hybrid_pipeline.features.key_index import build_key_index, load_key_index, save_key_index
 from hybrid_pipeline.features.pit import (
     ColumnStats,
     EngineName,
     FeatureSourceSpec,
+    SourcePart,
     point_in_time_join,
     point_in_time_join_lazy,
     to_utc,
@@ -96,6 +102,13 @@ class DeltaOfflineStoreConfig(FeastConfigBaseModel):
 
     engine: Literal["auto", "in-memory", "streaming"] = "streaming"
     """polars engine for ``collect``; streaming keeps peak memory lower."""
+
+    key_index: bool = True
+    """Use the key index of a table version when one was built for it
+    (:meth:`DeltaOfflineStore.build_key_index`): retrieval then skips the key scan and sort."""
+
+    key_index_path: Optional[StrictStr] = None
+    """Directory of key indexes; default ``<repo>/data/key_index``."""
 
 
 # --------------------------------------------------------------------------- source
@@ -299,10 +312,11 @@ class DeltaRetrievalJob(RetrievalJob):
         on_demand_feature_views: Optional[List[OnDemandFeatureView]] = None,
         metadata: Optional[RetrievalMetadata] = None,
         engine: EngineName = "streaming",
-        compute: Optional[Callable[[EngineName], pl.DataFrame]] = None,
+        compute: Optional[Callable[[EngineName, Literal["null", "nan"]], pl.DataFrame]] = None,
     ):
         self._evaluate = evaluate
         self._compute = compute
+        self._missing_floats: Literal["null", "nan"] = "null"
         self._engine = engine
         self._full_feature_names = full_feature_names
         self._on_demand_feature_views = on_demand_feature_views or []
@@ -327,16 +341,25 @@ class DeltaRetrievalJob(RetrievalJob):
     def to_polars(self) -> pl.DataFrame:
         """Result as polars (without on-demand transformations)."""
         if self._compute is not None:
-            return self._compute(self._engine)
+            return self._compute(self._engine, self._missing_floats)
         return self._evaluate().collect(engine=self._engine)
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
         return _to_feast_arrow(self.to_polars())
 
     def to_df(self, validation_reference: Optional[Any] = None, timeout: Optional[int] = None) -> pd.DataFrame:
-        """As Feast's ``to_df`` (``to_arrow``, then pandas with a fresh RangeIndex), but
-        without consolidating the columns into 2-D blocks: one copy of the result less."""
-        df = self.to_arrow(validation_reference=validation_reference, timeout=timeout).to_pandas(split_blocks=True)
+        """As Feast's ``to_df`` (``to_arrow``, then pandas with a fresh RangeIndex), without
+        the copies pandas conversion would make: columns are not consolidated into 2-D
+        blocks, and missing float features come from the join as NaN (what pandas shows
+        for them) rather than null, which pyarrow would copy and fill. Not when on-demand
+        views or a validation reference read the arrow table first: they see nulls."""
+        plain = not self.on_demand_feature_views and validation_reference is None
+        self._missing_floats = "nan" if plain else "null"
+        try:
+            table = self.to_arrow(validation_reference=validation_reference, timeout=timeout)
+        finally:
+            self._missing_floats = "null"
+        df = table.to_pandas(split_blocks=True)
         index = df.index
         if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
             return df
@@ -434,6 +457,34 @@ class DeltaOfflineStore(OfflineStore):
     """Feast offline store for :class:`DeltaSource` tables (delta-rs + polars)."""
 
     supports_filter_by_created_timestamp = False
+
+    @staticmethod
+    def build_key_index(config: RepoConfig, feature_view: FeatureView, keep: int = 3) -> Optional[Dict[str, Any]]:
+        """Build (or rebuild) the key index of ``feature_view``'s table at the version a
+        retrieval would read now, so retrievals of that version skip the key scan and sort.
+
+        Keeps the ``keep`` newest versions' indexes of the table and removes older ones.
+        Returns what was built (path, version, rows, seconds), or ``None`` when indexes are
+        off or the view cannot be indexed (not one integer join key, a span of keys and
+        timestamps too wide for 63 bits).
+        """
+        view = _view_source(config, feature_view)
+        located = _key_index_location(config, view)
+        if located is None:
+            return None
+        path, fingerprint = located
+        started = time.perf_counter()
+        index = build_key_index(
+            view.frame, view.join_keys[0], view.timestamp_field, view.created_timestamp_field, fingerprint=fingerprint
+        )
+        if index is None:
+            return None
+        save_key_index(index, path)
+        suffix = path.name.split("-", 1)[1]
+        versions = sorted(p for p in path.parent.glob(f"v*-{suffix}") if p.is_dir())
+        for old in versions[: max(0, len(versions) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return {"path": str(path), "version": view.version, "rows": len(index), "seconds": round(time.perf_counter() - started, 3)}
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -535,10 +586,11 @@ class DeltaOfflineStore(OfflineStore):
                 left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names
             )
 
-        def compute(engine: EngineName) -> pl.DataFrame:
+        def compute(engine: EngineName, missing_floats: Literal["null", "nan"] = "null") -> pl.DataFrame:
             left, specs = inputs()
             return point_in_time_join(
-                left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names, engine=engine
+                left, specs, entity_timestamp_col=ts_col, full_feature_names=full_feature_names, engine=engine,
+                missing_floats=missing_floats,
             )
 
         return DeltaRetrievalJob(
@@ -580,46 +632,136 @@ class DeltaOfflineStore(OfflineStore):
             progress(table.num_rows)
 
 
-def _spec_for(
-    config: RepoConfig,
-    fv: FeatureView,
-    features: List[str],
-    clamp: Optional[Tuple[Optional[datetime], Optional[datetime]]] = None,
-) -> FeatureSourceSpec:
+@dataclass(frozen=True)
+class _ViewSource:
+    """One feature view's table at the version a retrieval reads, as the join sees it."""
+
+    source: DeltaSource
+    table: Any
+    version: int
+    frame: pl.LazyFrame
+    renames: Dict[str, str]
+    join_keys: List[str]
+    timestamp_field: str
+    created_timestamp_field: Optional[str]
+
+
+def _view_source(config: RepoConfig, fv: FeatureView) -> _ViewSource:
     source = _as_delta_source(fv.batch_source)
     table = source.delta_table(config)
-    version = table.version()  # the scan and the statistics describe the same snapshot
+    version = table.version()  # the scan, the statistics and the index describe the same snapshot
     frame = source.scan(config, version=version)
     renames: Dict[str, str] = {}
     if source.field_mapping:
         schema = frame.collect_schema()
         renames = {k: v for k, v in source.field_mapping.items() if k in schema}
         frame = frame.rename(renames)
-    join_keys = [e.name for e in fv.entity_columns]
-    key_map = fv.projection.join_key_map or {}
     ts_field = source.field_mapping.get(source.timestamp_field, source.timestamp_field)
     created = source.created_timestamp_column or None
     if created:
         created = source.field_mapping.get(created, created)
-    inverse = {v: k for k, v in renames.items()}
-    stats = _column_stats(table, {inverse.get(c, c): c for c in [*join_keys, ts_field]})
+    return _ViewSource(source, table, version, frame, renames, [e.name for e in fv.entity_columns], ts_field, created)
+
+
+def _spec_for(
+    config: RepoConfig,
+    fv: FeatureView,
+    features: List[str],
+    clamp: Optional[Tuple[Optional[datetime], Optional[datetime]]] = None,
+) -> FeatureSourceSpec:
+    view = _view_source(config, fv)
+    key_map = fv.projection.join_key_map or {}
+    inverse = {v: k for k, v in view.renames.items()}
+    stats = _column_stats(view.table, {inverse.get(c, c): c for c in [*view.join_keys, view.timestamp_field]})
     ttl = _feast_ttl(fv.ttl)
     if clamp is not None and clamp[0] is not None and clamp[1] is not None:
         window = clamp[1] - clamp[0]
         ttl = window if ttl is None else min(ttl, window)
     base_name = fv.projection.name_alias or fv.name
+    located = _key_index_location(config, view)
     return FeatureSourceSpec(
         name=base_name,
-        frame=frame,
-        join_keys=join_keys,
-        timestamp_field=ts_field,
+        frame=view.frame,
+        join_keys=view.join_keys,
+        timestamp_field=view.timestamp_field,
         feature_columns=features,
-        created_timestamp_field=created,
+        created_timestamp_field=view.created_timestamp_field,
         ttl=ttl,
-        entity_join_keys=[key_map.get(k, k) for k in join_keys],
+        entity_join_keys=[key_map.get(k, k) for k in view.join_keys],
         column_stats=stats,
         rescannable=True,  # a fixed table version
+        key_index=(index := None if located is None else load_key_index(*located)),
+        parts=None if index is None else _file_parts(view, config),
     )
+
+
+def _file_parts(view: _ViewSource, config: RepoConfig) -> Optional[List[SourcePart]]:
+    """The table version as one scan per data file, numbered as ``pl.scan_delta`` numbers
+    its rows (it scans ``file_uris()`` in order, with these options); ``None`` where a
+    file-by-file read could differ from that scan: deletion vectors, partition columns, a
+    file without a row count in the log."""
+    table = view.table
+    if "deletionVectors" in (table.protocol().reader_features or []) or table.metadata().partition_columns:
+        return None
+    try:
+        actions = pa.table(table.get_add_actions(flatten=True))
+        counts = dict(zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist()))
+    except Exception:  # noqa: BLE001 - parts are an optimisation only
+        return None
+    root = table.table_uri.removeprefix("file://").rstrip("/") + "/"
+    options = view.source.merged_storage_options(config) or None
+    schema = view.frame.collect_schema() if not view.renames else None
+    parts, start = [], 0
+    for uri in table.file_uris():
+        path = uri.removeprefix("file://")
+        rows = counts.get(path[len(root):]) if path.startswith(root) else None
+        if rows is None:
+            return None
+        frame = pl.scan_parquet(
+            uri, cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
+            missing_columns="insert", extra_columns="ignore", storage_options=options, schema=schema,
+        )
+        parts.append(SourcePart(start, int(rows), frame.rename(view.renames) if view.renames else frame))
+        start += int(rows)
+    return parts
+
+
+def _key_index_location(config: RepoConfig, view: _ViewSource) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """Where the key index of ``view``'s table version lives, and the fingerprint it must
+    carry (``None``: indexes are off, or the view has not exactly one join key).
+
+    The fingerprint names the table, its version, a digest of its file list in scan order
+    (a table deleted and re-created at the same path starts again at version 0), the
+    columns, and the polars and deltalake versions (they decide how rows are numbered).
+    """
+    store_cfg = getattr(config, "offline_store", None)
+    if not isinstance(store_cfg, DeltaOfflineStoreConfig) or not store_cfg.key_index or len(view.join_keys) != 1:
+        return None
+    repo_path = getattr(config, "repo_path", None)
+    base = store_cfg.key_index_path
+    if base is None:
+        if repo_path is None:
+            return None
+        base = str(Path(repo_path) / "data" / "key_index")
+    elif not os.path.isabs(base) and repo_path is not None:
+        base = str(Path(repo_path) / base)
+    import deltalake
+
+    uri = view.source.resolved_uri(repo_path)
+    columns = [view.join_keys[0], view.timestamp_field, view.created_timestamp_field or ""]
+    fingerprint = {
+        "table": uri,
+        "version": view.version,
+        "files": hashlib.sha256("\n".join(view.table.file_uris()).encode()).hexdigest(),
+        "key": columns[0],
+        "timestamp": columns[1],
+        "created": columns[2],
+        "polars": pl.__version__,
+        "deltalake": deltalake.__version__,
+    }
+    digest = hashlib.sha256("\x00".join(columns).encode()).hexdigest()[:12]
+    table_dir = Path(base) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return table_dir / f"v{view.version:010d}-{digest}", fingerprint
 
 
 def _column_stats(table: Any, columns: Dict[str, str]) -> Dict[str, ColumnStats]:

@@ -1,0 +1,135 @@
+"""The Delta offline store with key indexes: built per table version, used only on that
+version, giving the same rows as the scanning join through Feast's API."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from hybrid_pipeline.features.delta_offline_store import DeltaOfflineStore, _spec_for
+from hybrid_pipeline.features.repo import FeatureTableSpec, apply_feature_repo, write_feature_repo
+
+from .data import hours
+from .oracle import OracleSource, oracle_join
+
+SCHEMA = {"user_id": pl.Int64, "event_timestamp": pl.Datetime("us", "UTC"), "created": pl.Datetime("us", "UTC"),
+          "score": pl.Float64, "visits": pl.Int64, "tier": pl.String}
+FEATURES = ["score", "visits", "tier"]
+TTL = timedelta(hours=30)
+
+
+def feature_rows(seed: int, n: int, users: int = 12) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ts = hours(rng.randint(0, 60))
+        rows.append({"user_id": rng.randrange(users), "event_timestamp": ts,
+                     "created": ts + timedelta(minutes=rng.choice([0, 30, 600])) if rng.random() < 0.9 else None,
+                     "score": rng.choice([None, round(rng.uniform(0, 1), 3)]), "visits": rng.randint(0, 9),
+                     "tier": rng.choice(["a", "b", None])})
+    return rows
+
+
+def entity_rows(seed: int = 5, n: int = 80) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"user_id": rng.randrange(15), "event_timestamp": hours(rng.uniform(-2, 70)), "label": i} for i in range(n)]
+
+
+def entity_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [r["user_id"] for r in rows],
+                         "event_timestamp": pd.to_datetime([r["event_timestamp"] for r in rows], utc=True),
+                         "label": [r["label"] for r in rows]})
+
+
+@pytest.fixture()
+def lake(tmp_path):
+    uri = str(tmp_path / "lake" / "user_scores")
+    rows = feature_rows(1, 150)
+    for chunk in (rows[:50], rows[50:100], rows[100:]):  # three files, in log order
+        pl.DataFrame(chunk, schema=SCHEMA, orient="row").write_delta(uri, mode="append")
+    spec = FeatureTableSpec(name="user_scores", delta_uri=uri, entity_key="user_id", entity_value_type="int64",
+                            timestamp_field="event_timestamp", created_timestamp_field="created",
+                            features={"score": "Float64", "visits": "Int64", "tier": "String"}, ttl=TTL)
+    repo = write_feature_repo(tmp_path / "repo", "indexed", [spec], {"type": "sqlite", "path": str(tmp_path / "o.db")})
+    return uri, rows, apply_feature_repo(repo)
+
+
+def retrieve(store, entities) -> pd.DataFrame:
+    return store.get_historical_features(entity_df=entity_frame(entities),
+                                         features=[f"user_scores:{f}" for f in FEATURES]).to_df()
+
+
+def assert_matches_oracle(df: pd.DataFrame, entities: list[dict], rows: list[dict]) -> None:
+    assert df["label"].tolist() == [e["label"] for e in entities]
+    expected = oracle_join(entities, [OracleSource(rows, ["user_id"], "event_timestamp", FEATURES, "created", TTL)])
+    for i, row in enumerate(df.to_dict("records")):
+        got = tuple(None if pd.isna(row[c]) else row[c] for c in FEATURES)
+        assert got in expected[i][0], f"row {i}: {got} not in {expected[i][0]}"
+
+
+def spec_of(store):
+    view = store.get_feature_view("user_scores")
+    return _spec_for(store.config, view, FEATURES)
+
+
+def test_a_built_index_is_used_and_gives_the_rows_the_scan_gives(lake):
+    uri, rows, store = lake
+    entities = entity_rows()
+    assert spec_of(store).key_index is None  # nothing built yet: the join scans
+    scanned = retrieve(store, entities)
+
+    built = DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores"))
+    assert built["rows"] == len(rows) and built["version"] == 2
+    spec = spec_of(store)
+    assert spec.key_index is not None and [p.rows for p in spec.parts] == [50, 50, 50]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rows read back hold what the index says: no fallback
+        indexed = retrieve(store, entities)
+    pd.testing.assert_frame_equal(indexed, scanned)
+    assert_matches_oracle(indexed, entities, rows)
+
+
+def test_an_index_is_never_used_on_a_later_version_and_old_indexes_are_pruned(lake):
+    uri, rows, store = lake
+    view = store.get_feature_view("user_scores")
+    first = DeltaOfflineStore.build_key_index(store.config, view)
+    # a later write: overwrite with new rows (the old index would point at rows that are gone)
+    newer = feature_rows(2, 90)
+    pl.DataFrame(newer, schema=SCHEMA, orient="row").write_delta(uri, mode="overwrite")
+    assert spec_of(store).key_index is None
+    entities = entity_rows(seed=9)
+    assert_matches_oracle(retrieve(store, entities), entities, newer)
+
+    for _ in range(3):  # three more versions, each indexed: only the newest three indexes stay
+        pl.DataFrame(feature_rows(3, 5), schema=SCHEMA, orient="row").write_delta(uri, mode="append")
+        last = DeltaOfflineStore.build_key_index(store.config, view)
+    kept = sorted(p.name.split("-")[0] for p in Path(last["path"]).parent.iterdir())
+    assert len(kept) == 3 and f"v{first['version']:010d}" not in kept
+    assert spec_of(store).key_index is not None
+
+
+def test_key_indexes_can_be_turned_off_in_the_store_config(lake):
+    _, _, store = lake
+    DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores"))
+    store.config.offline_store.key_index = False
+    try:
+        assert spec_of(store).key_index is None
+        assert DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores")) is None
+    finally:
+        store.config.offline_store.key_index = True
+
+
+def test_to_df_shows_missing_floats_as_nan_exactly_as_pandas_shows_arrow_nulls(lake):
+    _, _, store = lake
+    DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores"))
+    job = store.get_historical_features(entity_df=entity_frame(entity_rows()),
+                                        features=[f"user_scores:{f}" for f in FEATURES])
+    table = job.to_arrow()
+    assert table.column("score").null_count > 0  # arrow keeps nulls
+    pd.testing.assert_frame_equal(job.to_df(), table.to_pandas())

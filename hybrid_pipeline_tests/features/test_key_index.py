@@ -1,0 +1,179 @@
+"""Specification of the key index: a join through it gives what the scanning join gives,
+it refuses what it cannot serve, it is never used on a table it does not describe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hybrid_pipeline.features.key_index import build_key_index, load_key_index, save_key_index
+from hybrid_pipeline.features.pit import FeatureSourceSpec, PitJoinError, SourcePart, fetch_rows, point_in_time_join
+
+from .oracle import OracleSource, oracle_join
+
+BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def at(hours: float) -> datetime:
+    return BASE + timedelta(hours=hours)
+
+
+@st.composite
+def indexed_case(draw):
+    key_dtype = draw(st.sampled_from([pl.Int64, pl.Int32, pl.UInt8]))
+    keys = [0, 3, 200] if key_dtype == pl.UInt8 else [-7, 0, 3, 200]
+    table_unit = draw(st.sampled_from(["ms", "us", "ns"]))
+    entity_unit = draw(st.sampled_from(["ms", "us", "ns"]))
+    rows = [
+        {
+            "user_id": draw(st.sampled_from([*keys, None])),
+            "ts": at(draw(st.integers(0, 12))) + timedelta(milliseconds=draw(st.sampled_from([0, 0, 1]))),
+            "created": at(draw(st.integers(0, 3))) if draw(st.booleans()) else None,
+            "v": i,
+        }
+        for i in range(draw(st.integers(0, 25)))
+    ]
+    entities = [
+        {"user_id": draw(st.sampled_from([*keys, 1, None])),
+         "event_timestamp": at(draw(st.integers(-1, 14))) + timedelta(milliseconds=draw(st.sampled_from([0, 1, 2])))}
+        for _ in range(draw(st.integers(0, 12)))
+    ]
+    ttl = draw(st.one_of(st.none(), st.integers(0, 5).map(lambda h: timedelta(hours=h))))
+    return key_dtype, table_unit, entity_unit, rows, entities, ttl, draw(st.booleans())
+
+
+def _frames(key_dtype, table_unit, entity_unit, rows, entities):
+    table = pl.DataFrame(
+        {
+            "user_id": pl.Series([r["user_id"] for r in rows], dtype=key_dtype),
+            "ts": pl.Series([r["ts"] for r in rows], dtype=pl.Datetime("us", "UTC")).dt.cast_time_unit(table_unit),
+            "created": pl.Series([r["created"] for r in rows], dtype=pl.Datetime("us", "UTC")),
+            "v": pl.Series([r["v"] for r in rows], dtype=pl.Int64),
+        }
+    )
+    entity_df = pl.DataFrame(
+        {
+            "user_id": pl.Series([r["user_id"] for r in entities], dtype=key_dtype),
+            "event_timestamp": pl.Series([r["event_timestamp"] for r in entities], dtype=pl.Datetime("us", "UTC"))
+            .dt.cast_time_unit(entity_unit),
+        }
+    )
+    return table, entity_df
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(indexed_case())
+def test_a_join_through_the_index_equals_the_scanning_join_and_the_oracle(case):
+    key_dtype, table_unit, entity_unit, rows, entities, ttl, with_created = case
+    table, entity_df = _frames(key_dtype, table_unit, entity_unit, rows, entities)
+    created = "created" if with_created else None
+    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["v"], created_timestamp_field=created, ttl=ttl,
+                             rescannable=True)
+    index = build_key_index(table, "user_id", "ts", created)
+    assert index is not None and len(index) == sum(r["user_id"] is not None for r in rows)
+
+    scanned = point_in_time_join(entity_df, [spec])
+    indexed = point_in_time_join(entity_df, [replace(spec, key_index=index)])
+    assert indexed.equals(scanned)  # same winners, ties included
+    # the join is exact at the table's unit: the oracle compares instants at that resolution
+    unit_table = table.with_columns(pl.col("ts").dt.cast_time_unit("us"))
+    oracle_rows = [dict(r, ts=t) for r, t in zip(rows, unit_table["ts"].to_list())]
+    truncated = entity_df["event_timestamp"].dt.cast_time_unit("us").to_list()
+    expected = oracle_join([dict(e, event_timestamp=t) for e, t in zip(entities, truncated)],
+                           [OracleSource(oracle_rows, ["user_id"], "ts", ["v"], created, ttl)])
+    for i, value in enumerate(indexed["v"].to_list()):
+        assert (value,) in expected[i][0], f"row {i}: got {value}, allowed {expected[i][0]}"
+
+
+def test_the_index_serves_integer_keys_at_the_tables_unit_or_a_finer_one():
+    table = pl.DataFrame({"user_id": [1, 2], "ts": [at(0), at(1)], "v": [1.0, 2.0]},
+                         schema={"user_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "v": pl.Float64})
+    index = build_key_index(table, "user_id", "ts")
+    assert index.serves(pl.Int32, "us") and index.serves(pl.UInt64, "ns")
+    assert not index.serves(pl.Int64, "ms")  # a coarser entity unit orders ties differently: scan instead
+    assert not index.serves(pl.String, "us")
+
+
+def test_tables_that_cannot_be_indexed_get_no_index():
+    strings = pl.DataFrame({"user_id": ["a"], "ts": [at(0)]})
+    assert build_key_index(strings, "user_id", "ts") is None
+    # keys 2^62 apart and timestamps over a decade: more than 63 bits together
+    wide = pl.DataFrame({"user_id": [-(2**62), 2**62], "ts": [at(0), at(24 * 3650)]})
+    assert build_key_index(wide, "user_id", "ts") is None
+    huge = pl.DataFrame({"user_id": pl.Series([2**64 - 1], dtype=pl.UInt64), "ts": [at(0)]})
+    assert build_key_index(huge, "user_id", "ts") is None
+
+
+def test_an_index_is_loaded_back_only_for_the_fingerprint_it_was_saved_with(tmp_path):
+    table = pl.DataFrame({"user_id": [3, 1, 3], "ts": [at(2), at(1), at(0)]})
+    index = build_key_index(table, "user_id", "ts", fingerprint={"table": "t", "version": 4})
+    path = save_key_index(index, tmp_path / "idx" / "v4")
+    loaded = load_key_index(path, {"table": "t", "version": 4})
+    assert loaded is not None and np.array_equal(loaded.keys, index.keys) and np.array_equal(loaded.rows, index.rows)
+    assert load_key_index(path, {"table": "t", "version": 5}) is None
+    assert load_key_index(tmp_path / "idx" / "absent", {"table": "t", "version": 4}) is None
+    save_key_index(index, path)  # rebuilt in place: replaced whole
+    assert load_key_index(path, {"table": "t", "version": 4}) is not None
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(dict(meta, format=999)))
+    assert load_key_index(path, {"table": "t", "version": 4}) is None
+    (path / "meta.json").write_text("{not json")
+    assert load_key_index(path, {"table": "t", "version": 4}) is None
+
+
+def test_an_index_of_another_table_is_caught_by_the_rows_read_back_and_the_join_scans():
+    table = pl.DataFrame({"user_id": [1, 1, 2, 2], "ts": [at(0), at(2), at(0), at(2)], "v": [10, 12, 20, 22]})
+    shuffled = table.reverse()  # same rows, other row numbers: the index points at wrong rows
+    stale = build_key_index(table, "user_id", "ts")
+    entities = pl.DataFrame({"user_id": [1, 2], "event_timestamp": [at(1), at(3)]})
+    spec = FeatureSourceSpec("fv", shuffled.lazy(), ["user_id"], "ts", ["v"], rescannable=True, key_index=stale)
+    with pytest.warns(RuntimeWarning, match="key index does not describe"):
+        out = point_in_time_join(entities, [spec])
+    assert out["v"].to_list() == [10, 22]
+
+
+def test_parts_read_only_the_pieces_holding_wanted_rows_and_give_the_same_rows():
+    frame = pl.DataFrame({"v": np.arange(10, dtype=np.float64), "s": [f"r{i}" for i in range(10)]})
+    unreadable = pl.LazyFrame({"v": ["x"], "s": ["y"]}).with_columns(pl.col("v").cast(pl.Float64))  # fails if read
+    parts = [SourcePart(0, 4, frame.slice(0, 4).lazy()), SourcePart(4, 3, frame.slice(4, 3).lazy()),
+             SourcePart(7, 3, unreadable)]
+    numbered = frame.lazy().with_row_index("__pit_source_row")
+    rows = np.array([5, -1, 0, 5, 3])
+    whole = fetch_rows(numbered, ["v", "s"], rows)
+    assert whole.equals(fetch_rows(numbered, ["v", "s"], rows, parts=parts))
+    assert whole["s"].to_list() == ["r5", None, "r0", "r5", "r3"]
+    with pytest.raises(PitJoinError, match="parts"):
+        fetch_rows(numbered, ["v"], np.array([8]), parts=parts[:2])  # no part holds row 8
+    short = [*parts[:2], SourcePart(7, 3, pl.LazyFrame(schema=frame.schema))]  # claims rows it lacks
+    with pytest.raises(PitJoinError, match="different rows"):
+        fetch_rows(numbered, ["v"], np.array([8]), parts=short)
+
+
+def test_missing_float_features_can_come_back_as_nan_for_pandas():
+    table = pl.DataFrame({"user_id": [1, 1], "ts": [at(0), at(1)], "x": [0.5, None], "n": [1, 2], "s": ["a", "b"]})
+    entities = pl.DataFrame({"user_id": [1, 1, 9], "event_timestamp": [at(0), at(2), at(2)]})
+    spec = FeatureSourceSpec("fv", table, ["user_id"], "ts", ["x", "n", "s"])
+    nulls = point_in_time_join(entities, [spec])
+    nans = point_in_time_join(entities, [spec], missing_floats="nan")
+    assert nulls["x"].to_list() == [0.5, None, None]
+    assert nans["x"].is_nan().to_list() == [False, True, True] and nans["x"].null_count() == 0
+    assert nans.drop("x").equals(nulls.drop("x"))  # other types keep their nulls
+    indexed = replace(spec, key_index=build_key_index(table, "user_id", "ts"))
+    assert point_in_time_join(entities, [indexed], missing_floats="nan").equals(nans)
+
+
+def test_equal_event_timestamps_are_ordered_by_created_in_the_index():
+    # the later-created row comes first in the table: only the index's tie order can pick it
+    table = pl.DataFrame({"user_id": [1, 1, 1], "ts": [at(1), at(1), at(1)],
+                          "created": [at(5), at(3), None], "v": ["late", "early", "unknown"]})
+    entities = pl.DataFrame({"user_id": [1], "event_timestamp": [at(2)]})
+    index = build_key_index(table, "user_id", "ts", "created")
+    spec = FeatureSourceSpec("fv", table, ["user_id"], "ts", ["v"], created_timestamp_field="created", key_index=index)
+    assert point_in_time_join(entities, [spec])["v"].to_list() == ["late"]
