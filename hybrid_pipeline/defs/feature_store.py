@@ -95,12 +95,22 @@ def feast_registry(lakehouse: LakehouseResource, feature_store: FeatureStoreReso
         "definitions_hash": catalog.definitions_hash(tables),
     })
     view = views["user_features"]
+    index = view_key_index(store, view)
     yield dg.MaterializeResult(asset_key=USER_FEATURES_VIEW, metadata={
         "features": dg.MetadataValue.json([f.name for f in view.features]),
         "ttl_days": view.ttl.days if view.ttl else -1,
         "source": dg.MetadataValue.path(uri),
         "source_version": lh.version(table_of(USER_FEATURES)) or 0,
+        "key_index": dg.MetadataValue.json(index),
     })
+
+
+def view_key_index(store, view) -> dict:  # noqa: ANN001 - feast.FeatureStore / FeatureView, imported lazily
+    """The key index of the view's table at the version the store reads now (built unless
+    one exists), so point-in-time retrievals of that version skip the key scan and sort."""
+    from hybrid_pipeline.features.delta_offline_store import DeltaOfflineStore
+
+    return DeltaOfflineStore.build_key_index(store.config, view, rebuild=False) or {"built": False}
 
 
 def training_set_condition() -> dg.AutomationCondition:
@@ -130,6 +140,7 @@ def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
     from hybrid_pipeline.features.repo import apply_feature_repo
 
     store = apply_feature_repo(feature_store.repo_dir)
+    index = view_key_index(store, store.get_feature_view("user_features"))
     labels = lh.read(table_of(USER_LABELS), version=labels_version).select("user_id", "event_timestamp", "purchased_next_7d")
     if labels.height:
         job = store.get_historical_features(entity_df=labels.to_pandas(), features=store.get_feature_service(catalog.PURCHASE_SERVICE))
@@ -151,6 +162,7 @@ def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
         content_sha256=frame_hash(rows, ["user_id", "event_timestamp"]),
         definitions_hash=catalog.definitions_hash(catalog.feature_tables(lh.uri(table_of(USER_FEATURES)))),
         positive_rate=round(float(rows["purchased_next_7d"].mean()), 4) if rows.height else 0.0,
+        key_index=dg.MetadataValue.json(index),
         null_feature_rows=int(rows["total_events"].null_count()) if rows.height else 0,
     ))
 

@@ -459,14 +459,17 @@ class DeltaOfflineStore(OfflineStore):
     supports_filter_by_created_timestamp = False
 
     @staticmethod
-    def build_key_index(config: RepoConfig, feature_view: FeatureView, keep: int = 3) -> Optional[Dict[str, Any]]:
-        """Build (or rebuild) the key index of ``feature_view``'s table at the version a
-        retrieval would read now, so retrievals of that version skip the key scan and sort.
+    def build_key_index(
+        config: RepoConfig, feature_view: FeatureView, keep: int = 3, rebuild: bool = True
+    ) -> Optional[Dict[str, Any]]:
+        """Build the key index of ``feature_view``'s table at the version a retrieval would
+        read now, so retrievals of that version skip the key scan and sort (``rebuild=False``:
+        keep a valid index already there).
 
         Keeps the ``keep`` newest versions' indexes of the table and removes older ones.
-        Returns what was built (path, version, rows, seconds), or ``None`` when indexes are
-        off or the view cannot be indexed (not one integer join key, a span of keys and
-        timestamps too wide for 63 bits).
+        Returns what was built or found (path, version, rows, seconds), or ``None`` when
+        indexes are off or the view cannot be indexed (not one integer or string join key,
+        a span of keys and timestamps too wide for 63 bits).
         """
         view = _view_source(config, feature_view)
         located = _key_index_location(config, view)
@@ -474,6 +477,8 @@ class DeltaOfflineStore(OfflineStore):
             return None
         path, fingerprint = located
         started = time.perf_counter()
+        if not rebuild and (existing := load_key_index(path, fingerprint)) is not None:
+            return {"path": str(path), "version": view.version, "rows": len(existing), "seconds": 0.0, "reused": True}
         index = build_key_index(
             view.frame, view.join_keys[0], view.timestamp_field, view.created_timestamp_field, fingerprint=fingerprint
         )

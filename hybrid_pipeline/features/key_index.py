@@ -6,8 +6,9 @@ table, not on the entity rows, and a Delta table version never changes, so it ca
 once per version and kept: the join then searches the index and reads only the feature
 values of the winning rows.
 
-The index holds, for every row with a non-null integer key and timestamp, the packed key
-``(key - key_min) << bits | (ts - t_min + 1)`` (timestamps as integers in the table's own
+The index holds, for every row with a non-null key and timestamp, the packed key
+``code << bits | (ts - t_min + 1)`` (code: an integer key minus the smallest, or a string
+key's position among the table's distinct keys; timestamps as integers in the table's own
 unit), sorted ascending, rows with equal keys in created-timestamp order (null first), and
 the source row numbers in that order. Row numbers are those of ``frame.with_row_index()``
 on the frame the index was built from: the caller reads feature values by them, so it must
@@ -40,10 +41,11 @@ from hybrid_pipeline.features.pit import TimeUnit, key_order
 
 __all__ = ["KeyIndex", "build_key_index", "load_key_index", "save_key_index"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NS_PER_UNIT = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _INT64_MAX = 2**63 - 1
 _META = "meta.json"
+_DICTIONARY = "dictionary.parquet"
 
 
 @dataclass(frozen=True)
@@ -58,20 +60,37 @@ class KeyIndex:
     bits: int
     time_unit: TimeUnit
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    dictionary: pl.Series | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def serves(self, key_dtype: pl.DataType, unit: TimeUnit) -> bool:
         """Whether :meth:`match` can answer for entity keys of ``key_dtype`` and entity
-        timestamps in ``unit`` (integer keys; the table's unit or a finer one)."""
-        return key_dtype.is_integer() and _NS_PER_UNIT[self.time_unit] % _NS_PER_UNIT[unit] == 0
+        timestamps in ``unit`` (integer keys, or string keys for a string index; the
+        table's unit or a finer one)."""
+        if self.dictionary is None:
+            kind_ok = key_dtype.is_integer()
+        else:
+            kind_ok = key_dtype == self.dictionary.dtype
+        return kind_ok and _NS_PER_UNIT[self.time_unit] % _NS_PER_UNIT[unit] == 0
+
+    def codes(self, key: pl.Series) -> pl.Series:
+        """Each key's code (``Int64``), null where the table has no such key: the integer
+        minus ``key_min``, or the position in the sorted ``dictionary`` of string keys."""
+        if self.dictionary is None:
+            key_max = self.key_min + (int(self.keys[-1]) >> self.bits) if len(self.keys) else self.key_min - 1
+            wide = key.cast(pl.Int64, strict=False)  # UInt64 keys above int64: null, never found
+            return pl.select(pl.when(wide.is_between(self.key_min, key_max)).then(wide - self.key_min)).to_series()
+        at = self.dictionary.search_sorted(key).clip(upper_bound=max(len(self.dictionary) - 1, 0))
+        found = self.dictionary.gather(at) == key if len(self.dictionary) else pl.Series([None] * len(key), dtype=pl.Boolean)
+        return pl.select(pl.when(found).then(at.cast(pl.Int64))).to_series()
 
     def match(self, key: pl.Series, ts: np.ndarray, unit: TimeUnit, ttl: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Source row of each entity row's point-in-time winner (``-1``: none), and the
         winner's packed key as the index holds it (``-1``: none), for :meth:`verify`.
 
-        ``key``: the entity join key (integer, nulls allowed); ``ts``: entity timestamps as
+        ``key``: the entity join key (a type :meth:`serves`, nulls allowed); ``ts``: entity timestamps as
         integers in ``unit``; ``ttl``: the TTL in whole ``unit``s, ``None`` for unbounded.
         Semantics of :func:`hybrid_pipeline.features.pit.match_rows`.
         """
@@ -82,19 +101,15 @@ class KeyIndex:
             return np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
         ratio = _NS_PER_UNIT[self.time_unit] // _NS_PER_UNIT[unit]
         keys = np.asarray(self.keys)  # a plain view of the memory map: numpy's fast paths
-        key_max = self.key_min + (int(keys[-1]) >> self.bits)
         scale, low = 1 << self.bits, self.t_min - 1
         # In polars (parallel, and its allocator reuses memory where fresh numpy arrays of
         # this size cost page faults): the probe of each entity row, ``-1`` for a key the
         # table lacks; ts_table <= t (in ``unit``)  <=>  ts_table <= floor(t / ratio).
-        k, t = pl.col("key"), pl.col("ts")
+        code, t = pl.col("code"), pl.col("ts")
         probes = (
-            pl.DataFrame({"key": key.cast(pl.Int64, strict=False), "ts": pl.Series(ts, dtype=pl.Int64)})
+            pl.DataFrame({"code": self.codes(key), "ts": pl.Series(ts, dtype=pl.Int64)})
             .select(
-                pl.when(k.is_between(self.key_min, key_max))
-                .then((k - self.key_min) * scale + (t // ratio).clip(low, self.t_max) - low)
-                .otherwise(-1)
-                .alias("probe"),
+                (code * scale + (t // ratio).clip(low, self.t_max) - low).fill_null(-1).alias("probe"),
                 pl.int_range(n, dtype=pl.Int64).alias("at"),
                 t,
             )
@@ -129,11 +144,13 @@ class KeyIndex:
         hit = packed >= 0
         if not isinstance(ts.dtype, pl.Datetime) or ts.dtype.time_unit != self.time_unit:
             return False
-        mask = pl.Series(hit)
-        k, t = key.filter(mask).cast(pl.Int64, strict=False), ts.filter(mask)
-        if k.null_count() or t.null_count():
+        if not self.serves(key.dtype, self.time_unit):
             return False
-        got = ((k.to_numpy() - self.key_min) << self.bits) | (t.to_physical().to_numpy() - self.t_min + 1)
+        mask = pl.Series(hit)
+        code, t = self.codes(key.filter(mask)), ts.filter(mask)
+        if code.null_count() or t.null_count():
+            return False
+        got = (code.to_numpy() << self.bits) | (t.to_physical().to_numpy() - self.t_min + 1)
         return bool(np.array_equal(got, packed[hit]))
 
 
@@ -147,18 +164,22 @@ def build_key_index(
 ) -> KeyIndex | None:
     """The key index of ``frame`` (rows numbered as ``frame.with_row_index()`` numbers them).
 
-    ``None`` when the table cannot be indexed: a key that is not an integer (or does not
-    fit ``int64``), a timestamp that is not a Datetime, or keys and timestamps spanning
-    more than 63 bits together.
+    Integer keys are coded as ``key - key_min``; string keys by their position among the
+    table's distinct keys (kept in the index as ``dictionary``).
+
+    ``None`` when the table cannot be indexed: a key that is neither an integer (fitting
+    ``int64``) nor a string, a timestamp that is not a Datetime, or keys and timestamps
+    spanning more than 63 bits together.
     """
     lazy = frame.lazy()
     schema = lazy.collect_schema()
-    if not schema[key].is_integer() or not isinstance(schema[timestamp_field], pl.Datetime):
+    strings = schema[key] == pl.String
+    if not (schema[key].is_integer() or strings) or not isinstance(schema[timestamp_field], pl.Datetime):
         return None
     unit: TimeUnit = schema[timestamp_field].time_unit  # type: ignore[union-attr, assignment]
     columns = [
         pl.col("__row"),
-        pl.col(key).cast(pl.Int64, strict=False).alias("key"),
+        (pl.col(key) if strings else pl.col(key).cast(pl.Int64, strict=False)).alias("key"),
         pl.col(timestamp_field).dt.epoch(unit).alias("ts"),  # type: ignore[arg-type]
     ]
     if created_timestamp_field:
@@ -174,9 +195,12 @@ def build_key_index(
         return None  # keys above the int64 range (null after the cast)
     scanned = scanned.filter(pl.col("key").is_not_null() & pl.col("ts").is_not_null())
     recorded = dict(fingerprint or {})
+    dictionary = scanned["key"].unique().sort() if strings else None
     if scanned.height == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded)
+        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded, dictionary)
+    if dictionary is not None:  # dense codes in key order
+        scanned = scanned.with_columns((pl.col("key").rank("dense") - 1).cast(pl.Int64).alias("key"))
     key_min, key_max = int(scanned["key"].min()), int(scanned["key"].max())  # type: ignore[arg-type]
     t_min, t_max = int(scanned["ts"].min()), int(scanned["ts"].max())  # type: ignore[arg-type]
     bits = (t_max - t_min + 2).bit_length()
@@ -190,7 +214,7 @@ def build_key_index(
     rows = source_rows[order]
     if len(rows) and int(rows.max()) <= np.iinfo(np.uint32).max:
         rows = rows.astype(np.uint32)
-    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded)
+    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded, dictionary)
 
 
 def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
@@ -202,6 +226,8 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
     try:
         np.save(staging / "keys.npy", np.ascontiguousarray(index.keys, dtype=np.int64))
         np.save(staging / "rows.npy", np.ascontiguousarray(index.rows))
+        if index.dictionary is not None:
+            index.dictionary.to_frame("key").write_parquet(staging / _DICTIONARY)
         meta = {
             "format": FORMAT_VERSION,
             "key_min": index.key_min,
@@ -210,6 +236,7 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
             "bits": index.bits,
             "time_unit": index.time_unit,
             "rows": len(index),
+            "dictionary": index.dictionary is not None,
             "fingerprint": dict(index.fingerprint),
         }
         (staging / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -236,11 +263,12 @@ def load_key_index(directory: str | Path, fingerprint: Mapping[str, Any]) -> Key
             return None
         keys = np.load(path / "keys.npy", mmap_mode="r")
         rows = np.load(path / "rows.npy", mmap_mode="r")
-    except (OSError, ValueError, KeyError):
+        dictionary = pl.read_parquet(path / _DICTIONARY).to_series() if meta["dictionary"] else None
+    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
     if len(keys) != meta["rows"] or len(rows) != meta["rows"] or keys.dtype != np.int64:
         return None
     return KeyIndex(
         keys, rows, int(meta["key_min"]), int(meta["t_min"]), int(meta["t_max"]), int(meta["bits"]),
-        meta["time_unit"], meta["fingerprint"],
+        meta["time_unit"], meta["fingerprint"], dictionary,
     )

@@ -91,6 +91,16 @@ def test_training_set_records_the_source_versions_it_read(built):
     assert len(meta["content_sha256"].value) == 64
 
 
+def test_the_training_set_is_retrieved_through_the_key_index_of_the_version_it_read(built):
+    env, _, _, instance = built
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["features", "training_set"])).asset_materialization.metadata
+    index = meta["key_index"].value
+    assert index["version"] == meta["source_versions"].value["gold/user_features"]
+    assert index["rows"] == env.lakehouse.read("gold/user_features").height
+    view = instance.get_latest_materialization_event(dg.AssetKey(["features", "user_features"])).asset_materialization
+    assert view.metadata["key_index"].value["rows"] > 0  # the feature view asset builds it after each write
+
+
 def test_feast_cli_lists_the_generated_feature_views(built):
     _, repo, _, _ = built
     out = subprocess.run(

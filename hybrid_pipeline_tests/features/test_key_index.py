@@ -27,8 +27,9 @@ def at(hours: float) -> datetime:
 
 @st.composite
 def indexed_case(draw):
-    key_dtype = draw(st.sampled_from([pl.Int64, pl.Int32, pl.UInt8]))
-    keys = [0, 3, 200] if key_dtype == pl.UInt8 else [-7, 0, 3, 200]
+    key_dtype = draw(st.sampled_from([pl.Int64, pl.Int32, pl.UInt8, pl.String]))
+    keys = {pl.UInt8: [0, 3, 200], pl.String: ["a", "b", "zz"]}.get(key_dtype, [-7, 0, 3, 200])
+    unknown = "m" if key_dtype == pl.String else 1
     table_unit = draw(st.sampled_from(["ms", "us", "ns"]))
     entity_unit = draw(st.sampled_from(["ms", "us", "ns"]))
     rows = [
@@ -41,7 +42,7 @@ def indexed_case(draw):
         for i in range(draw(st.integers(0, 25)))
     ]
     entities = [
-        {"user_id": draw(st.sampled_from([*keys, 1, None])),
+        {"user_id": draw(st.sampled_from([*keys, unknown, None])),
          "event_timestamp": at(draw(st.integers(-1, 14))) + timedelta(milliseconds=draw(st.sampled_from([0, 1, 2])))}
         for _ in range(draw(st.integers(0, 12)))
     ]
@@ -101,9 +102,17 @@ def test_the_index_serves_integer_keys_at_the_tables_unit_or_a_finer_one():
     assert not index.serves(pl.String, "us")
 
 
+def test_string_keys_are_coded_by_their_place_among_the_tables_keys():
+    table = pl.DataFrame({"user_id": ["u2", "u10", None, "u2"], "ts": [at(0), at(1), at(1), at(2)]})
+    index = build_key_index(table, "user_id", "ts")
+    assert index.dictionary.to_list() == ["u10", "u2"] and len(index) == 3
+    assert index.codes(pl.Series(["u2", "u10", "nope", None])).to_list() == [1, 0, None, None]
+    assert index.serves(pl.String, "ns") and not index.serves(pl.Int64, "us")
+
+
 def test_tables_that_cannot_be_indexed_get_no_index():
-    strings = pl.DataFrame({"user_id": ["a"], "ts": [at(0)]})
-    assert build_key_index(strings, "user_id", "ts") is None
+    floats = pl.DataFrame({"user_id": [1.5], "ts": [at(0)]})
+    assert build_key_index(floats, "user_id", "ts") is None
     # keys 2^62 apart and timestamps over a decade: more than 63 bits together
     wide = pl.DataFrame({"user_id": [-(2**62), 2**62], "ts": [at(0), at(24 * 3650)]})
     assert build_key_index(wide, "user_id", "ts") is None
@@ -112,11 +121,12 @@ def test_tables_that_cannot_be_indexed_get_no_index():
 
 
 def test_an_index_is_loaded_back_only_for_the_fingerprint_it_was_saved_with(tmp_path):
-    table = pl.DataFrame({"user_id": [3, 1, 3], "ts": [at(2), at(1), at(0)]})
+    table = pl.DataFrame({"user_id": ["c", "a", "c"], "ts": [at(2), at(1), at(0)]})
     index = build_key_index(table, "user_id", "ts", fingerprint={"table": "t", "version": 4})
     path = save_key_index(index, tmp_path / "idx" / "v4")
     loaded = load_key_index(path, {"table": "t", "version": 4})
     assert loaded is not None and np.array_equal(loaded.keys, index.keys) and np.array_equal(loaded.rows, index.rows)
+    assert loaded.dictionary.equals(index.dictionary)
     assert load_key_index(path, {"table": "t", "version": 5}) is None
     assert load_key_index(tmp_path / "idx" / "absent", {"table": "t", "version": 4}) is None
     save_key_index(index, path)  # rebuilt in place: replaced whole
