@@ -203,6 +203,7 @@ def build_index(work: Path) -> dict:
     )
     proc = subprocess.run([sys.executable, "-c", script], check=True, env=_env(), capture_output=True, text=True)
     built = json.loads(proc.stdout.strip().splitlines()[-1])
+    os.sync()  # the index files written: their writeback must not land inside a timed run
     print(f"key index: {built['rows']:,} rows of version {built['version']} built in {built['seconds']:.2f}s")
     return built
 
