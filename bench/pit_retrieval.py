@@ -217,7 +217,7 @@ def _env() -> dict[str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-def worker(engine: str, work: Path, out: Path | None, n_features: int) -> None:
+def worker(engine: str, work: Path, out: Path | None, n_features: int, repeat: int = 1) -> None:
     """One retrieval (runs in its own process)."""
     import pandas as pd
     from feast import FeatureStore
@@ -228,6 +228,7 @@ def worker(engine: str, work: Path, out: Path | None, n_features: int) -> None:
     refs = [f"{VIEW}:{n}" for n in feature_names(n_features)]
     seconds = 0.0
     rows = 0
+    again: list[float] = []
     if engine != "import":
         t0 = time.perf_counter()
         df = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
@@ -235,12 +236,18 @@ def worker(engine: str, work: Path, out: Path | None, n_features: int) -> None:
         rows = len(df)
         if out is not None:
             df.to_parquet(out)
-    print(json.dumps({"seconds": seconds, "rows": rows}))
+        del df
+        for _ in range(repeat - 1):  # the same retrieval again in this (now warm) process
+            t0 = time.perf_counter()
+            store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+            again.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": seconds, "rows": rows, "again_s": again}))
 
 
-def measured(engine: str, work: Path, out: Path | None, n_features: int, timeout: float) -> None:
+def measured(engine: str, work: Path, out: Path | None, n_features: int, timeout: float, repeat: int = 1) -> None:
     """Wrapper process: runs one worker and reports its peak RSS (RUSAGE_CHILDREN)."""
-    cmd = [sys.executable, __file__, "--worker", engine, "--workdir", str(work), "--features", str(n_features)]
+    cmd = [sys.executable, __file__, "--worker", engine, "--workdir", str(work), "--features", str(n_features),
+           "--repeat", str(repeat)]
     if out is not None:
         cmd += ["--out", str(out)]
     try:
@@ -259,9 +266,9 @@ def measured(engine: str, work: Path, out: Path | None, n_features: int, timeout
     print(json.dumps(result))
 
 
-def run_once(engine: str, work: Path, out: Path | None, n_features: int, timeout: float) -> dict:
+def run_once(engine: str, work: Path, out: Path | None, n_features: int, timeout: float, repeat: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--measure", engine, "--workdir", str(work), "--features", str(n_features),
-           "--timeout", str(timeout)]
+           "--timeout", str(timeout), "--repeat", str(repeat)]
     if out is not None:
         cmd += ["--out", str(out)]
     load = os.getloadavg()[0]
@@ -319,16 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=1_000_000, help="rows per generated file")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--reuse", action="store_true", help="reuse data already in --workdir")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="retrievals per process: the first is the figure, later ones are reported as 'again' (warm process)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
-        worker(args.worker, args.workdir, args.out, args.features)
+        worker(args.worker, args.workdir, args.out, args.features, args.repeat)
         return 0
     if args.measure:
-        measured(args.measure, args.workdir, args.out, args.features, args.timeout)
+        measured(args.measure, args.workdir, args.out, args.features, args.timeout, args.repeat)
         return 0
 
     engines = [e for e in args.engines.split(",") if e]
@@ -360,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for i in range(1 if engine == "import" else args.runs):
             out = work / f"result_{engine}.parquet" if engine != "import" and i == 0 else None
-            r = run_once(engine, work, out, args.features, args.timeout)
+            r = run_once(engine, work, out, args.features, args.timeout, 1 if engine == "import" else args.repeat)
             runs.append(r)
             if "error" in r:
                 print(f"{engine}: run {i + 1} failed: {r['error'][-500:]}")
@@ -369,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         results[engine] = {
             "median_s": statistics.median(r["seconds"] for r in ok) if ok else None,
             "runs_s": [round(r["seconds"], 3) for r in ok],
+            "again_s": [round(x, 3) for r in ok for x in r.get("again_s", [])],
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if "peak_rss_mib" in r) if runs else None,
             "rows": ok[0]["rows"] if ok else None,
             "failed": len(ok) < len(runs),
@@ -383,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         results_file.write_text(json.dumps(results, indent=2))
 
     print()
-    print("| engine | median retrieval s | runs (s) | peak RSS MiB | load avg (1 min) before each run | result vs delta |")
-    print("|---|---|---|---|---|---|")
+    print("| engine | median retrieval s | runs (s) | again in the same process: median s | peak RSS MiB | load avg (1 min) before each run | result vs delta |")
+    print("|---|---|---|---|---|---|---|")
     for engine, r in results.items():
         if engine == "import":
             verdict = "(Feast import + store open only)"
@@ -398,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
         runs_s = ", ".join(f"{x:.2f}" for x in r["runs_s"]) or "-"
         loads = ", ".join(f"{x:.1f}" for x in r.get("load_1min", [])) or "-"
+        again = f"{statistics.median(r['again_s']):.2f}" if r.get("again_s") else "-"
         if r.get("errors"):
             verdict += f" (error: {r['errors'][0][-120:]!r})"
-        print(f"| {engine} | {median} | {runs_s} | {rss} | {loads} | {verdict} |")
+        print(f"| {engine} | {median} | {runs_s} | {again} | {rss} | {loads} | {verdict} |")
     return 0
 
 
