@@ -244,7 +244,12 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
             old = target.parent / f".{target.name}.old.{uuid.uuid4().hex}"
             os.replace(target, old)
             shutil.rmtree(old, ignore_errors=True)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / _META).exists():
+                raise
+            # another writer put the same index (same fingerprint, same content) in place first
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

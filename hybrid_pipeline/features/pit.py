@@ -38,7 +38,11 @@ Two implementations of the same semantics:
   frame) is read first for keys and timestamps only, then for the features of the winning
   rows only (selected by row number inside the scan); any other source is collected once
   and the winning rows are gathered from memory. No wide sort, and the entity rows' extra
-  columns are never sorted.
+  columns are never sorted. A source with a :class:`~hybrid_pipeline.features.key_index.KeyIndex`
+  (its sorted keys kept per table version) skips the first read and the sort: the entity
+  rows are searched in the index, the winners' features read (by consecutive
+  :class:`SourcePart` pieces in parallel where given) and each row read back checked against
+  the key and timestamp the index holds for it.
 * :func:`point_in_time_join_lazy` is the same join as one lazy polars plan (backward
   ``join_asof`` by entity key after sorting each source by timestamp and created
   timestamp, the TTL applied to the matched timestamp); kept for callers that want a plan,

@@ -4,8 +4,11 @@ it refuses what it cannot serve, it is never used on a table it does not describ
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -187,3 +190,20 @@ def test_equal_event_timestamps_are_ordered_by_created_in_the_index():
     index = build_key_index(table, "user_id", "ts", "created")
     spec = FeatureSourceSpec("fv", table, ["user_id"], "ts", ["v"], created_timestamp_field="created", key_index=index)
     assert point_in_time_join(entities, [spec])["v"].to_list() == ["late"]
+
+
+def test_a_writer_losing_the_rename_race_keeps_the_index_already_in_place(tmp_path, monkeypatch):
+    index = build_key_index(pl.DataFrame({"user_id": [1, 2], "ts": [at(0), at(1)]}), "user_id", "ts", fingerprint={"v": 1})
+    path = tmp_path / "v1"
+    real_replace = os.replace
+
+    def racing(src, dst):
+        if Path(dst) == path and not path.exists():
+            shutil.copytree(src, path)  # another writer's identical index lands first
+            raise OSError(39, "Directory not empty")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing)
+    save_key_index(index, path)
+    assert load_key_index(path, {"v": 1}) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["v1"]  # no staging directory left behind
