@@ -263,6 +263,12 @@ def prepare_entity_frame(
 # --------------------------------------------------------------------------- the join
 
 
+def _require_columns(source: str, schema: Mapping[str, Any], needed: Sequence[str]) -> None:
+    missing = [c for c in dict.fromkeys(needed) if c not in schema]
+    if missing:
+        raise PitJoinError(f"source {source!r} lacks columns {missing} (has {list(schema)})")
+
+
 def _prune_and_normalise(
     spec: FeatureSourceSpec,
     index: int,
@@ -288,9 +294,7 @@ def _prune_and_normalise(
     schema = frame.collect_schema()
 
     needed = [*keys, ts, *([created] if created else []), *features]
-    missing = [c for c in dict.fromkeys(needed) if c not in schema]
-    if missing:
-        raise PitJoinError(f"source {spec.name!r} lacks columns {missing} (has {list(schema)})")
+    _require_columns(spec.name, schema, needed)
     frame = frame.select(list(dict.fromkeys(needed)))
 
     # ---- filters on raw columns (pushed into the scan), unless the stats prove them true
@@ -495,8 +499,8 @@ def point_in_time_join(
         if nullable:  # only when stats claimed no nulls wrongly; the match step needs none
             right = right.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in nullable))
         if entities.height == 0 or right.height == 0:
-            empty = source.select(pl.col(f).alias(o) for f, o in names.items()).clear().collect().clear(entities.height)
-            columns.extend((_nan_floats(empty) if nan_floats else empty).get_columns())
+            empty = source.select(pl.col(f).alias(o) for f, o in names.items()).clear().collect()
+            columns.extend(_all_missing(empty, entities.height, nan_floats).get_columns())
             continue
         left_code, right_code = _key_codes(entities, right, entity_keys)
         created = None
@@ -546,14 +550,11 @@ def _fetch_by_index(
     key = entities[entity_keys[0]]
     if not index.serves(key.dtype, ts_dtype.time_unit):
         return None
-    schema = numbered.collect_schema()
-    missing = [c for c in features if c not in schema]
-    if missing:
-        raise PitJoinError(f"source {spec.name!r} lacks columns {missing} (has {list(schema)})")
-    ttl = None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit)
-    rows, packed = index.match(key, left_ts, ts_dtype.time_unit, ttl)
     source_key, source_ts = spec.join_keys[0], spec.timestamp_field
     read = list(dict.fromkeys([*features, source_key, source_ts]))
+    _require_columns(spec.name, numbered.collect_schema(), read)
+    ttl = None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit)
+    rows, packed = index.match(key, left_ts, ts_dtype.time_unit, ttl)
     fetched = fetch_rows(numbered, read, rows, engine, parts=spec.parts, nan_floats=nan_floats)
     if not index.verify(fetched[source_key], fetched[source_ts], packed):
         warnings.warn(
@@ -897,8 +898,7 @@ def fetch_rows(
     n = len(rows)
     hit = np.flatnonzero(rows >= 0)
     if len(hit) == 0:
-        empty = numbered.select(columns).clear().collect().clear(n)
-        return _nan_floats(empty) if nan_floats else empty
+        return _all_missing(numbered.select(columns).clear().collect(), n, nan_floats)
     wanted, inverse = _unique_inverse(rows[hit])
     # row numbers looked up in a mask (an array read per row, cheaper than a hash probe)
     last = int(wanted[-1])
@@ -955,7 +955,7 @@ def _place(fetched: pl.DataFrame, where: np.ndarray, nan_floats: bool = False) -
     as a gather by an index holding nulls, and no second copy of the columns."""
     hit = where >= 0
     if fetched.height == 0:  # nothing to gather from: every row is missing
-        return _nan_floats(fetched.clear(len(where))) if nan_floats else fetched.clear(len(where))
+        return _all_missing(fetched, len(where), nan_floats)
     index = pl.Series(np.where(hit, where, 0)).cast(pl.get_index_type())
     found = pl.lit(pl.Series(hit))
     exprs = []
@@ -970,10 +970,12 @@ def _place(fetched: pl.DataFrame, where: np.ndarray, nan_floats: bool = False) -
     return fetched.select(exprs)
 
 
-def _nan_floats(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with nulls in float columns replaced by NaN (what pandas shows for them)."""
-    floats = [name for name, dtype in frame.schema.items() if dtype.is_float() and frame[name].null_count()]
-    return frame.with_columns(pl.col(floats).fill_null(float("nan"))) if floats else frame
+def _all_missing(frame: pl.DataFrame, n: int, nan_floats: bool) -> pl.DataFrame:
+    """``n`` rows of ``frame``'s columns with every value missing: null, or NaN in float
+    columns with ``nan_floats`` (what pandas shows for them)."""
+    empty = frame.clear(n)
+    floats = [name for name, dtype in empty.schema.items() if dtype.is_float()] if nan_floats and n else []
+    return empty.with_columns(pl.col(floats).fill_null(float("nan"))) if floats else empty
 
 
 def gather_rows(frame: pl.DataFrame, rows: np.ndarray, nan_floats: bool = False) -> pl.DataFrame:
@@ -987,7 +989,7 @@ def gather_rows(frame: pl.DataFrame, rows: np.ndarray, nan_floats: bool = False)
     n = len(rows)
     hit = np.flatnonzero(rows >= 0)
     if len(hit) == 0 or frame.width == 0:
-        return _nan_floats(frame.clear(n)) if nan_floats else frame.clear(n)
+        return _all_missing(frame, n, nan_floats)
     order = np.argsort(rows[hit], kind="stable")
     wanted = rows[hit][order]
     fetched = pl.DataFrame([_gather_sorted(s, wanted) for s in frame.get_columns()])
