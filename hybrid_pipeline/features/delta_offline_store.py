@@ -58,7 +58,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from feast.value_type import ValueType
 from pydantic import StrictStr
 
-from hybrid_pipeline.features.key_index import build_key_index, load_key_index, save_key_index
+from hybrid_pipeline.features.key_index import KeyIndex, build_key_index, load_key_index, save_key_index, value_columns
 from hybrid_pipeline.features.pit import (
     ColumnStats,
     EngineName,
@@ -109,6 +109,11 @@ class DeltaOfflineStoreConfig(FeastConfigBaseModel):
 
     key_index_path: Optional[StrictStr] = None
     """Directory of key indexes; default ``<repo>/data/key_index``."""
+
+    key_index_features: bool = True
+    """Keep the view's number and boolean features in its key index too, in key order:
+    retrieval then takes them from the index instead of reading the table's files. Costs
+    their size again on disk (and in memory while the index is built)."""
 
 
 # --------------------------------------------------------------------------- source
@@ -464,10 +469,12 @@ class DeltaOfflineStore(OfflineStore):
     ) -> Optional[Dict[str, Any]]:
         """Build the key index of ``feature_view``'s table at the version a retrieval would
         read now, so retrievals of that version skip the key scan and sort (``rebuild=False``:
-        keep a valid index already there).
+        keep a valid index already there), and, with ``key_index_features``, take the
+        view's number and boolean features from the index instead of the table's files.
 
         Keeps the ``keep`` newest versions' indexes of the table and removes older ones.
-        Returns what was built or found (path, version, rows, seconds), or ``None`` when
+        Returns what was built or found (path, version, rows, features kept, bytes on
+        disk, seconds), or ``None`` when
         indexes are off or the view cannot be indexed (not one integer or string join key,
         a span of keys and timestamps too wide for 63 bits).
         """
@@ -477,10 +484,15 @@ class DeltaOfflineStore(OfflineStore):
             return None
         path, fingerprint = located
         started = time.perf_counter()
-        if not rebuild and (existing := load_key_index(path, fingerprint)) is not None:
-            return {"path": str(path), "version": view.version, "rows": len(existing), "seconds": 0.0, "reused": True}
+        schema = view.frame.collect_schema()
+        wanted = [f.name for f in feature_view.features if f.name in schema] if config.offline_store.key_index_features else []
+        values = value_columns(schema, wanted)
+        existing = None if rebuild else load_key_index(path, fingerprint)
+        if existing is not None and sorted(c for b in existing.blocks for c in b.columns) == sorted(values):
+            return dict(_index_report(path, view.version, existing, 0.0), reused=True)
         index = build_key_index(
-            view.frame, view.join_keys[0], view.timestamp_field, view.created_timestamp_field, fingerprint=fingerprint
+            view.frame, view.join_keys[0], view.timestamp_field, view.created_timestamp_field,
+            fingerprint=fingerprint, values=values,
         )
         if index is None:
             return None
@@ -489,7 +501,7 @@ class DeltaOfflineStore(OfflineStore):
         versions = sorted(p for p in path.parent.glob(f"v*-{suffix}") if p.is_dir())
         for old in versions[: max(0, len(versions) - keep)]:
             shutil.rmtree(old, ignore_errors=True)
-        return {"path": str(path), "version": view.version, "rows": len(index), "seconds": round(time.perf_counter() - started, 3)}
+        return _index_report(path, view.version, index, time.perf_counter() - started)
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -698,6 +710,18 @@ def _spec_for(
         key_index=(index := None if located is None else load_key_index(*located)),
         parts=None if index is None else _file_parts(view, config),
     )
+
+
+def _index_report(path: Path, version: int, index: KeyIndex, seconds: float) -> Dict[str, Any]:
+    """What :meth:`DeltaOfflineStore.build_key_index` says of the index it built or found."""
+    return {
+        "path": str(path),
+        "version": version,
+        "rows": len(index),
+        "features_kept": [c for b in index.blocks for c in b.columns],
+        "bytes": sum(f.stat().st_size for f in path.iterdir()),
+        "seconds": round(seconds, 3),
+    }
 
 
 def _file_parts(view: _ViewSource, config: RepoConfig) -> Optional[List[SourcePart]]:

@@ -17,6 +17,13 @@ use an index only on the very table version (same files, same order) it was buil
 :mod:`hybrid_pipeline.features.delta_offline_store`); :func:`load_key_index` refuses an
 index whose fingerprint differs from the expected one.
 
+The index can also keep feature columns (numbers and booleans; ``values=`` when
+building): each as a row-major block in index order, so a join takes the winners' values
+from the index, whose rows it has just found, instead of reading them out of the table's
+files (at 10M rows x 20 float features: ~0.1 s instead of ~0.8 s). Blocks are read through
+memory maps one window at a time, so a join's resident memory grows by one window, not by
+the block. Building them costs the covered columns' size again on disk and, once, in memory.
+
 Matching gives exactly the rows :func:`hybrid_pipeline.features.pit.match_rows` gives when
 the entity timestamps are in the table's unit or a finer one (a pandas frame's nanoseconds
 against a microsecond table); an entity unit coarser than the table's would order ties
@@ -26,10 +33,11 @@ differently, so :meth:`KeyIndex.serves` says no and the join scans instead.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +47,32 @@ import polars as pl
 
 from hybrid_pipeline.features.pit import TimeUnit, key_order
 
-__all__ = ["KeyIndex", "build_key_index", "load_key_index", "save_key_index"]
+__all__ = ["KeyIndex", "ValueBlock", "build_key_index", "load_key_index", "save_key_index", "value_columns"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _NS_PER_UNIT = {"ns": 1, "us": 1_000, "ms": 1_000_000}
 _INT64_MAX = 2**63 - 1
 _META = "meta.json"
 _DICTIONARY = "dictionary.parquet"
+# feature column types a block can keep (fixed width, same bytes in numpy and polars)
+_VALUE_DTYPES: dict[str, pl.DataType] = {
+    str(t): t
+    for t in (pl.Float64, pl.Float32, pl.Int64, pl.Int32, pl.Int16, pl.Int8,
+              pl.UInt64, pl.UInt32, pl.UInt16, pl.UInt8, pl.Boolean)
+}
+_WINDOW_BYTES = 32 << 20  # a block is mapped this much at a time
+
+
+@dataclass(frozen=True)
+class ValueBlock:
+    """Feature columns of one type, row-major in index order: ``values[i]`` holds the
+    columns' values in the index's ``i``-th row; ``valid`` (same shape) says which are not
+    null, ``None`` when none is."""
+
+    columns: tuple[str, ...]
+    dtype: pl.DataType
+    values: np.ndarray
+    valid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -61,9 +88,35 @@ class KeyIndex:
     time_unit: TimeUnit
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     dictionary: pl.Series | None = None
+    blocks: tuple[ValueBlock, ...] = ()
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def covers(self, column: str, dtype: pl.DataType) -> bool:
+        """Whether the index keeps ``column``'s values, as ``dtype``."""
+        return any(column in b.columns and b.dtype == dtype for b in self.blocks)
+
+    def values(self, pos: np.ndarray, columns: Sequence[str]) -> pl.DataFrame:
+        """``columns`` (each one :meth:`covers`) in the index's rows ``pos`` (ascending, as
+        :meth:`winners` gives them), one row per position."""
+        out: dict[str, pl.Series] = {}
+        for block in self.blocks:
+            wanted = [c for c in columns if c in block.columns]
+            if not wanted:
+                continue
+            values = _take_rows(block.values, pos)
+            valid = None if block.valid is None else _take_rows(block.valid, pos)
+            for name in wanted:
+                j = block.columns.index(name)
+                series = pl.Series(name, values[j], dtype=block.dtype)
+                if valid is not None and not valid[j].all():
+                    series = pl.select(pl.when(pl.lit(pl.Series(valid[j]))).then(pl.lit(series))).to_series().rename(name)
+                out[name] = series
+        missing = [c for c in columns if c not in out]
+        if missing:
+            raise KeyError(f"the key index keeps no values of {missing}")
+        return pl.DataFrame([out[c] for c in columns])
 
     def serves(self, key_dtype: pl.DataType, unit: TimeUnit) -> bool:
         """Whether :meth:`match` can answer for entity keys of ``key_dtype`` and entity
@@ -89,6 +142,17 @@ class KeyIndex:
     def match(self, key: pl.Series, ts: np.ndarray, unit: TimeUnit, ttl: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Source row of each entity row's point-in-time winner (``-1``: none), and the
         winner's packed key as the index holds it (``-1``: none), for :meth:`verify`.
+        Arguments as for :meth:`winners`."""
+        at, pos = self.winners(key, ts, unit, ttl)
+        match = np.full(len(key), -1, dtype=np.int64)
+        packed = np.full(len(key), -1, dtype=np.int64)
+        match[at] = self.rows[pos]
+        packed[at] = np.asarray(self.keys)[pos]
+        return match, packed
+
+    def winners(self, key: pl.Series, ts: np.ndarray, unit: TimeUnit, ttl: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The entity rows that have a point-in-time winner, and the winner's position in
+        the index, ascending by position (so reads of the index's rows go forwards).
 
         ``key``: the entity join key (a type :meth:`serves`, nulls allowed); ``ts``: entity timestamps as
         integers in ``unit``; ``ttl``: the TTL in whole ``unit``s, ``None`` for unbounded.
@@ -98,7 +162,7 @@ class KeyIndex:
             raise ValueError(f"a key index in {self.time_unit} cannot match {key.dtype} keys at {unit}")
         n = len(key)
         if n == 0 or len(self.keys) == 0:
-            return np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         ratio = _NS_PER_UNIT[self.time_unit] // _NS_PER_UNIT[unit]
         keys = np.asarray(self.keys)  # a plain view of the memory map: numpy's fast paths
         scale, low = 1 << self.bits, self.t_min - 1
@@ -130,11 +194,7 @@ class KeyIndex:
             )
         ).to_series().to_numpy()
         at = probes["at"].to_numpy()
-        match = np.full(n, -1, dtype=np.int64)
-        packed = np.full(n, -1, dtype=np.int64)
-        match[at[found]] = self.rows[pos[found]]
-        packed[at[found]] = winner[found]
-        return match, packed
+        return at[found], pos[found]  # probes are sorted, so positions ascend
 
     def verify(self, key: pl.Series, ts: pl.Series, packed: np.ndarray) -> bool:
         """Whether rows read back by the row numbers :meth:`match` gave hold the keys and
@@ -161,11 +221,13 @@ def build_key_index(
     created_timestamp_field: str | None = None,
     *,
     fingerprint: Mapping[str, Any] | None = None,
+    values: Sequence[str] = (),
 ) -> KeyIndex | None:
     """The key index of ``frame`` (rows numbered as ``frame.with_row_index()`` numbers them).
 
     Integer keys are coded as ``key - key_min``; string keys by their position among the
-    table's distinct keys (kept in the index as ``dictionary``).
+    table's distinct keys (kept in the index as ``dictionary``). The columns of ``values``
+    whose type a block can hold (numbers, booleans) are kept in the index too; others are not.
 
     ``None`` when the table cannot be indexed: a key that is neither an integer (fitting
     ``int64``) nor a string, a timestamp that is not a Datetime, or keys and timestamps
@@ -198,7 +260,7 @@ def build_key_index(
     dictionary = scanned["key"].unique().sort() if strings else None
     if scanned.height == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded, dictionary)
+        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded, dictionary, _value_blocks(lazy, values, empty))
     if dictionary is not None:  # dense codes in key order
         scanned = scanned.with_columns((pl.col("key").rank("dense") - 1).cast(pl.Int64).alias("key"))
     key_min, key_max = int(scanned["key"].min()), int(scanned["key"].max())  # type: ignore[arg-type]
@@ -214,7 +276,75 @@ def build_key_index(
     rows = source_rows[order]
     if len(rows) and int(rows.max()) <= np.iinfo(np.uint32).max:
         rows = rows.astype(np.uint32)
-    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded, dictionary)
+    blocks = _value_blocks(lazy, values, rows)
+    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded, dictionary, blocks)
+
+
+def value_columns(schema: Mapping[str, pl.DataType], columns: Sequence[str]) -> list[str]:
+    """The ``columns`` of a table with ``schema`` that an index can keep (numbers, booleans)."""
+    return [c for c in dict.fromkeys(columns) if str(schema[c]) in _VALUE_DTYPES]
+
+
+def _value_blocks(frame: pl.LazyFrame, columns: Sequence[str], rows: np.ndarray) -> tuple[ValueBlock, ...]:
+    """Blocks of ``frame``'s ``columns`` (those of a type a block holds, one block per
+    type) in the order of the source rows ``rows``."""
+    schema = frame.collect_schema()
+    by_type: dict[str, list[str]] = {}
+    for name in value_columns(schema, columns):
+        by_type.setdefault(str(schema[name]), []).append(name)
+    blocks = []
+    for type_name, names in by_type.items():
+        table = frame.select(names).collect()
+        filler = False if type_name == "Boolean" else 0
+        has_nulls = any(table[c].null_count() for c in names)
+        valid = table.select(pl.col(names).is_not_null()).to_numpy(order="c") if has_nulls else None
+        # row-major first (sequential), then whole rows taken in index order
+        source = table.select(pl.col(names).fill_null(filler)).to_numpy(order="c")
+        del table
+        values = np.take(source, rows, axis=0)
+        del source
+        if valid is not None:
+            valid = np.take(valid, rows, axis=0)
+        blocks.append(ValueBlock(tuple(names), _VALUE_DTYPES[type_name], values, valid))
+    return tuple(blocks)
+
+
+def _take_rows(block: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``block[pos].T`` as a C-ordered array (one contiguous row per column) for ascending
+    ``pos``, taken a window of rows at a time; a memory-mapped block is mapped one window
+    at a time, so no more than a window of it is ever resident in this process."""
+    rows, width = block.shape
+    out = np.empty((width, len(pos)), dtype=block.dtype)
+    window = max(1, _WINDOW_BYTES // max(1, block.itemsize * width))
+    cuts = np.searchsorted(pos, np.arange(0, rows + window, window), side="left")
+    mapped = isinstance(block, np.memmap) and block.filename is not None
+    handle = os.open(block.filename, os.O_RDONLY) if mapped else None
+    try:
+        for w in range(len(cuts) - 1):
+            a, b = int(cuts[w]), int(cuts[w + 1])
+            if a == b:
+                continue
+            lo, hi = w * window, min(rows, (w + 1) * window)
+            if handle is None:
+                out[:, a:b] = np.take(block[lo:hi], pos[a:b] - lo, axis=0).T
+                continue
+            # dense windows are mapped with every page at once (one call instead of a fault per page)
+            dense = (b - a) * mmap.PAGESIZE >= (hi - lo) * block.itemsize * width  # a wanted row per page or more
+            start = block.offset + lo * block.itemsize * width
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            length = block.offset + hi * block.itemsize * width - aligned
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if dense else 0)
+            view = mmap.mmap(handle, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+            try:
+                part = np.frombuffer(view, dtype=block.dtype, count=(hi - lo) * width, offset=start - aligned)
+                out[:, a:b] = np.take(part.reshape(hi - lo, width), pos[a:b] - lo, axis=0).T
+                del part
+            finally:
+                view.close()
+    finally:
+        if handle is not None:
+            os.close(handle)
+    return out
 
 
 def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
@@ -228,6 +358,12 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
         np.save(staging / "rows.npy", np.ascontiguousarray(index.rows))
         if index.dictionary is not None:
             index.dictionary.to_frame("key").write_parquet(staging / _DICTIONARY)
+        blocks = []
+        for i, block in enumerate(index.blocks):
+            np.save(staging / f"values_{i}.npy", np.ascontiguousarray(block.values))
+            if block.valid is not None:
+                np.save(staging / f"valid_{i}.npy", np.ascontiguousarray(block.valid))
+            blocks.append({"columns": list(block.columns), "dtype": str(block.dtype), "valid": block.valid is not None})
         meta = {
             "format": FORMAT_VERSION,
             "key_min": index.key_min,
@@ -237,6 +373,7 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
             "time_unit": index.time_unit,
             "rows": len(index),
             "dictionary": index.dictionary is not None,
+            "blocks": blocks,
             "fingerprint": dict(index.fingerprint),
         }
         (staging / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -269,11 +406,27 @@ def load_key_index(directory: str | Path, fingerprint: Mapping[str, Any]) -> Key
         keys = np.load(path / "keys.npy", mmap_mode="r")
         rows = np.load(path / "rows.npy", mmap_mode="r")
         dictionary = pl.read_parquet(path / _DICTIONARY).to_series() if meta["dictionary"] else None
-    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
+        blocks = tuple(_load_block(path, i, entry, meta["rows"]) for i, entry in enumerate(meta["blocks"]))
+    except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
         return None
     if len(keys) != meta["rows"] or len(rows) != meta["rows"] or keys.dtype != np.int64:
         return None
     return KeyIndex(
         keys, rows, int(meta["key_min"]), int(meta["t_min"]), int(meta["t_max"]), int(meta["bits"]),
-        meta["time_unit"], meta["fingerprint"], dictionary,
+        meta["time_unit"], meta["fingerprint"], dictionary, blocks,
     )
+
+
+def _load_block(path: Path, i: int, entry: Mapping[str, Any], n_rows: int) -> ValueBlock:
+    """Block ``i`` of the index in ``path``, memory-mapped; ``ValueError`` when its files do
+    not have the shape and type its entry in the metadata says."""
+    dtype = _VALUE_DTYPES[entry["dtype"]]
+    columns = tuple(entry["columns"])
+    values = np.load(path / f"values_{i}.npy", mmap_mode="r")
+    valid = np.load(path / f"valid_{i}.npy", mmap_mode="r") if entry["valid"] else None
+    expected = pl.Series([], dtype=dtype).to_numpy().dtype
+    if values.shape != (n_rows, len(columns)) or values.dtype != expected:
+        raise ValueError(f"value block {i} does not match the index")
+    if valid is not None and (valid.shape != values.shape or valid.dtype != np.bool_):
+        raise ValueError(f"validity of value block {i} does not match the index")
+    return ValueBlock(columns, dtype, values, valid)

@@ -542,7 +542,13 @@ def _fetch_by_index(
     """The winners' ``features`` found through ``spec.key_index``, in entity row order;
     ``None`` when the source has no index that serves these entity rows, or when the rows
     read back do not hold the keys and timestamps the index gave them (an index of some
-    other table: the join then scans, and says so)."""
+    other table: the join then scans, and says so).
+
+    Features the index keeps are taken from it; the others are read from the table by row
+    number, with the key and timestamp of every row read, checked against the index. When
+    the index keeps them all, the key and timestamp of the winners in one part of the
+    table (the smallest holding any; the whole table without parts) are read and checked.
+    """
     index = spec.key_index
     entity_keys = spec.entity_keys()
     if index is None or len(entity_keys) != 1:
@@ -551,11 +557,21 @@ def _fetch_by_index(
     if not index.serves(key.dtype, ts_dtype.time_unit):
         return None
     source_key, source_ts = spec.join_keys[0], spec.timestamp_field
-    read = list(dict.fromkeys([*features, source_key, source_ts]))
-    _require_columns(spec.name, numbered.collect_schema(), read)
+    schema = numbered.collect_schema()
+    _require_columns(spec.name, schema, list(dict.fromkeys([*features, source_key, source_ts])))
     ttl = None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit)
-    rows, packed = index.match(key, left_ts, ts_dtype.time_unit, ttl)
-    fetched = fetch_rows(numbered, read, rows, engine, parts=spec.parts, nan_floats=nan_floats)
+    at, pos = index.winners(key, left_ts, ts_dtype.time_unit, ttl)
+    n = entities.height
+    rows = np.full(n, -1, dtype=np.int64)
+    rows[at] = index.rows[pos]
+    packed = np.full(n, -1, dtype=np.int64)
+    packed[at] = np.asarray(index.keys)[pos]
+    kept = [f for f in features if index.covers(f, schema[f])]
+    read = list(dict.fromkeys([*(f for f in features if f not in kept), source_key, source_ts]))
+    parts = spec.parts
+    if not (set(read) - {source_key, source_ts}):  # nothing to read but the check: one part of it
+        rows, packed, parts = _spot_check(rows, packed, spec.parts)
+    fetched = fetch_rows(numbered, read, rows, engine, parts=parts, nan_floats=nan_floats)
     if not index.verify(fetched[source_key], fetched[source_ts], packed):
         warnings.warn(
             f"source {spec.name!r}: its key index does not describe the table read; joined by a scan instead",
@@ -563,7 +579,28 @@ def _fetch_by_index(
             stacklevel=3,
         )
         return None
-    return fetched.select(features)
+    if not kept:
+        return fetched.select(features)
+    where = np.full(n, -1, dtype=np.int64)
+    where[at] = np.arange(len(at), dtype=np.int64)
+    from_index = _place(index.values(pos, kept), where, nan_floats)
+    rest = fetched.select(f for f in features if f not in kept)
+    return pl.concat([from_index, rest], how="horizontal").select(features)
+
+
+def _spot_check(
+    rows: np.ndarray, packed: np.ndarray, parts: Sequence[SourcePart] | None
+) -> tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None]:
+    """``rows`` and ``packed`` cut to the rows of the smallest part holding any (``-1``
+    elsewhere), and that part; unchanged without parts."""
+    hit = rows[rows >= 0]
+    if not parts or len(hit) == 0:
+        return rows, packed, parts
+    starts = np.array([p.start for p in parts], dtype=np.int64)  # parts are consecutive: ascending
+    holding = np.unique(np.searchsorted(starts, hit, side="right") - 1)
+    part = min((parts[i] for i in holding if i >= 0), key=lambda p: p.rows)
+    inside = (rows >= part.start) & (rows < part.start + part.rows)
+    return np.where(inside, rows, -1), np.where(inside, packed, -1), [part]
 
 
 def _ttl_units(ttl: timedelta, unit: TimeUnit) -> int:

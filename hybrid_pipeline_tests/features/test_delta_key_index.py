@@ -86,6 +86,7 @@ def test_a_built_index_is_used_and_gives_the_rows_the_scan_gives(lake):
 
     built = DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores"))
     assert built["rows"] == len(rows) and built["version"] == 2
+    assert sorted(built["features_kept"]) == ["score", "visits"]  # numbers are kept; "tier" is read from the files
     spec = spec_of(store)
     assert spec.key_index is not None and [p.rows for p in spec.parts] == [50, 50, 50]
     with warnings.catch_warnings():
@@ -133,3 +134,21 @@ def test_to_df_shows_missing_floats_as_nan_exactly_as_pandas_shows_arrow_nulls(l
     table = job.to_arrow()
     assert table.column("score").null_count > 0  # arrow keeps nulls
     pd.testing.assert_frame_equal(job.to_df(), table.to_pandas())
+
+
+def test_keeping_features_in_the_index_can_be_turned_off_and_a_kept_index_is_rebuilt_to_match(lake):
+    _, rows, store = lake
+    view = store.get_feature_view("user_scores")
+    entities = entity_rows(seed=11)
+    keeping = DeltaOfflineStore.build_key_index(store.config, view)
+    assert DeltaOfflineStore.build_key_index(store.config, view, rebuild=False)["reused"]
+    with_values = retrieve(store, entities)
+    store.config.offline_store.key_index_features = False
+    try:
+        plain = DeltaOfflineStore.build_key_index(store.config, view, rebuild=False)  # the kept index does not fit
+        assert "reused" not in plain and plain["features_kept"] == [] and plain["bytes"] < keeping["bytes"]
+        assert spec_of(store).key_index.blocks == ()
+        pd.testing.assert_frame_equal(retrieve(store, entities), with_values)
+    finally:
+        store.config.offline_store.key_index_features = True
+    assert_matches_oracle(with_values, entities, rows)

@@ -41,6 +41,8 @@ def indexed_case(draw):
             "ts": at(draw(st.integers(0, 12))) + timedelta(milliseconds=draw(st.sampled_from([0, 0, 1]))),
             "created": at(draw(st.integers(0, 3))) if draw(st.booleans()) else None,
             "v": i,
+            "x": draw(st.sampled_from([None, float("nan"), 0.5, -1.0])),
+            "flag": draw(st.sampled_from([None, True, False])),
         }
         for i in range(draw(st.integers(0, 25)))
     ]
@@ -60,6 +62,8 @@ def _frames(key_dtype, table_unit, entity_unit, rows, entities):
             "ts": pl.Series([r["ts"] for r in rows], dtype=pl.Datetime("us", "UTC")).dt.cast_time_unit(table_unit),
             "created": pl.Series([r["created"] for r in rows], dtype=pl.Datetime("us", "UTC")),
             "v": pl.Series([r["v"] for r in rows], dtype=pl.Int64),
+            "x": pl.Series([r["x"] for r in rows], dtype=pl.Float64),
+            "flag": pl.Series([r["flag"] for r in rows], dtype=pl.Boolean),
         }
     )
     entity_df = pl.DataFrame(
@@ -78,14 +82,20 @@ def test_a_join_through_the_index_equals_the_scanning_join_and_the_oracle(case):
     key_dtype, table_unit, entity_unit, rows, entities, ttl, with_created = case
     table, entity_df = _frames(key_dtype, table_unit, entity_unit, rows, entities)
     created = "created" if with_created else None
-    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["v"], created_timestamp_field=created, ttl=ttl,
-                             rescannable=True)
+    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["v", "x", "flag"], created_timestamp_field=created,
+                             ttl=ttl, rescannable=True)
     index = build_key_index(table, "user_id", "ts", created)
     assert index is not None and len(index) == sum(r["user_id"] is not None for r in rows)
+    keeping = build_key_index(table, "user_id", "ts", created, values=["v", "x", "flag"])
+    assert {c for b in keeping.blocks for c in b.columns} == {"v", "x", "flag"}
 
-    scanned = point_in_time_join(entity_df, [spec])
+    for missing in ("null", "nan"):
+        scanned = point_in_time_join(entity_df, [spec], missing_floats=missing)
+        indexed = point_in_time_join(entity_df, [replace(spec, key_index=index)], missing_floats=missing)
+        assert indexed.equals(scanned)  # same winners, ties included
+        # features taken from the index: the same values, nulls and NaNs as read from the table
+        assert point_in_time_join(entity_df, [replace(spec, key_index=keeping)], missing_floats=missing).equals(scanned)
     indexed = point_in_time_join(entity_df, [replace(spec, key_index=index)])
-    assert indexed.equals(scanned)  # same winners, ties included
     # the join is exact at the table's unit: the oracle compares instants at that resolution
     unit_table = table.with_columns(pl.col("ts").dt.cast_time_unit("us"))
     oracle_rows = [dict(r, ts=t) for r, t in zip(rows, unit_table["ts"].to_list())]
@@ -207,3 +217,81 @@ def test_a_writer_losing_the_rename_race_keeps_the_index_already_in_place(tmp_pa
     save_key_index(index, path)
     assert load_key_index(path, {"v": 1}) is not None
     assert [p.name for p in tmp_path.iterdir()] == ["v1"]  # no staging directory left behind
+
+
+def _kept_table() -> pl.DataFrame:
+    rng = np.random.default_rng(3)
+    n = 40
+    return pl.DataFrame(
+        {
+            "user_id": rng.integers(0, 6, n),
+            "ts": [at(int(h)) for h in rng.integers(0, 30, n)],
+            "x": pl.Series(np.where(rng.random(n) < 0.2, np.nan, rng.standard_normal(n))).set(pl.Series(rng.random(n) < 0.2), None),
+            "k": pl.Series(rng.integers(-5, 5, n), dtype=pl.Int32),
+            "s": [f"s{i}" for i in range(n)],
+        }
+    )
+
+
+def test_kept_features_come_from_the_index_and_only_the_smallest_part_with_winners_is_read_to_check_it():
+    table = _kept_table()
+    entities = pl.DataFrame({"user_id": [0, 1, 2, 3, 4, 5, 9], "event_timestamp": [at(29)] * 7})
+    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["x", "k"], rescannable=True)
+    expected = point_in_time_join(entities, [spec])
+    unreadable = pl.col("user_id", "x").cast(pl.String).str.replace(".*", "not a number").cast(pl.Int64)
+
+    def part(start: int, rows: int, readable_keys: bool) -> SourcePart:
+        piece = table.slice(start, rows).lazy().with_columns(pl.col("x").cast(pl.String).str.replace(".*", "?").cast(pl.Float64))
+        return SourcePart(start, rows, piece if readable_keys else piece.with_columns(unreadable))
+
+    # the middle part is the smallest: the only one read, and only its keys and timestamps
+    parts = [part(0, 24, False), part(24, 4, True), part(28, 12, False)]
+    index = build_key_index(table, "user_id", "ts", values=["x", "k", "s"])
+    assert index.covers("x", pl.Float64) and index.covers("k", pl.Int32) and not index.covers("s", pl.String)
+    winners = index.match(entities["user_id"], entities["event_timestamp"].to_physical().to_numpy(), "us", None)[0]
+    assert all(((winners >= p.start) & (winners < p.start + p.rows)).any() for p in parts), "winners in every part"
+    with pytest.raises(pl.exceptions.PolarsError):
+        parts[0].frame.collect()  # reading it would fail the join
+    out = point_in_time_join(entities, [replace(spec, key_index=index, parts=parts)])
+    assert out.equals(expected)
+
+
+def test_an_index_keeping_features_of_another_row_order_is_caught_and_the_join_scans():
+    table = pl.DataFrame({"user_id": [1, 1, 2, 2], "ts": [at(0), at(2), at(0), at(2)], "v": [10, 12, 20, 22]})
+    stale = build_key_index(table, "user_id", "ts", values=["v"])
+    shuffled = table.reverse()
+    entities = pl.DataFrame({"user_id": [1, 2], "event_timestamp": [at(1), at(3)]})
+    parts = [SourcePart(0, 2, shuffled.slice(0, 2).lazy()), SourcePart(2, 2, shuffled.slice(2, 2).lazy())]
+    for pieces in (None, parts):  # whole-table check, and the one-part check
+        spec = FeatureSourceSpec("fv", shuffled.lazy(), ["user_id"], "ts", ["v"], rescannable=True, key_index=stale,
+                                 parts=pieces)
+        with pytest.warns(RuntimeWarning, match="key index does not describe"):
+            out = point_in_time_join(entities, [spec])
+        assert out["v"].to_list() == [10, 22]
+
+
+def test_kept_features_are_read_back_from_a_saved_index_one_window_at_a_time(tmp_path, monkeypatch):
+    import hybrid_pipeline.features.key_index as key_index
+
+    table = _kept_table()
+    built = build_key_index(table, "user_id", "ts", values=["x", "k"], fingerprint={"v": 1})
+    loaded = load_key_index(save_key_index(built, tmp_path / "v1"), {"v": 1})
+    assert isinstance(loaded.blocks[0].values, np.memmap)
+    monkeypatch.setattr(key_index, "_WINDOW_BYTES", 24)  # windows of 3 float rows, 6 int rows
+    dense = np.arange(len(built))
+    sparse = np.array([0, 0, 7, 21, 39])
+    for pos in (dense, sparse, dense[:0]):
+        got, want = loaded.values(pos, ["k", "x"]), built.values(pos, ["k", "x"])
+        assert got.equals(want) and got.height == len(pos)
+    assert built.values(sparse, ["x"])["x"].to_list()[:2] == [table["x"][int(built.rows[0])]] * 2
+    entities = pl.DataFrame({"user_id": [0, 1, 2, 3, 4, 5, 9] * 3,
+                             "event_timestamp": [at(h) for h in (3, 10, 29) for _ in range(7)]})
+    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["x", "k"], rescannable=True)
+    assert point_in_time_join(entities, [replace(spec, key_index=loaded)]).equals(point_in_time_join(entities, [spec]))
+
+
+def test_an_index_whose_value_block_does_not_fit_its_metadata_is_not_loaded(tmp_path):
+    built = build_key_index(_kept_table(), "user_id", "ts", values=["x"], fingerprint={"v": 1})
+    path = save_key_index(built, tmp_path / "v1")
+    np.save(path / "values_0.npy", np.zeros((3, 1)))  # a block of another length
+    assert load_key_index(path, {"v": 1}) is None
