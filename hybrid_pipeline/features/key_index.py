@@ -38,6 +38,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ _VALUE_DTYPES: dict[str, pl.DataType] = {
               pl.UInt64, pl.UInt32, pl.UInt16, pl.UInt8, pl.Boolean)
 }
 _WINDOW_BYTES = 32 << 20  # a block is mapped this much at a time
+_BUILD_CHUNK_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -301,12 +303,38 @@ def _value_blocks(frame: pl.LazyFrame, columns: Sequence[str], rows: np.ndarray)
         # row-major first (sequential), then whole rows taken in index order
         source = table.select(pl.col(names).fill_null(filler)).to_numpy(order="c")
         del table
-        values = np.take(source, rows, axis=0)
+        values = _take_in_order(source, rows)
         del source
         if valid is not None:
-            valid = np.take(valid, rows, axis=0)
+            valid = _take_in_order(valid, rows)
         blocks.append(ValueBlock(tuple(names), _VALUE_DTYPES[type_name], values, valid))
     return tuple(blocks)
+
+
+def _take_in_order(source: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``source[rows]`` (whole rows), in chunks on as many threads as polars uses: a random
+    gather from a large array waits on memory, and two threads wait in parallel (10M rows
+    x 20 float64: ~1.2 s instead of 3.5-7 s in one call)."""
+    out = _empty((len(rows), *source.shape[1:]), source.dtype)
+    starts = range(0, len(rows), _BUILD_CHUNK_ROWS)
+
+    def take(lo: int) -> None:
+        np.take(source, rows[lo:lo + _BUILD_CHUNK_ROWS], axis=0, out=out[lo:lo + _BUILD_CHUNK_ROWS])
+
+    with ThreadPoolExecutor(max(1, pl.thread_pool_size())) as pool:
+        list(pool.map(take, starts))
+    return out
+
+
+def _empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array in its own anonymous mapping of ordinary pages. numpy asks
+    the kernel for huge pages on large arrays; where the kernel compacts memory to find
+    them (transparent huge pages with ``defrag=madvise``) a first touch can stall for tenths
+    of a second (measured: 0.03-0.4 s for 150 MB, against a steady 0.05 s with these)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
 def _take_rows(block: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -314,7 +342,7 @@ def _take_rows(block: np.ndarray, pos: np.ndarray) -> np.ndarray:
     ``pos``, taken a window of rows at a time; a memory-mapped block is mapped one window
     at a time, so no more than a window of it is ever resident in this process."""
     rows, width = block.shape
-    out = np.empty((width, len(pos)), dtype=block.dtype)
+    out = _empty((width, len(pos)), block.dtype)
     window = max(1, _WINDOW_BYTES // max(1, block.itemsize * width))
     cuts = np.searchsorted(pos, np.arange(0, rows + window, window), side="left")
     mapped = isinstance(block, np.memmap) and block.filename is not None

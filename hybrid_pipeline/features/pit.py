@@ -40,9 +40,11 @@ Two implementations of the same semantics:
   and the winning rows are gathered from memory. No wide sort, and the entity rows' extra
   columns are never sorted. A source with a :class:`~hybrid_pipeline.features.key_index.KeyIndex`
   (its sorted keys kept per table version) skips the first read and the sort: the entity
-  rows are searched in the index, the winners' features read (by consecutive
-  :class:`SourcePart` pieces in parallel where given) and each row read back checked against
-  the key and timestamp the index holds for it.
+  rows are searched in the index; features the index keeps (numbers, booleans) are taken
+  from it, the others read (by consecutive :class:`SourcePart` pieces in parallel where
+  given) with each row read back checked against the key and timestamp the index holds for
+  it (when nothing else is read, the winners of the smallest piece holding any are read and
+  checked).
 * :func:`point_in_time_join_lazy` is the same join as one lazy polars plan (backward
   ``join_asof`` by entity key after sorting each source by timestamp and created
   timestamp, the TTL applied to the matched timestamp); kept for callers that want a plan,
@@ -159,7 +161,8 @@ class FeatureSourceSpec:
         parts: ``frame`` as consecutive :class:`SourcePart` pieces, read instead of
             ``frame`` when the features of the winning rows are fetched through
             ``key_index`` (where the index's check of the rows read back guards the
-            numbering).
+            numbering); when the index keeps every feature asked for, only the smallest
+            piece holding winners is read, for that check.
     """
 
     name: str
@@ -597,8 +600,8 @@ def _spot_check(
     if not parts or len(hit) == 0:
         return rows, packed, parts
     starts = np.array([p.start for p in parts], dtype=np.int64)  # parts are consecutive: ascending
-    holding = np.unique(np.searchsorted(starts, hit, side="right") - 1)
-    part = min((parts[i] for i in holding if i >= 0), key=lambda p: p.rows)
+    winners = np.bincount(np.searchsorted(starts, hit, side="right"), minlength=len(parts) + 1)[1:]
+    part = min((parts[i] for i in np.flatnonzero(winners)), key=lambda p: p.rows)
     inside = (rows >= part.start) & (rows < part.start + part.rows)
     return np.where(inside, rows, -1), np.where(inside, packed, -1), [part]
 
