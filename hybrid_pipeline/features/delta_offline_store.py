@@ -761,7 +761,9 @@ def _key_index_location(config: RepoConfig, view: _ViewSource) -> Optional[Tuple
 
     The fingerprint names the table, its version, a digest of its file list in scan order
     (a table deleted and re-created at the same path starts again at version 0), the
-    columns, and the polars and deltalake versions (they decide how rows are numbered).
+    columns, the view's renames of table columns (features kept in the index are kept
+    under the view's names), and the polars and deltalake versions (they decide how rows
+    are numbered).
     """
     store_cfg = getattr(config, "offline_store", None)
     if not isinstance(store_cfg, DeltaOfflineStoreConfig) or not store_cfg.key_index or len(view.join_keys) != 1:
@@ -785,10 +787,12 @@ def _key_index_location(config: RepoConfig, view: _ViewSource) -> Optional[Tuple
         "key": columns[0],
         "timestamp": columns[1],
         "created": columns[2],
+        "renames": sorted(view.renames.items()),
         "polars": pl.__version__,
         "deltalake": deltalake.__version__,
     }
-    digest = hashlib.sha256("\x00".join(columns).encode()).hexdigest()[:12]
+    named = [*columns, *(f"{a}>{b}" for a, b in sorted(view.renames.items()))]
+    digest = hashlib.sha256("\x00".join(named).encode()).hexdigest()[:12]
     table_dir = Path(base) / hashlib.sha256(uri.encode()).hexdigest()[:16]
     return table_dir / f"v{view.version:010d}-{digest}", fingerprint
 

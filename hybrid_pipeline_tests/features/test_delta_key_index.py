@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from hybrid_pipeline.features.delta_offline_store import DeltaOfflineStore, _spec_for
+from hybrid_pipeline.features.delta_offline_store import DeltaOfflineStore, _key_index_location, _spec_for, _view_source
 from hybrid_pipeline.features.repo import FeatureTableSpec, apply_feature_repo, write_feature_repo
 
 from .data import hours
@@ -152,3 +153,12 @@ def test_keeping_features_in_the_index_can_be_turned_off_and_a_kept_index_is_reb
     finally:
         store.config.offline_store.key_index_features = True
     assert_matches_oracle(with_values, entities, rows)
+
+
+def test_a_view_renaming_other_columns_never_shares_an_index_whose_kept_features_it_would_misname(lake):
+    _, _, store = lake
+    source = _view_source(store.config, store.get_feature_view("user_scores"))
+    path, fingerprint = _key_index_location(store.config, source)
+    # same table version, but "score" would now be the table's "visits" column
+    other_path, other_fingerprint = _key_index_location(store.config, replace(source, renames={"visits": "score"}))
+    assert other_fingerprint != fingerprint and other_path != path
