@@ -8,8 +8,11 @@ runs ``FeatureStore.get_historical_features(entity_df, features).to_df()`` in a 
 subprocess, ``--runs`` times:
 
 * ``delta``  - hybrid_pipeline.features.delta_offline_store (delta-rs + polars) on the Delta table,
-  with the table version's key index (built once during data preparation, as the
-  feature-view asset builds it after each write; its build time is reported)
+  with the table version's key index keeping the features (built once during data
+  preparation, as the feature-view asset builds it after each write; its build time and
+  size are reported)
+* ``delta-keys`` - the same store with a key index of keys only (``key_index_features:
+  false``): the winners' features are read from the table's files
 * ``delta-scan`` - the same store with key indexes off: keys and timestamps scanned and sorted
 * ``file``   - Feast's dask/file store on the parquet copy
 * ``duckdb`` - Feast's duckdb (ibis) store on the parquet copy, if ibis/duckdb import
@@ -46,7 +49,8 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("delta", "delta-scan", "file", "duckdb")
+ENGINES = ("delta", "delta-keys", "delta-scan", "file", "duckdb")
+INDEXED = ("delta", "delta-keys")  # engines whose key index is built during data preparation
 VIEW = "user_stats"
 START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in microseconds
 SPAN_US = 30 * 24 * 3600 * 1_000_000  # 30 days
@@ -124,19 +128,20 @@ def write_repos(work: Path, n_features: int, ttl_hours: float) -> None:
         ],
         {"type": "sqlite", "path": str(work / "online_delta.db")},
     )
-    # the same repo with key indexes off
+    # the same repo with a key index of keys only, and with key indexes off
     import shutil
 
     import yaml
 
-    scan_repo = work / "repo_delta-scan"
-    shutil.rmtree(scan_repo, ignore_errors=True)
-    shutil.copytree(work / "repo_delta", scan_repo, ignore=shutil.ignore_patterns("data"))
-    (scan_repo / "data").mkdir()
-    config = yaml.safe_load((scan_repo / "feature_store.yaml").read_text())
-    config["registry"] = str(scan_repo / "data" / "registry.db")
-    config["offline_store"]["key_index"] = False
-    (scan_repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for variant, setting in (("delta-keys", "key_index_features"), ("delta-scan", "key_index")):
+        repo = work / f"repo_{variant}"
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.copytree(work / "repo_delta", repo, ignore=shutil.ignore_patterns("data"))
+        (repo / "data").mkdir()
+        config = yaml.safe_load((repo / "feature_store.yaml").read_text())
+        config["registry"] = str(repo / "data" / "registry.db")
+        config["offline_store"][setting] = False
+        (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for engine, path in (("file", str(work / "parquet" / VIEW)), ("duckdb", str(work / "parquet" / VIEW / "*.parquet"))):
         repo = work / f"repo_{engine}"
         (repo / "data").mkdir(parents=True, exist_ok=True)
@@ -192,19 +197,21 @@ def apply_repos(work: Path, engines: list[str]) -> None:
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=repo, capture_output=True)
 
 
-def build_index(work: Path) -> dict:
-    """Build the key index of the Delta table's version (in a subprocess, like every run)."""
+def build_index(work: Path, engine: str) -> dict:
+    """Build the key index of the Delta table's version for ``engine``'s repo (in a
+    subprocess, like every run)."""
     script = (
         "import json\n"
         "from feast import FeatureStore\n"
         "from hybrid_pipeline.features.delta_offline_store import DeltaOfflineStore\n"
-        f"store = FeatureStore(repo_path={str(work / 'repo_delta')!r})\n"
+        f"store = FeatureStore(repo_path={str(work / f'repo_{engine}')!r})\n"
         f"print(json.dumps(DeltaOfflineStore.build_key_index(store.config, store.get_feature_view({VIEW!r}))))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], check=True, env=_env(), capture_output=True, text=True)
     built = json.loads(proc.stdout.strip().splitlines()[-1])
     os.sync()  # the index files written: their writeback must not land inside a timed run
-    print(f"key index: {built['rows']:,} rows of version {built['version']} built in {built['seconds']:.2f}s")
+    print(f"{engine} key index: {built['rows']:,} rows of version {built['version']}, "
+          f"{len(built['features_kept'])} features kept, {built['bytes'] / 2**20:,.0f} MiB, built in {built['seconds']:.2f}s")
     return built
 
 
@@ -361,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({users:,} users) in {time.perf_counter() - t0:.1f}s")
     write_repos(work, args.features, args.ttl_hours)
     apply_repos(work, [e for e in ENGINES if e in engines or e == "delta"])
-    index_build = build_index(work) if "delta" in engines else None
+    index_builds = {e: build_index(work, e) for e in INDEXED if e in engines}
 
     results_file = work / "results.json"
     results: dict[str, dict] = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -387,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs if engine != "import" else 1,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if engine == "delta" and index_build is not None:
-            results[engine]["key_index_build_s"] = index_build["seconds"]
+        if engine in index_builds:
+            results[engine]["key_index_build_s"] = index_builds[engine]["seconds"]
+            results[engine]["key_index_mib"] = round(index_builds[engine]["bytes"] / 2**20, 1)
         print(f"{engine:>7}: {json.dumps(results[engine])}", flush=True)
         results_file.write_text(json.dumps(results, indent=2))
 
