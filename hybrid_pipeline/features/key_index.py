@@ -48,7 +48,7 @@ import polars as pl
 
 from hybrid_pipeline.features.pit import TimeUnit, key_order
 
-__all__ = ["KeyIndex", "ValueBlock", "build_key_index", "load_key_index", "save_key_index", "value_columns"]
+__all__ = ["KeyIndex", "MappedRows", "ValueBlock", "build_key_index", "load_key_index", "save_key_index", "value_columns"]
 
 FORMAT_VERSION = 3
 _NS_PER_UNIT = {"ns": 1, "us": 1_000, "ms": 1_000_000}
@@ -63,6 +63,7 @@ _VALUE_DTYPES: dict[str, pl.DataType] = {
 }
 _WINDOW_BYTES = 32 << 20  # a block is mapped this much at a time
 _BUILD_CHUNK_ROWS = 1 << 18
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; Python 3.11 lacks the name
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class ValueBlock:
 
     columns: tuple[str, ...]
     dtype: pl.DataType
-    values: np.ndarray
-    valid: np.ndarray | None = None
+    values: np.ndarray | MappedRows
+    valid: np.ndarray | MappedRows | None = None
 
 
 @dataclass(frozen=True)
@@ -337,41 +338,77 @@ def _empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
-def _take_rows(block: np.ndarray, pos: np.ndarray) -> np.ndarray:
+class MappedRows:
+    """A 2-D ``.npy`` array mapped whole from its file, read a window of rows at a time
+    (:func:`_take_rows`): a window's pages are mapped in one call before it is read and
+    dropped from this process after, so no more than a window of the file is resident
+    here. The mapping stays readable when the file is replaced or removed (an index
+    rebuilt or pruned while a join reads it)."""
+
+    def __init__(self, path: str | Path) -> None:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+            shape, fortran, dtype = read_header(handle)
+            if fortran or len(shape) != 2:
+                raise ValueError(f"{path}: not a C-ordered 2-D array")
+            self.offset = handle.tell()
+            size = int(np.prod(shape)) * dtype.itemsize
+            self.mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) if size else None
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.dtype = dtype
+        self.array = (
+            np.frombuffer(self.mapping, dtype=dtype, count=int(np.prod(shape)), offset=self.offset).reshape(shape)
+            if self.mapping is not None
+            else np.empty(shape, dtype=dtype)
+        )
+
+    def window(self, lo: int, hi: int, dense: bool) -> np.ndarray:
+        """Rows ``lo`` to ``hi - 1``; ``dense``: map all their pages now (one call instead of
+        a fault per page)."""
+        if dense and self.mapping is not None:
+            start, length = self._pages(lo, hi)
+            try:
+                self.mapping.madvise(_MADV_POPULATE_READ, start, length)
+            except OSError:  # a kernel before 5.14: pages are faulted in as read
+                pass
+        return self.array[lo:hi]
+
+    def release(self, lo: int, hi: int) -> None:
+        """Drop the pages of rows ``lo`` to ``hi - 1`` from this process (not from the page cache)."""
+        if self.mapping is not None:
+            self.mapping.madvise(mmap.MADV_DONTNEED, *self._pages(lo, hi))
+
+    def _pages(self, lo: int, hi: int) -> tuple[int, int]:
+        row_bytes = self.dtype.itemsize * self.shape[1]
+        start = self.offset + lo * row_bytes
+        aligned = start - start % mmap.PAGESIZE
+        return aligned, self.offset + hi * row_bytes - aligned
+
+
+def _in_memory(array: np.ndarray | MappedRows) -> np.ndarray:
+    return np.ascontiguousarray(array.array if isinstance(array, MappedRows) else array)
+
+
+def _take_rows(block: np.ndarray | MappedRows, pos: np.ndarray) -> np.ndarray:
     """``block[pos].T`` as a C-ordered array (one contiguous row per column) for ascending
-    ``pos``, taken a window of rows at a time; a memory-mapped block is mapped one window
-    at a time, so no more than a window of it is ever resident in this process."""
+    ``pos``, taken a window of rows at a time (a small transpose stays in cache)."""
     rows, width = block.shape
     out = _empty((width, len(pos)), block.dtype)
-    window = max(1, _WINDOW_BYTES // max(1, block.itemsize * width))
+    row_bytes = block.dtype.itemsize * width
+    window = max(1, _WINDOW_BYTES // max(1, row_bytes))
     cuts = np.searchsorted(pos, np.arange(0, rows + window, window), side="left")
-    mapped = isinstance(block, np.memmap) and block.filename is not None
-    handle = os.open(block.filename, os.O_RDONLY) if mapped else None
-    try:
-        for w in range(len(cuts) - 1):
-            a, b = int(cuts[w]), int(cuts[w + 1])
-            if a == b:
-                continue
-            lo, hi = w * window, min(rows, (w + 1) * window)
-            if handle is None:
-                out[:, a:b] = np.take(block[lo:hi], pos[a:b] - lo, axis=0).T
-                continue
-            # dense windows are mapped with every page at once (one call instead of a fault per page)
-            dense = (b - a) * mmap.PAGESIZE >= (hi - lo) * block.itemsize * width  # a wanted row per page or more
-            start = block.offset + lo * block.itemsize * width
-            aligned = start - start % mmap.ALLOCATIONGRANULARITY
-            length = block.offset + hi * block.itemsize * width - aligned
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if dense else 0)
-            view = mmap.mmap(handle, length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
-            try:
-                part = np.frombuffer(view, dtype=block.dtype, count=(hi - lo) * width, offset=start - aligned)
-                out[:, a:b] = np.take(part.reshape(hi - lo, width), pos[a:b] - lo, axis=0).T
-                del part
-            finally:
-                view.close()
-    finally:
-        if handle is not None:
-            os.close(handle)
+    for w in range(len(cuts) - 1):
+        a, b = int(cuts[w]), int(cuts[w + 1])
+        if a == b:
+            continue
+        lo, hi = w * window, min(rows, (w + 1) * window)
+        if isinstance(block, MappedRows):
+            part = block.window(lo, hi, dense=(b - a) * mmap.PAGESIZE >= (hi - lo) * row_bytes)  # a wanted row per page
+            out[:, a:b] = np.take(part, pos[a:b] - lo, axis=0).T
+            block.release(lo, hi)
+        else:
+            out[:, a:b] = np.take(block[lo:hi], pos[a:b] - lo, axis=0).T
     return out
 
 
@@ -388,9 +425,9 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
             index.dictionary.to_frame("key").write_parquet(staging / _DICTIONARY)
         blocks = []
         for i, block in enumerate(index.blocks):
-            np.save(staging / f"values_{i}.npy", np.ascontiguousarray(block.values))
+            np.save(staging / f"values_{i}.npy", _in_memory(block.values))
             if block.valid is not None:
-                np.save(staging / f"valid_{i}.npy", np.ascontiguousarray(block.valid))
+                np.save(staging / f"valid_{i}.npy", _in_memory(block.valid))
             blocks.append({"columns": list(block.columns), "dtype": str(block.dtype), "valid": block.valid is not None})
         meta = {
             "format": FORMAT_VERSION,
@@ -450,8 +487,8 @@ def _load_block(path: Path, i: int, entry: Mapping[str, Any], n_rows: int) -> Va
     not have the shape and type its entry in the metadata says."""
     dtype = _VALUE_DTYPES[entry["dtype"]]
     columns = tuple(entry["columns"])
-    values = np.load(path / f"values_{i}.npy", mmap_mode="r")
-    valid = np.load(path / f"valid_{i}.npy", mmap_mode="r") if entry["valid"] else None
+    values = MappedRows(path / f"values_{i}.npy")
+    valid = MappedRows(path / f"valid_{i}.npy") if entry["valid"] else None
     expected = pl.Series([], dtype=dtype).to_numpy().dtype
     if values.shape != (n_rows, len(columns)) or values.dtype != expected:
         raise ValueError(f"value block {i} does not match the index")
