@@ -472,11 +472,12 @@ class DeltaOfflineStore(OfflineStore):
         keep a valid index already there), and, with ``key_index_features``, take the
         view's number and boolean features from the index instead of the table's files.
 
-        Keeps the ``keep`` newest versions' indexes of the table and removes older ones.
+        An index keeps the features of every view that built it on this table version, so
+        views sharing a table do not replace each other's. Keeps the index just built and
+        the ``keep - 1`` newest other versions' indexes of the table; removes older ones.
         Returns what was built or found (path, version, rows, features kept, bytes on
-        disk, seconds), or ``None`` when
-        indexes are off or the view cannot be indexed (not one integer or string join key,
-        a span of keys and timestamps too wide for 63 bits).
+        disk, seconds), or ``None`` when indexes are off or the view cannot be indexed (not
+        one integer or string join key, a span of keys and timestamps too wide for 63 bits).
         """
         view = _view_source(config, feature_view)
         located = _key_index_location(config, view)
@@ -485,11 +486,15 @@ class DeltaOfflineStore(OfflineStore):
         path, fingerprint = located
         started = time.perf_counter()
         schema = view.frame.collect_schema()
-        wanted = [f.name for f in feature_view.features if f.name in schema] if config.offline_store.key_index_features else []
-        values = value_columns(schema, wanted)
-        existing = None if rebuild else load_key_index(path, fingerprint)
-        if existing is not None and sorted(c for b in existing.blocks for c in b.columns) == sorted(values):
+        keep_features = config.offline_store.key_index_features
+        values = value_columns(schema, [f.name for f in feature_view.features if f.name in schema]) if keep_features else []
+        existing = load_key_index(path, fingerprint)
+        kept = {c for b in existing.blocks for c in b.columns} if existing is not None else set()
+        if not rebuild and existing is not None and (set(values) <= kept if keep_features else not kept):
             return dict(_index_report(path, view.version, existing, 0.0), reused=True)
+        if keep_features:  # views sharing the table keep what the others asked for too
+            values = value_columns(schema, [*values, *sorted(c for c in kept if c in schema)])
+        del existing
         index = build_key_index(
             view.frame, view.join_keys[0], view.timestamp_field, view.created_timestamp_field,
             fingerprint=fingerprint, values=values,
@@ -497,11 +502,12 @@ class DeltaOfflineStore(OfflineStore):
         if index is None:
             return None
         save_key_index(index, path)
+        report = _index_report(path, view.version, index, time.perf_counter() - started)
         suffix = path.name.split("-", 1)[1]
-        versions = sorted(p for p in path.parent.glob(f"v*-{suffix}") if p.is_dir())
-        for old in versions[: max(0, len(versions) - keep)]:
+        others = sorted(p for p in path.parent.glob(f"v*-{suffix}") if p.is_dir() and p != path)
+        for old in others[: max(0, len(others) - (keep - 1))]:  # never the index just built
             shutil.rmtree(old, ignore_errors=True)
-        return _index_report(path, view.version, index, time.perf_counter() - started)
+        return report
 
     @staticmethod
     def pull_latest_from_table_or_query(

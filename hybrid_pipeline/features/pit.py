@@ -572,10 +572,17 @@ def _fetch_by_index(
     kept = [f for f in features if index.covers(f, schema[f])]
     read = list(dict.fromkeys([*(f for f in features if f not in kept), source_key, source_ts]))
     parts = spec.parts
+    checked: tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None] | None = (rows, packed, parts)
     if not (set(read) - {source_key, source_ts}):  # nothing to read but the check: one part of it
-        rows, packed, parts = _spot_check(rows, packed, spec.parts)
-    fetched = fetch_rows(numbered, read, rows, engine, parts=parts, nan_floats=nan_floats)
-    if not index.verify(fetched[source_key], fetched[source_ts], packed):
+        checked = _spot_check(rows, packed, spec.parts)
+    try:
+        if checked is None:  # winners outside every part
+            raise PitJoinError("the index names rows the table does not have")
+        rows, packed, parts = checked
+        fetched = fetch_rows(numbered, read, rows, engine, parts=parts, nan_floats=nan_floats)
+        if not index.verify(fetched[source_key], fetched[source_ts], packed):
+            raise PitJoinError("rows read back differ from the index")
+    except PitJoinError:
         warnings.warn(
             f"source {spec.name!r}: its key index does not describe the table read; joined by a scan instead",
             RuntimeWarning,
@@ -593,14 +600,19 @@ def _fetch_by_index(
 
 def _spot_check(
     rows: np.ndarray, packed: np.ndarray, parts: Sequence[SourcePart] | None
-) -> tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None]:
+) -> tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None] | None:
     """``rows`` and ``packed`` cut to the rows of the smallest part holding any (``-1``
-    elsewhere), and that part; unchanged without parts."""
+    elsewhere), and that part; unchanged without parts; ``None`` when a row lies in no part
+    (an index of a longer table)."""
     hit = rows[rows >= 0]
     if not parts or len(hit) == 0:
         return rows, packed, parts
     starts = np.array([p.start for p in parts], dtype=np.int64)  # parts are consecutive: ascending
-    winners = np.bincount(np.searchsorted(starts, hit, side="right"), minlength=len(parts) + 1)[1:]
+    ends = starts + np.array([p.rows for p in parts], dtype=np.int64)
+    at = np.searchsorted(starts, hit, side="right") - 1
+    if (at < 0).any() or (hit >= ends[np.maximum(at, 0)]).any():
+        return None
+    winners = np.bincount(at, minlength=len(parts))
     part = min((parts[i] for i in np.flatnonzero(winners)), key=lambda p: p.rows)
     inside = (rows >= part.start) & (rows < part.start + part.rows)
     return np.where(inside, rows, -1), np.where(inside, packed, -1), [part]

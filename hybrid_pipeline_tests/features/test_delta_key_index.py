@@ -4,6 +4,7 @@ version, giving the same rows as the scanning join through Feast's API."""
 from __future__ import annotations
 
 import random
+import shutil
 import warnings
 from dataclasses import replace
 from datetime import timedelta
@@ -162,3 +163,40 @@ def test_a_view_renaming_other_columns_never_shares_an_index_whose_kept_features
     # same table version, but "score" would now be the table's "visits" column
     other_path, other_fingerprint = _key_index_location(store.config, replace(source, renames={"visits": "score"}))
     assert other_fingerprint != fingerprint and other_path != path
+
+
+def test_features_all_kept_in_the_index_are_retrieved_with_only_one_files_keys_read(lake):
+    _, rows, store = lake
+    numbers = ["score", "visits"]  # both kept: no feature is read from the files
+    entities = entity_rows(seed=13)
+    job = lambda: store.get_historical_features(entity_df=entity_frame(entities),  # noqa: E731
+                                                features=[f"user_scores:{f}" for f in numbers])
+    scanned = job().to_df()
+    DeltaOfflineStore.build_key_index(store.config, store.get_feature_view("user_scores"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the one-file check passes: no fallback
+        indexed, arrow = job().to_df(), job().to_arrow()
+    pd.testing.assert_frame_equal(indexed, scanned)
+    assert arrow.column("score").null_count > 0  # nulls stay nulls in arrow, NaN in pandas
+    expected = oracle_join(entities, [OracleSource(rows, ["user_id"], "event_timestamp", numbers, "created", TTL)])
+    for i, row in enumerate(indexed.to_dict("records")):
+        assert tuple(None if pd.isna(row[c]) else row[c] for c in numbers) in expected[i][0]
+
+
+def test_views_sharing_a_table_keep_each_others_features_and_a_recreated_table_keeps_its_new_index(lake, tmp_path):
+    uri, _, store = lake
+    view = store.get_feature_view("user_scores")
+    first = DeltaOfflineStore.build_key_index(store.config, view)
+    narrow = view.__copy__()
+    narrow.features = [f for f in view.features if f.name == "visits"]
+    # another view of the same table asking for less: the index it finds serves it, kept as is
+    assert DeltaOfflineStore.build_key_index(store.config, narrow, rebuild=False)["reused"]
+    assert sorted(DeltaOfflineStore.build_key_index(store.config, narrow)["features_kept"]) == sorted(first["features_kept"])
+
+    # the table deleted and written again: version 0, below the old index's version 2
+    shutil.rmtree(uri)
+    pl.DataFrame(feature_rows(4, 30), schema=SCHEMA, orient="row").write_delta(uri)
+    rebuilt = DeltaOfflineStore.build_key_index(store.config, view, keep=1)
+    assert rebuilt["version"] == 0 and Path(rebuilt["path"]).is_dir()
+    assert [p.name.split("-")[0] for p in Path(rebuilt["path"]).parent.iterdir()] == ["v0000000000"]
+    assert spec_of(store).key_index is not None
