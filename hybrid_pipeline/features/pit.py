@@ -570,10 +570,11 @@ def _fetch_by_index(
     packed = np.full(n, -1, dtype=np.int64)
     packed[at] = np.asarray(index.keys)[pos]
     kept = [f for f in features if index.covers(f, schema[f])]
-    read = list(dict.fromkeys([*(f for f in features if f not in kept), source_key, source_ts]))
+    rest = [f for f in features if f not in kept]
+    read = list(dict.fromkeys([*rest, source_key, source_ts]))
     parts = spec.parts
     checked: tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None] | None = (rows, packed, parts)
-    if not (set(read) - {source_key, source_ts}):  # nothing to read but the check: one part of it
+    if not rest:  # nothing to read but the check: one part of it
         checked = _spot_check(rows, packed, spec.parts)
     try:
         if checked is None:  # winners outside every part
@@ -594,8 +595,7 @@ def _fetch_by_index(
     where = np.full(n, -1, dtype=np.int64)
     where[at] = np.arange(len(at), dtype=np.int64)
     from_index = _place(index.values(pos, kept), where, nan_floats)
-    rest = fetched.select(f for f in features if f not in kept)
-    return pl.concat([from_index, rest], how="horizontal").select(features)
+    return pl.concat([from_index, fetched.select(rest)], how="horizontal").select(features)
 
 
 def _spot_check(

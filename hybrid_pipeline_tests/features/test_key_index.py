@@ -256,6 +256,17 @@ def test_kept_features_come_from_the_index_and_only_the_smallest_part_with_winne
     assert out.equals(expected)
 
 
+def test_a_feature_that_is_the_timestamp_column_is_read_for_every_winner_beside_kept_features():
+    table = pl.DataFrame({"user_id": [1, 2, 3, 4], "ts": [at(h) for h in range(4)], "v": [1.0, 2.0, 3.0, 4.0]})
+    parts = [SourcePart(0, 1, table.slice(0, 1).lazy()), SourcePart(1, 3, table.slice(1, 3).lazy())]
+    entities = pl.DataFrame({"user_id": [1, 2, 3, 4], "event_timestamp": [at(9)] * 4})
+    spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["v", "ts"], rescannable=True, parts=parts)
+    # "v" comes from the index; "ts" is read with the check, so it must be read for all winners
+    indexed = replace(spec, key_index=build_key_index(table, "user_id", "ts", values=["v"]))
+    assert point_in_time_join(entities, [indexed]).equals(point_in_time_join(entities, [spec]))
+    assert point_in_time_join(entities, [indexed])["ts"].null_count() == 0
+
+
 def test_an_index_keeping_features_of_another_row_order_is_caught_and_the_join_scans():
     table = pl.DataFrame({"user_id": [1, 1, 2, 2], "ts": [at(0), at(2), at(0), at(2)], "v": [10, 12, 20, 22]})
     stale = build_key_index(table, "user_id", "ts", values=["v"])
