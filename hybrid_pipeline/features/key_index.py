@@ -146,9 +146,12 @@ class KeyIndex:
         """Source row of each entity row's point-in-time winner (``-1``: none), and the
         winner's packed key as the index holds it (``-1``: none), for :meth:`verify`.
         Arguments as for :meth:`winners`."""
-        at, pos = self.winners(key, ts, unit, ttl)
-        match = np.full(len(key), -1, dtype=np.int64)
-        packed = np.full(len(key), -1, dtype=np.int64)
+        return self.sources(*self.winners(key, ts, unit, ttl), len(key))
+
+    def sources(self, at: np.ndarray, pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`match`'s answer for ``n`` entity rows from what :meth:`winners` gave."""
+        match = np.full(n, -1, dtype=np.int64)
+        packed = np.full(n, -1, dtype=np.int64)
         match[at] = self.rows[pos]
         packed[at] = np.asarray(self.keys)[pos]
         return match, packed

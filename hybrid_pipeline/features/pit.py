@@ -565,21 +565,14 @@ def _fetch_by_index(
     ttl = None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit)
     at, pos = index.winners(key, left_ts, ts_dtype.time_unit, ttl)
     n = entities.height
-    rows = np.full(n, -1, dtype=np.int64)
-    rows[at] = index.rows[pos]
-    packed = np.full(n, -1, dtype=np.int64)
-    packed[at] = np.asarray(index.keys)[pos]
+    rows, packed = index.sources(at, pos, n)
     kept = [f for f in features if index.covers(f, schema[f])]
     rest = [f for f in features if f not in kept]
-    read = list(dict.fromkeys([*rest, source_key, source_ts]))
     parts = spec.parts
-    checked: tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None] | None = (rows, packed, parts)
-    if not rest:  # nothing to read but the check: one part of it
-        checked = _spot_check(rows, packed, spec.parts)
     try:
-        if checked is None:  # winners outside every part
-            raise PitJoinError("the index names rows the table does not have")
-        rows, packed, parts = checked
+        if not rest:  # nothing to read but the check: one part of it
+            rows, packed, parts = _spot_check(rows, packed, parts)
+        read = list(dict.fromkeys([*rest, source_key, source_ts]))
         fetched = fetch_rows(numbered, read, rows, engine, parts=parts, nan_floats=nan_floats)
         if not index.verify(fetched[source_key], fetched[source_ts], packed):
             raise PitJoinError("rows read back differ from the index")
@@ -600,10 +593,10 @@ def _fetch_by_index(
 
 def _spot_check(
     rows: np.ndarray, packed: np.ndarray, parts: Sequence[SourcePart] | None
-) -> tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None] | None:
+) -> tuple[np.ndarray, np.ndarray, Sequence[SourcePart] | None]:
     """``rows`` and ``packed`` cut to the rows of the smallest part holding any (``-1``
-    elsewhere), and that part; unchanged without parts; ``None`` when a row lies in no part
-    (an index of a longer table)."""
+    elsewhere), and that part; unchanged without parts. Raises :class:`PitJoinError` when
+    a row lies in no part (an index of a longer table)."""
     hit = rows[rows >= 0]
     if not parts or len(hit) == 0:
         return rows, packed, parts
@@ -611,7 +604,7 @@ def _spot_check(
     ends = starts + np.array([p.rows for p in parts], dtype=np.int64)
     at = np.searchsorted(starts, hit, side="right") - 1
     if (at < 0).any() or (hit >= ends[np.maximum(at, 0)]).any():
-        return None
+        raise PitJoinError("the index names rows the table does not have")
     winners = np.bincount(at, minlength=len(parts))
     part = min((parts[i] for i in np.flatnonzero(winners)), key=lambda p: p.rows)
     inside = (rows >= part.start) & (rows < part.start + part.rows)
