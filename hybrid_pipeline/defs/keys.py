@@ -35,3 +35,39 @@ USER_FEATURES_VIEW = dg.AssetKey(["features", "user_features"])
 TRAINING_SET = dg.AssetKey(["features", "training_set"])
 ONLINE_USER_FEATURES = dg.AssetKey(["features", "online_user_features"])
 STREAMING_USER_ACTIVITY = dg.AssetKey(["streaming", "user_activity_1h"])
+PREDICTIONS = dg.AssetKey(["gold", "predictions"])
+
+# Every Delta table an asset of the graph writes: the maintenance job compacts and vacuums
+# exactly these, and a test holds this list equal to the graph's Delta assets.
+DELTA_TABLES: tuple[dg.AssetKey, ...] = (
+    BRONZE_EVENTS,
+    BRONZE_LANDED_FILES,
+    BRONZE_MEDIA_FILES,
+    BRONZE_MEDIA_LANDED,
+    BRONZE_MEDIA_LABELS,
+    SILVER_EVENTS,
+    SILVER_QUARANTINE,
+    SILVER_DUPLICATES,
+    SILVER_MEDIA_METADATA,
+    SILVER_DOCUMENT_TEXT,
+    SILVER_MEDIA_QUARANTINE,
+    DAILY_METRICS,
+    FACT_EVENTS,
+    DIM_USER,
+    USER_LANDING_SUMMARY,
+    DIM_DATE,
+    IMAGE_TRAINING_MANIFEST,
+    MEDIA_COLLECTION_STATS,
+    USER_FEATURES,
+    USER_LABELS,
+    TRAINING_SET,
+    PREDICTIONS,
+)
+# Delta-kind assets that read a table and write none (a Feast feature view over gold/user_features).
+DELTA_VIEWS: tuple[dg.AssetKey, ...] = (USER_FEATURES_VIEW,)
+# Tables clustered on their lookup keys: compaction must keep that order, so it re-Z-orders them.
+ZORDER_BY: dict[dg.AssetKey, list[str]] = {
+    SILVER_EVENTS: ["user_id", "event_date"],
+    FACT_EVENTS: ["user_key", "event_date"],
+    USER_FEATURES: ["user_id", "event_date"],
+}

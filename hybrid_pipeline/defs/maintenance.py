@@ -5,37 +5,11 @@ from datetime import timedelta
 
 import dagster as dg
 
-from hybrid_pipeline.defs.keys import (
-    BRONZE_EVENTS,
-    BRONZE_LANDED_FILES,
-    DAILY_METRICS,
-    DIM_DATE,
-    DIM_USER,
-    FACT_EVENTS,
-    SILVER_DUPLICATES,
-    SILVER_EVENTS,
-    SILVER_QUARANTINE,
-    USER_LANDING_SUMMARY,
-    table_of,
-)
+from hybrid_pipeline.defs.keys import DELTA_TABLES, ZORDER_BY, table_of
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
 
-ZORDER = {table_of(SILVER_EVENTS): ["user_id", "event_date"], table_of(FACT_EVENTS): ["user_key", "event_date"]}
-ALL_TABLES = [
-    table_of(k)
-    for k in (
-        BRONZE_EVENTS,
-        BRONZE_LANDED_FILES,
-        SILVER_EVENTS,
-        SILVER_QUARANTINE,
-        SILVER_DUPLICATES,
-        DAILY_METRICS,
-        FACT_EVENTS,
-        USER_LANDING_SUMMARY,
-        DIM_USER,
-        DIM_DATE,
-    )
-]
+ZORDER = {table_of(key): columns for key, columns in ZORDER_BY.items()}
+ALL_TABLES = [table_of(key) for key in DELTA_TABLES]
 
 
 @dg.op(description="Compact every table; Z-order the large ones on their lookup keys.")
@@ -54,12 +28,15 @@ def optimize_tables(context: dg.OpExecutionContext, lakehouse: LakehouseResource
 @dg.op(description="Delete files older than the retention that no table version inside it still uses.")
 def vacuum_tables(
     context: dg.OpExecutionContext, tables: list[str], lakehouse: LakehouseResource, policy: DataPolicyResource
-) -> None:
+) -> dict[str, int]:
     lh = lakehouse.lakehouse()
     retention = timedelta(hours=policy.vacuum_retention_hours)
+    removed_by_table = {}
     for table in tables:
         removed = lh.vacuum(table, retention)
         context.log.info(f"vacuumed {table}: {len(removed)} files removed (retention {retention})")
+        removed_by_table[table] = len(removed)
+    return removed_by_table
 
 
 @dg.job(description="Compact, Z-order and vacuum the lakehouse tables.", tags={"kind": "maintenance"})

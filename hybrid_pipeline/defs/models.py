@@ -47,7 +47,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from hybrid_pipeline.defs.keys import IMAGE_TRAINING_MANIFEST, TRAINING_SET, USER_FEATURES, table_of
+from hybrid_pipeline.defs.keys import IMAGE_TRAINING_MANIFEST, PREDICTIONS, TRAINING_SET, USER_FEATURES, table_of
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.ml import reproduce as recipe_mod
@@ -57,7 +57,6 @@ from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
 PURCHASE_MODEL = dg.AssetKey(["models", "purchase_model"])
 DIGIT_CLASSIFIER = dg.AssetKey(["models", "digit_classifier"])
 PRODUCTION_PURCHASE_MODEL = dg.AssetKey(["models", "production_purchase_model"])
-PREDICTIONS = dg.AssetKey(["gold", "predictions"])
 
 PURCHASE_MODEL_NAME: Final = recipe_mod.MODEL_NAME
 DIGIT_MODEL_NAME: Final = "digit_classifier"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -10,6 +11,7 @@ import pytest
 
 from hybrid_pipeline.cli import materialize
 from hybrid_pipeline.definitions import build_definitions
+from hybrid_pipeline.defs.keys import DELTA_TABLES, DELTA_VIEWS, ZORDER_BY, table_of
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline_tests.conftest import make_env
 
@@ -67,6 +69,42 @@ def test_maintenance_compacts_zorders_and_vacuums_without_changing_any_table(bui
         assert lh.read(table).sort(df.columns).equals(df), table
     # Time travel to the pre-maintenance version still works: vacuum kept files within retention.
     assert lh.read("silver/events", version=version_before).height == before["silver/events"].height
+
+
+def test_the_maintained_tables_are_exactly_the_delta_tables_the_graph_writes(built):
+    env, _ = built
+    specs = build_definitions(env.settings).resolve_all_asset_specs()
+    delta_assets = {spec.key for spec in specs if "delta" in spec.kinds}
+    assert set(DELTA_TABLES).isdisjoint(DELTA_VIEWS)
+    assert delta_assets == set(DELTA_TABLES) | set(DELTA_VIEWS)
+    assert len(DELTA_TABLES) == len(set(DELTA_TABLES)) == 22
+    # Every Delta table the daily runs left on disk is one the job maintains.
+    root = Path(env.lakehouse.root)
+    on_disk = {p.parent.relative_to(root).as_posix() for p in root.rglob("_delta_log")}
+    assert on_disk and on_disk <= {table_of(k) for k in DELTA_TABLES}
+
+
+def test_maintenance_compacts_and_vacuums_every_delta_table_and_keeps_z_ordered_ones_z_ordered(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch)
+    lh = env.lakehouse
+    for key in DELTA_TABLES:  # two small appends each, so compaction has files to merge
+        for part in range(2):
+            lh.append(table_of(key), pl.DataFrame({"user_id": [f"u{part}"], "event_date": [date(2024, 1, 1 + part)],
+                                                    "user_key": [part], "value": [float(part)]}))
+    with dg.instance_for_test() as instance:
+        job = build_definitions(env.settings).resolve_job_def("lakehouse_maintenance")
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        vacuumed = result.output_for_node("vacuum_tables")
+    assert set(vacuumed) == {table_of(key) for key in DELTA_TABLES}
+    for key in DELTA_TABLES:
+        table = table_of(key)
+        ops = [h["operation"] for h in lh.history(table)]
+        assert "OPTIMIZE" in ops, table
+        optimize = next(h for h in lh.history(table) if h["operation"] == "OPTIMIZE")
+        strategy = optimize["operationMetrics"].get("plannerStrategy")
+        assert (strategy == "zOrder") == (key in ZORDER_BY), table
+        assert lh.read(table).height == 2, table
 
 
 def test_time_travel_reads_a_table_as_it_was_before_a_later_landing_day(built):
