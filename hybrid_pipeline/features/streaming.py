@@ -8,12 +8,14 @@ older than the window fall off, and a replayed batch can be detected by its batc
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import msgpack
 import polars as pl
+
+from hybrid_pipeline.online import OnlineReader, PackedRecord
 
 VIEW = "user_streaming_features"
 WINDOW = timedelta(hours=1)
@@ -120,24 +122,44 @@ def push(rows: pl.DataFrame, reader, writer, now: datetime | None = None, batch_
 
 
 class CombinedReader:
-    """Serves batch features and streaming features as one record per user."""
+    """Serves batch features and streaming features as one record per user.
 
-    def __init__(self, reader, extra_views: tuple[str, ...] = (VIEW,)) -> None:  # noqa: ANN001
+    A merged record is dated by the *oldest* event timestamp of its parts. Clients judge
+    staleness from that timestamp, and a record is only as fresh as its stalest feature:
+    dating it by fresh streaming counts would hide batch features a day old, and counts
+    last pushed hours ago (a user with no recent events) are as old as that push. A user
+    with only one part is dated by that part; the created timestamp is the newest known write.
+    """
+
+    def __init__(self, reader: OnlineReader, extra_views: tuple[str, ...] = (VIEW,)) -> None:
         self.reader = reader
         self.extra_views = extra_views
 
-    def get(self, view: str, entity_ids):  # noqa: ANN001, ANN201
-        base = self.reader.get(view, entity_ids)
+    def get_records(self, view: str, entity_ids: Sequence[str]) -> list[PackedRecord | None]:
+        """``view``'s records with the streaming features merged in (``None`` where no part is stored)."""
+        merged = self.reader.get_records(view, entity_ids)
         for extra in self.extra_views:
-            for i, rec in enumerate(self.reader.get(extra, entity_ids)):
-                if rec is None:
-                    continue
-                fresh = {k: rec[k] for k in FEATURES if k in rec}
-                base[i] = {**(base[i] or {}), **fresh}  # a brand-new user is served its fresh counts
-        return base
+            for i, rec in enumerate(self.reader.get_records(extra, entity_ids)):
+                if rec is not None:
+                    merged[i] = _merge(merged[i], rec)
+        return merged
+
+    def get(self, view: str, entity_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Feature dicts of :meth:`get_records`."""
+        return [None if rec is None else rec.features for rec in self.get_records(view, entity_ids)]
 
     def ping(self) -> bool:
         return self.reader.ping()
 
     def close(self) -> None:
         self.reader.close()
+
+
+def _merge(base: PackedRecord | None, streaming: PackedRecord) -> PackedRecord:
+    """``base`` with ``streaming``'s features (a brand-new user is served its fresh counts alone)."""
+    fresh = {k: streaming.features[k] for k in FEATURES if k in streaming.features}
+    if base is None:
+        return PackedRecord(fresh, streaming.event_ts_us, streaming.created_ts_us)
+    created = [ts for ts in (base.created_ts_us, streaming.created_ts_us) if ts is not None]
+    return PackedRecord({**base.features, **fresh}, min(base.event_ts_us, streaming.event_ts_us),
+                        max(created) if created else None)

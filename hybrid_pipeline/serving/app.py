@@ -1,4 +1,8 @@
-"""Online feature serving API (FastAPI) over :class:`hybrid_pipeline.online.OnlineReader`.
+"""Online feature serving API (FastAPI) over a :class:`FeatureReader`.
+
+The reader is an :class:`hybrid_pipeline.online.OnlineReader` (``python -m hybrid_pipeline.serving``)
+or a :class:`hybrid_pipeline.features.streaming.CombinedReader` (``hybrid-pipeline serve``); both
+hand back records with their event timestamps, so ``event_timestamp`` is the same on either path.
 
 Routes (``X-API-Key`` required on the data routes when an API key is configured):
 
@@ -11,10 +15,15 @@ Routes (``X-API-Key`` required on the data routes when an API key is configured)
 * ``GET /health`` (backend ping; 503 when it fails) and ``GET /metrics`` (Prometheus text)
   need no key.
 
+``event_timestamp`` is the stored record's event time (ISO-8601), the one clients judge
+staleness by; a combined reader dates a merged record by its oldest part.
+
 User ids are 1-64 characters of ``[A-Za-z0-9_.:-]``. Every client mistake is answered with
 a 4xx and a JSON body ``{"error": <code>, "detail": <message>}``: 400 malformed JSON, 401 bad
 or missing key, 404 unknown user/route, 405 wrong method, 413 body over ``max_body_bytes``,
 422 anything else that is well-formed JSON but not a valid request. A failing backend is 503.
+A client that hangs up before its request is read is not a server error: it gets no answer,
+one log line and a count in ``hybrid_serving_client_disconnects_total``, not in the requests.
 
 Handlers are ``async`` and call the reader inline: a lookup is tens of microseconds on
 SQLite and one round trip on Redis, cheaper than a hop to the thread pool. The predictor
@@ -39,7 +48,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,9 +58,12 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-__all__ = ["MAX_BATCH", "USER_ID_PATTERN", "create_app", "valid_user_id"]
+from hybrid_pipeline.online import PackedRecord
+
+__all__ = ["MAX_BATCH", "USER_ID_PATTERN", "FeatureReader", "create_app", "valid_user_id"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,19 @@ _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 
 def valid_user_id(value: Any) -> bool:
     return type(value) is str and _USER_ID.fullmatch(value) is not None
+
+
+@runtime_checkable
+class FeatureReader(Protocol):
+    """What the app reads through. Records, not bare feature dicts, so every reader serves an event time."""
+
+    def get_records(self, view: str, entity_ids: Sequence[str]) -> list[Optional[PackedRecord]]:
+        """One record per id, in order (``None`` where nothing is stored)."""
+        ...
+
+    def ping(self) -> bool:
+        """Whether the backend answers (``/health``)."""
+        ...
 
 
 class ApiError(Exception):
@@ -208,10 +233,15 @@ class _Metrics:
             "hybrid_serving_predict_duration_seconds", "Predictor call latency.", _LATENCY_BUCKETS,
         )
         self.lookups = _Counter("hybrid_serving_feature_lookups", "Entity lookups by result.", ["result"])
+        self.disconnects = _Counter(
+            "hybrid_serving_client_disconnects",
+            "Requests the client hung up on before they were read, by route and method.", ["route", "method"],
+        )
         self.batch_sizes = _Histogram(
             "hybrid_serving_batch_size", "User ids per batch request.", _BATCH_BUCKETS, ["route"],
         )
-        self._metrics = (self.requests, self.latency, self.predict_latency, self.lookups, self.batch_sizes)
+        self._metrics = (self.requests, self.latency, self.predict_latency, self.lookups, self.batch_sizes,
+                         self.disconnects)
         self._lock = threading.Lock()
         self._latency_children: dict[tuple[str, str], list] = {}
         self.registry.register(self)
@@ -231,6 +261,10 @@ class _Metrics:
             self.latency.observe_child(child, seconds)
             self.requests.inc((route, method, str(status)))
 
+    def count_disconnect(self, route: str, method: str) -> None:
+        with self._lock:
+            self.disconnects.inc((route, method))
+
     def observe_predict(self, seconds: float) -> None:
         with self._lock:
             self.predict_latency.observe(seconds)
@@ -248,7 +282,11 @@ class _Metrics:
 
 
 class _MetricsMiddleware:
-    """Pure ASGI middleware: request count and latency labelled by the matched route template."""
+    """Pure ASGI middleware: request count and latency labelled by the matched route template.
+
+    A client that hangs up while its request is read (Starlette's ``ClientDisconnect``) is
+    counted as a disconnect instead: nobody is left to answer, and it is not a server error.
+    """
 
     def __init__(self, app: Any, metrics: _Metrics, router: Any):
         self.app = app
@@ -279,11 +317,19 @@ class _MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        method = scope.get("method", "")
+        hung_up = False
         try:
             await self.app(scope, receive, send_status)
+        except ClientDisconnect:
+            hung_up = True
+            log.info("client disconnected before its request was read: %s %s", method, scope.get("path", ""))
         finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.record(self._template(scope), scope.get("method", ""), status, elapsed)
+            route = self._template(scope)
+            if hung_up:
+                self.metrics.count_disconnect(route, method)
+            else:
+                self.metrics.record(route, method, status, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- request parsing
@@ -347,7 +393,7 @@ def _user_ids_from(payload: Any, max_batch: int) -> list[str]:
 
 
 def create_app(
-    reader: Any,
+    reader: FeatureReader,
     feature_view: str,
     api_key: Optional[str] = None,
     predictor: Optional[Callable[[list[dict]], Sequence[Any]]] = None,
@@ -360,9 +406,8 @@ def create_app(
     """Build the serving app.
 
     Args:
-        reader: an :class:`~hybrid_pipeline.online.OnlineReader` (anything with
-            ``get(view, ids) -> list[dict | None]``; ``get_records`` adds event timestamps,
-            ``ping()`` backs ``/health``).
+        reader: a :class:`FeatureReader` (``OnlineReader``, ``CombinedReader``); one without
+            ``get_records`` is refused here rather than served without event timestamps.
         feature_view: the feature view served.
         api_key: when set, ``X-API-Key`` must equal it on ``/features`` and ``/predict``.
         predictor: ``predictor(list of feature dicts) -> one score per dict``; enables
@@ -376,9 +421,11 @@ def create_app(
         raise ValueError("feature_view must be a non-empty string")
     if api_key is not None and not api_key:
         raise ValueError("api_key must be None (no auth) or a non-empty string")
+    if not isinstance(reader, FeatureReader):
+        raise TypeError(f"reader must have get_records(view, ids) and ping() (a FeatureReader), "
+                        f"got {type(reader).__name__}")
     metrics = _Metrics()
     key_bytes = api_key.encode("utf-8") if api_key else None
-    get_records = getattr(reader, "get_records", None)
     view = feature_view
 
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None,
@@ -423,11 +470,10 @@ def create_app(
     def lookup(ids: list[str]) -> list[tuple[Optional[dict], Optional[str]]]:
         """(features, event_timestamp ISO) per id."""
         try:
-            if get_records is not None:
-                records = get_records(view, ids)
-                out = [(None, None) if r is None else (r.features, r.event_ts.isoformat()) for r in records]
-            else:
-                out = [(f, None) for f in reader.get(view, ids)]
+            records = reader.get_records(view, ids)
+            out: list[tuple[Optional[dict], Optional[str]]] = [
+                (None, None) if r is None else (r.features, r.event_ts.isoformat()) for r in records
+            ]
         except Exception as exc:
             log.exception("online store lookup failed")
             raise ApiError(503, "store_unavailable", f"online store lookup failed: {type(exc).__name__}") from None
@@ -439,7 +485,7 @@ def create_app(
 
     async def health(request: Request):
         try:
-            ok = bool(reader.ping()) if hasattr(reader, "ping") else True
+            ok = bool(reader.ping())
         except Exception as exc:
             log.warning("health check failed: %s", exc)
             ok = False

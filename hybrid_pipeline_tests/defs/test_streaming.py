@@ -144,3 +144,29 @@ def test_one_online_push_serves_many_batches_and_a_replayed_batch_is_not_counted
     finally:
         reader.close()
     assert [g["events_1h"] for g in got] == [10, 10]
+
+
+def test_the_combined_reader_merges_records_and_dates_them_by_their_oldest_part(tmp_path):
+    from hybrid_pipeline.features.streaming import VIEW
+    from hybrid_pipeline.online import OnlineReader, OnlineWriter
+
+    url = f"sqlite://{tmp_path / 'online.db'}"
+    batch_ts = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    stream_ts = batch_ts + timedelta(hours=6)
+    minute = int(stream_ts.timestamp() // 60)
+    with OnlineWriter.from_url(url, "p") as writer:
+        writer.write_records("user_features", [("both", {"clicks": 4}, batch_ts, batch_ts),
+                                               ("batch", {"clicks": 1}, batch_ts, None)])
+        writer.write_records(VIEW, [(u, merge_window(None, {minute: (2, 3.0)}, stream_ts), stream_ts, None)
+                                    for u in ("both", "new")])
+    reader = CombinedReader(OnlineReader.from_url(url, "p"))
+    try:
+        both, batch, new, nobody = reader.get_records("user_features", ["both", "batch", "new", "nobody"])
+        features = reader.get("user_features", ["both", "batch", "new", "nobody"])
+    finally:
+        reader.close()
+    assert both.features == {"clicks": 4, "events_1h": 2, "revenue_1h": 3.0}  # no window internals (buckets, batch ids)
+    assert both.event_ts == batch_ts  # the stalest part dates the record
+    assert (batch.event_ts, new.event_ts, nobody) == (batch_ts, stream_ts, None)
+    assert new.features == {"events_1h": 2, "revenue_1h": 3.0}
+    assert features == [both.features, batch.features, new.features, None]

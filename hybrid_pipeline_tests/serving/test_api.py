@@ -366,15 +366,16 @@ def test_a_failing_store_is_503_for_lookups_and_health(reader):
         assert client.get("/health").json()["status"] == "unavailable"
 
 
-def test_readers_with_only_get_are_enough(reader):
-    class Minimal:
+def test_a_reader_without_event_times_is_refused_when_the_app_is_built():
+    class FeaturesOnly:  # would serve every user with "event_timestamp": null
         def get(self, view, ids):
             return [USERS.get(i) for i in ids]
 
-    with TestClient(create_app(Minimal(), VIEW)) as client:
-        body = client.get("/features/u1").json()
-        assert body["features"] == USERS["u1"] and body["event_timestamp"] is None
-        assert client.get("/features/ghost").status_code == 404
+        def ping(self):
+            return True
+
+    with pytest.raises(TypeError, match="get_records"):
+        create_app(FeaturesOnly(), VIEW)
 
 
 def test_non_json_native_feature_values_are_converted(tmp_path: Path):
