@@ -25,7 +25,7 @@ from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.media.extract import describe_many
 from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_collection_stats
-from hybrid_pipeline.media.store import ingest_landing_media, read_labels, resolve_bronze_path, unique_records
+from hybrid_pipeline.media.store import ingest_landing_media, load_labels, resolve_bronze_path, unique_records
 from hybrid_pipeline.transforms import media_tables as mt
 
 _OWNERS = ["team:ml-platform"]
@@ -45,7 +45,8 @@ def media_root(lakehouse: LakehouseResource) -> Path:
                      description="One row per stored media file (sha256, size, type from magic bytes, original name). "
                      "The bytes live unchanged at bronze/media/<sha[:2]>/<sha>.<ext>."),
         dg.AssetSpec(BRONZE_MEDIA_LANDED, group_name="bronze", kinds=_KINDS, owners=_OWNERS, tags={"layer": "bronze"},
-                     description="Every file in the media landing folder and what became of it (stored, duplicate, rejected)."),
+                     description="Every file in the media landing folder and what became of it (stored, duplicate, rejected "
+                     "as a symlink, empty, not a regular file, unreadable or in a folder nested too deep)."),
         dg.AssetSpec(BRONZE_MEDIA_LABELS, group_name="bronze", kinds=_KINDS, owners=_OWNERS, tags={"layer": "bronze"},
                      description="Image labels from the landing zone's images/labels.csv, by original file name."),
     ]
@@ -54,13 +55,15 @@ def media_root(lakehouse: LakehouseResource) -> Path:
 def bronze_media(lakehouse: LakehouseResource, landing: LandingZoneResource):
     lh = lakehouse.lakehouse()
     landing_media = landing.root / "media"
-    records, rejected = ingest_landing_media(landing_media, media_root(lakehouse), date.today().isoformat(),
+    today = date.today().isoformat()
+    records, rejected = ingest_landing_media(landing_media, media_root(lakehouse), today,
                                              ingested_at=datetime.now(timezone.utc))
+    label_map, labels_rejected = load_labels(landing_media, today)  # a refused labels file is one more reject
     files = mt.files_frame(unique_records(records))
     v_files = lh.insert_new(table_of(BRONZE_MEDIA_FILES), files, ["sha256"]) if files.height else lh.version(table_of(BRONZE_MEDIA_FILES))
-    landed = mt.landed_frame(records, rejected)
+    landed = mt.landed_frame(records, rejected + labels_rejected)
     v_landed = lh.replace_where(table_of(BRONZE_MEDIA_LANDED), landed, "true")
-    labels = mt.labels_frame(read_labels(landing_media) if landing_media.exists() else {})
+    labels = mt.labels_frame(label_map)
     v_labels = lh.upsert(table_of(BRONZE_MEDIA_LABELS), labels, ["original_name"]) if labels.height else lh.version(table_of(BRONZE_MEDIA_LABELS))
     total = lh.scan_or_empty(table_of(BRONZE_MEDIA_FILES), dict(MEDIA_FILES_SCHEMA)).select(pl.len()).collect().item()
     status = dict(landed.group_by("status").len().iter_rows())
@@ -83,8 +86,9 @@ def bronze_media(lakehouse: LakehouseResource, landing: LandingZoneResource):
                      tags={"layer": "silver"}, description="Text extracted from PDF and TXT documents, by sha256."),
         dg.AssetSpec(SILVER_MEDIA_QUARANTINE, deps=[BRONZE_MEDIA_FILES, BRONZE_MEDIA_LANDED], group_name="silver",
                      kinds=_KINDS, owners=_OWNERS, tags={"layer": "silver"},
-                     description="Media set aside with the reason: empty, symlink, corrupt or truncated image, extension "
-                     "that lies, decompression bomb, encrypted or unreadable PDF, unsupported type."),
+                     description="Media set aside with the reason: empty, symlink, not a regular file, unreadable, folder "
+                     "nested too deep, corrupt or truncated image, extension that lies, decompression bomb, encrypted, "
+                     "unreadable or too complex PDF, unsupported type, or a description that failed."),
     ]
 )
 @measured
@@ -94,7 +98,7 @@ def silver_media(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
     meta_t, text_t, quar_t = table_of(SILVER_MEDIA_METADATA), table_of(SILVER_DOCUMENT_TEXT), table_of(SILVER_MEDIA_QUARANTINE)
     files = lh.scan_or_empty(table_of(BRONZE_MEDIA_FILES), dict(MEDIA_FILES_SCHEMA)).collect()
     done = pl.concat([
-        lh.scan_or_empty(meta_t, {"sha256": pl.String}).select("sha256").collect(),
+        lh.scan_or_empty(meta_t, {"sha256": pl.String()}).select("sha256").collect(),
         lh.scan_or_empty(quar_t, mt.QUARANTINE_SCHEMA).filter(pl.col("stage") == "extraction").select("sha256").collect(),
     ])
     new = files.join(done, on="sha256", how="anti")
@@ -131,7 +135,7 @@ def image_training_manifest(lakehouse: LakehouseResource) -> dg.MaterializeResul
     from hybrid_pipeline.media.dataset import build_image_manifest  # imports torch: only when run
 
     lh = lakehouse.lakehouse()
-    good = lh.scan_or_empty(table_of(SILVER_MEDIA_METADATA), {"sha256": pl.String}).select("sha256").collect()
+    good = lh.scan_or_empty(table_of(SILVER_MEDIA_METADATA), {"sha256": pl.String()}).select("sha256").collect()
     files = lh.scan_or_empty(table_of(BRONZE_MEDIA_FILES), dict(MEDIA_FILES_SCHEMA)).join(good.lazy(), on="sha256", how="semi").collect()
     labels = dict(lh.scan_or_empty(table_of(BRONZE_MEDIA_LABELS), mt.LABELS_SCHEMA).collect().iter_rows())
     manifest = build_image_manifest(mt.records_from_rows(files), labels)

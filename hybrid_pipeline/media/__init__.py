@@ -17,16 +17,20 @@ from typing import Any
 from hybrid_pipeline.media.detect import MediaType, detect_bytes, detect_file
 from hybrid_pipeline.media.extract import (
     DEFAULT_MAX_PIXELS,
+    DEFAULT_PDF_BUDGET,
     QUARANTINE_REASONS,
     Description,
+    PdfBudget,
     describe_file,
     describe_many,
 )
 from hybrid_pipeline.media.stats import media_collection_stats, media_metadata_frame, records_to_frame
 from hybrid_pipeline.media.store import (
+    MAX_FOLDER_DEPTH,
     MediaRecord,
     RejectedFile,
     ingest_landing_media,
+    load_labels,
     read_labels,
     unique_records,
 )
@@ -52,10 +56,13 @@ def __getattr__(name: str) -> Any:  # PEP 562: torch/sklearn load only when aske
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_PDF_BUDGET",
     "Description",
     "ImageManifestDataset",
+    "MAX_FOLDER_DEPTH",
     "MediaRecord",
     "MediaType",
+    "PdfBudget",
     "QUARANTINE_REASONS",
     "RejectedFile",
     "build_image_manifest",
@@ -64,6 +71,7 @@ __all__ = [
     "detect_bytes",
     "detect_file",
     "ingest_landing_media",
+    "load_labels",
     "make_loader",
     "media_collection_stats",
     "media_metadata_frame",

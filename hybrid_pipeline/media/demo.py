@@ -105,6 +105,7 @@ def write_broken_media(landing_media_dir: str | Path) -> dict[str, str]:
         "images/broken_bomb.png": (bomb_png_bytes(), "decompression_bomb"),
         "docs/broken_encrypted.pdf": (encrypted_pdf_bytes(), "encrypted_pdf"),
         "docs/broken_garbage.pdf": (unreadable_pdf_bytes(), "unreadable_pdf"),
+        "docs/broken_shared_stream.pdf": (complex_pdf_bytes(), "pdf_too_complex"),
         "docs/broken_random.pdf": (random_binary_bytes(), "unsupported_type"),
     }
     for rel, (data, _) in files.items():
@@ -196,6 +197,41 @@ def encrypted_pdf_bytes(user_password: str = "secret") -> bytes:
 def unreadable_pdf_bytes() -> bytes:
     """Starts like a PDF (so it is detected as one) but has no readable structure."""
     return b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R\nthis file was cut off"
+
+
+def complex_pdf_bytes(pages: int = 16, content_bytes: int = 1 << 20) -> bytes:
+    """A PDF of a few KB whose ``pages`` pages all draw one shared content stream.
+
+    The stream holds ``content_bytes`` of repeated text operators, compressed to
+    almost nothing. A parser that reads each page's content in turn parses it
+    ``pages`` times: a second or more per page for 1 MiB, from a file of a few KB.
+    """
+    operator = b"BT /F1 12 Tf 72 720 Td (Hi) Tj ET\n"
+    stream = zlib.compress(operator * max(1, content_bytes // len(operator)), 9)
+    first_page = 4
+    font = first_page + pages
+    kids = " ".join(f"{first_page + i} 0 R" for i in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(stream), stream),
+        *(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> >>".encode()
+            for _ in range(pages)
+        ),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%b\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
 
 
 def random_binary_bytes(n: int = 256, seed: int = 0) -> bytes:

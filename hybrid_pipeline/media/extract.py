@@ -21,6 +21,13 @@ Decisions:
   ``load()`` on a fresh handle (truncated pixel data).
 * Encrypted PDFs are quarantined even when an empty password would open them:
   we hold no passwords and must not guess.
+* A PDF's parse work is bounded by a :class:`PdfBudget` (pages, content bytes to
+  parse, seconds); a document over it is ``pdf_too_complex``. A few KB can
+  otherwise cost minutes: one big compressed content stream drawn by every page
+  is parsed again for each page.
+* :func:`describe_many` never fails the batch for one file: a file whose
+  description crashes (a parser bug, the stored file gone) comes back
+  ``extraction_failed`` with the exception as ``detail``.
 * The perceptual hash is a 64-bit dHash of the image as displayed (EXIF
   orientation applied); ``width``/``height`` are as stored.
 """
@@ -31,6 +38,7 @@ import io
 import math
 import multiprocessing
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -59,7 +67,9 @@ QuarantineReason = Literal[
     "decompression_bomb",
     "encrypted_pdf",
     "unreadable_pdf",
+    "pdf_too_complex",
     "unsupported_type",
+    "extraction_failed",
 ]
 QUARANTINE_REASONS: Final[tuple[str, ...]] = get_args(QuarantineReason)
 
@@ -69,6 +79,27 @@ TITLE_MAX_CHARS: Final = 200
 #: Files up to this size are read once into memory and parsed from there.
 IN_MEMORY_LIMIT_BYTES: Final = 64 * 1024 * 1024
 _PIL_FORMATS: Final = {"png": ["PNG"], "jpeg": ["JPEG"]}
+
+
+@dataclass(frozen=True, slots=True)
+class PdfBudget:
+    """The most work describing one PDF may take; beyond it the PDF is ``pdf_too_complex``.
+
+    Why all three: pages bound the per-page overhead; content bytes bound the
+    parsing, counted once per page that draws a stream (each page parses its
+    streams again, so a stream shared by 1,000 pages costs 1,000 parses) and
+    measured by decoding each stream once; seconds bound whatever the other two
+    do not model (form XObjects drawn over and over), checked between content
+    operators. The defaults keep any one document to about ten seconds while a
+    1,000-page text manual (2-4 MB of content) passes.
+    """
+
+    max_pages: int = 5_000
+    max_content_bytes: int = 8 * 1024 * 1024
+    max_seconds: float = 10.0
+
+
+DEFAULT_PDF_BUDGET: Final = PdfBudget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +136,15 @@ def describe_file(
     original_name: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     include_text: bool = True,
+    pdf_budget: PdfBudget = DEFAULT_PDF_BUDGET,
 ) -> Description:
     """Describe one file, or say why it must be quarantined.
 
     ``original_name`` is the landing name (the bronze name carries the
     detected extension, so it cannot show a mismatch); pass it to get
     ``extension_mismatch``. ``include_text=False`` keeps extracted text out of
-    the result (lengths and titles are still computed).
+    the result (lengths and titles are still computed). ``pdf_budget`` bounds
+    the work one PDF may cost (see :class:`PdfBudget`).
     Raises only for the file being absent/unreadable (``OSError``).
     """
     p = Path(path)
@@ -129,7 +162,7 @@ def describe_file(
     if detected in ("png", "jpeg"):
         desc = _describe_image(src, detected, max_pixels, base)
     elif detected == "pdf":
-        desc = _describe_pdf(src, include_text, base)
+        desc = _describe_pdf(src, include_text, pdf_budget, base)
     elif detected == "txt":
         desc = _describe_txt(data if data is not None else p.read_bytes(), include_text, base)
     else:
@@ -151,9 +184,13 @@ def describe_many(
     chunksize: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     include_text: bool = True,
+    pdf_budget: PdfBudget = DEFAULT_PDF_BUDGET,
     mp_context: BaseContext | None = None,
 ) -> list[Description]:
     """:func:`describe_file` over many files on all cores; results in input order.
+
+    Always one :class:`Description` per path: a file whose description raises
+    (even an absent file) is ``extraction_failed``, so one file cannot fail the batch.
 
     Why a process pool: decoding and hashing are CPU-bound and hold the GIL.
     Work goes out in chunks (default: about 4 per worker, at most 256 files)
@@ -167,7 +204,7 @@ def describe_many(
     if len(names) != n:
         raise ValueError(f"{len(names)} original_names for {n} paths")
     items = [(str(p), name) for p, name in zip(paths, names)]
-    opts = (max_pixels, include_text)
+    opts = (max_pixels, include_text, pdf_budget)
     workers = available_cpus() if workers is None else workers
     if workers <= 1 or n <= 1:
         return _describe_chunk((items, opts))
@@ -216,12 +253,25 @@ def hash_distance(a: str, b: str) -> int:
 # --------------------------------------------------------------------------- internals
 
 
-def _describe_chunk(args: tuple[list[tuple[str, str | None]], tuple[int, bool]]) -> list[Description]:
-    items, (max_pixels, include_text) = args
-    return [
-        describe_file(path, original_name=name, max_pixels=max_pixels, include_text=include_text)
-        for path, name in items
-    ]
+def _describe_chunk(args: tuple[list[tuple[str, str | None]], tuple[int, bool, PdfBudget]]) -> list[Description]:
+    items, (max_pixels, include_text, pdf_budget) = args
+    return [_describe_or_quarantine(path, name, max_pixels, include_text, pdf_budget) for path, name in items]
+
+
+def _describe_or_quarantine(
+    path: str, name: str | None, max_pixels: int, include_text: bool, pdf_budget: PdfBudget
+) -> Description:
+    """:func:`describe_file`, with any exception it raises turned into this file's quarantine record."""
+    try:
+        return describe_file(path, original_name=name, max_pixels=max_pixels, include_text=include_text,
+                             pdf_budget=pdf_budget)
+    except Exception as exc:  # noqa: BLE001 - one file must not fail the batch
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        return Description(path=path, ok=False, reason="extraction_failed", detail=_err(exc),
+                           detected_type="unknown", size_bytes=size)
 
 
 def _quarantine(base: dict[str, Any], reason: QuarantineReason, detail: str, **fields: Any) -> Description:
@@ -270,9 +320,11 @@ def _describe_image(src: _Source, detected: str, max_pixels: int, base: dict[str
     )
 
 
-def _describe_pdf(src: _Source, include_text: bool, base: dict[str, Any]) -> Description:
+def _describe_pdf(src: _Source, include_text: bool, budget: PdfBudget, base: dict[str, Any]) -> Description:
     from pypdf import PdfReader  # imported here: only documents pay for it
+    from pypdf.errors import LimitReachedError
 
+    work = _PdfWork(budget)
     try:
         reader = PdfReader(src(), strict=False)
         encrypted = reader.is_encrypted
@@ -280,12 +332,19 @@ def _describe_pdf(src: _Source, include_text: bool, base: dict[str, Any]) -> Des
         return _quarantine(base, "unreadable_pdf", _err(exc))
     if encrypted:
         return _quarantine(base, "encrypted_pdf", "PDF is encrypted; no password is held")
+    page_count: int | None = None
     try:
         pages = reader.pages
         page_count = len(pages)
-        text = "\n".join(page.extract_text() or "" for page in pages)
+        work.check_pages(page_count)
+        work.measure_content(pages)
+        text = "\n".join(work.extract_text(page) for page in pages)
         meta = reader.metadata
         raw_title = meta.title if meta is not None else None
+    except _OverBudget as exc:
+        return _quarantine(base, "pdf_too_complex", str(exc), page_count=page_count)
+    except LimitReachedError as exc:  # one of pypdf's own limits (stream, array or dictionary size)
+        return _quarantine(base, "pdf_too_complex", _err(exc), page_count=page_count)
     except Exception as exc:  # noqa: BLE001
         return _quarantine(base, "unreadable_pdf", _err(exc))
     if page_count == 0:
@@ -295,6 +354,62 @@ def _describe_pdf(src: _Source, include_text: bool, base: dict[str, Any]) -> Des
         ok=True, reason=None, detail=None, **base, page_count=page_count,
         text_length=len(text), title=title or None, text=text if include_text else None,
     )
+
+
+class _OverBudget(Exception):
+    """A PDF needs more work than its :class:`PdfBudget` allows."""
+
+
+class _PdfWork:
+    """One document's work so far, checked against its budget (raises :class:`_OverBudget`)."""
+
+    def __init__(self, budget: PdfBudget) -> None:
+        self.budget = budget
+        self.deadline = time.monotonic() + budget.max_seconds
+
+    def check_time(self, *_: Any) -> None:
+        """Raise once the time budget is spent; also a pypdf operator visitor."""
+        if time.monotonic() >= self.deadline:
+            raise _OverBudget(f"not done after the {self.budget.max_seconds:g} s budget")
+
+    def check_pages(self, page_count: int) -> None:
+        if page_count > self.budget.max_pages:
+            raise _OverBudget(f"{page_count} pages > limit {self.budget.max_pages}")
+
+    def measure_content(self, pages: Sequence[Any]) -> None:
+        """Add up the content bytes the pages make the parser read, before it reads any.
+
+        A stream counts once per page that draws it (each page parses it again)
+        but is decoded once: sizes are kept per object, and pypdf keeps the
+        decoded bytes for the extraction that follows.
+        """
+        from pypdf.generic import ArrayObject, IndirectObject, StreamObject
+
+        sizes: dict[Any, int] = {}
+        total = 0
+        for number, page in enumerate(pages, start=1):
+            self.check_time()
+            if "/Contents" not in page:
+                continue
+            raw = page.raw_get("/Contents")
+            resolved = raw.get_object()
+            parts = list(resolved) if isinstance(resolved, ArrayObject) else [raw]
+            for part in parts:
+                key = (part.idnum, part.generation) if isinstance(part, IndirectObject) else id(part)
+                if key not in sizes:
+                    stream = part.get_object()
+                    sizes[key] = len(stream.get_data()) if isinstance(stream, StreamObject) else 0
+                total += sizes[key]
+                if total > self.budget.max_content_bytes:
+                    raise _OverBudget(
+                        f"pages 1-{number} draw more than {self.budget.max_content_bytes} bytes of content "
+                        "to parse (a stream drawn by several pages counts once per page)"
+                    )
+
+    def extract_text(self, page: Any) -> str:
+        """The page's text, checking the time budget before every content operator."""
+        self.check_time()
+        return page.extract_text(visitor_operand_before=self.check_time) or ""
 
 
 def _describe_txt(data: bytes, include_text: bool, base: dict[str, Any]) -> Description:

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Final, Iterable, Literal, NamedTuple
+from typing import Any, Callable, Final, Iterable, Iterator, Literal, NamedTuple
 
 from hybrid_pipeline.media.detect import (
     BRONZE_EXTENSION,
@@ -44,8 +44,12 @@ from hybrid_pipeline.media.detect import (
 LANDING_SUBDIRS: Final = ("images", "docs")
 #: Control file with labels for the images (``original_name,label``); not media.
 LABELS_FILE: Final = "labels.csv"
+#: Deepest folder (levels below ``images/`` or ``docs/``) whose files are ingested. A deeper
+#: folder is rejected as ``too_deep`` with everything in it: landings are a few levels deep, and
+#: a tree thousands of levels deep only costs file descriptors and time.
+MAX_FOLDER_DEPTH: Final = 32
 
-RejectReason = Literal["symlink", "empty_file", "not_regular_file", "read_error"]
+RejectReason = Literal["symlink", "empty_file", "not_regular_file", "read_error", "too_deep"]
 
 _CHUNK: Final = 1 << 20
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
@@ -136,22 +140,26 @@ def ingest_landing_media(
     landing_date: str,
     *,
     ingested_at: datetime | None = None,
+    max_depth: int = MAX_FOLDER_DEPTH,
 ) -> tuple[list[MediaRecord], list[RejectedFile]]:
     """Copy every file under ``images/`` and ``docs/`` into the bronze store.
 
-    Walks recursively in sorted name order (deterministic output), opening
-    every directory and file relative to its parent's descriptor with
-    ``O_NOFOLLOW``, so a symlink (file or folder, or one swapped in during the
-    walk) is rejected with reason ``symlink`` and never followed. Each file is
-    streamed once: hashed, type-sniffed and written to a temp file in the
-    store root, then atomically ``os.replace``-d to its content address (or
-    discarded if that address already holds the same number of bytes).
+    Walks the tree depth-first in sorted name order (deterministic output),
+    without recursion, opening every directory and file relative to its
+    parent's descriptor with ``O_NOFOLLOW``, so a symlink (file or folder, or
+    one swapped in during the walk) is rejected with reason ``symlink`` and
+    never followed. A folder more than ``max_depth`` levels below its landing
+    sub-folder is not opened: it is one ``too_deep`` reject, whatever it holds.
+    Each file is streamed once: hashed, type-sniffed and written to a temp file
+    in the store root, then atomically ``os.replace``-d to its content address
+    (or discarded if that address already holds the same number of bytes).
 
     ``landing_date`` is the partition key (``YYYY-MM-DD``); ``ingested_at``
     defaults to now (UTC), one value for the whole batch.
 
     Returns ``(records, rejected)``; ``images/labels.csv`` is a control file
-    (see :func:`read_labels`) and appears in neither.
+    (see :func:`load_labels`, which also reports it when it is refused) and
+    appears in neither, whatever it is.
     """
     date.fromisoformat(landing_date)  # fail fast on a bad partition key
     landing = Path(landing_media_dir)
@@ -180,8 +188,6 @@ def ingest_landing_media(
             continue
 
         def on_file(dir_fd: int, name: str, rel: str, subdir: str = subdir) -> None:
-            if subdir == "images" and rel == LABELS_FILE:
-                return
             outcome = _store_one(dir_fd, name, root)
             if isinstance(outcome, _Reject):
                 rejected.append(RejectedFile(rel, subdir, landing_date, outcome.reason, outcome.detail))
@@ -208,8 +214,9 @@ def ingest_landing_media(
         def on_reject(rel: str, reason: RejectReason, detail: str, subdir: str = subdir) -> None:
             rejected.append(RejectedFile(rel, subdir, landing_date, reason, detail))
 
+        control_files = {LABELS_FILE} if subdir == "images" else set()
         try:
-            _walk(sub_fd, "", on_file, on_reject)
+            _walk(sub_fd, on_file, on_reject, max_depth=max_depth, skip=control_files)
         finally:
             os.close(sub_fd)
     return records, rejected
@@ -226,25 +233,85 @@ def unique_records(records: Iterable[MediaRecord]) -> list[MediaRecord]:
     return out
 
 
+def load_labels(landing_media_dir: str | Path, landing_date: str) -> tuple[dict[str, str], list[RejectedFile]]:
+    """Read ``images/labels.csv`` for a run: ``(labels, rejected)``.
+
+    Why not just :func:`read_labels`: the labels file is landing input like any
+    other file, so a symlinked, non-regular or unreadable one is refused as one
+    reject (``symlink``, ``not_regular_file``, ``read_error``) and the run goes
+    on with no labels from it, instead of failing every image with it.
+    Malformed *contents* still raise ``ValueError`` (see :func:`read_labels`).
+    """
+    path = Path(landing_media_dir) / "images" / LABELS_FILE
+    outcome = _read_labels_bytes(Path(landing_media_dir))
+    if outcome is None:
+        return {}, []
+    if isinstance(outcome, _Reject):
+        return {}, [RejectedFile(LABELS_FILE, "images", landing_date, outcome.reason, outcome.detail)]
+    return _parse_labels(outcome, path), []
+
+
 def read_labels(landing_media_dir: str | Path) -> dict[str, str]:
     """Read ``images/labels.csv`` (``original_name,label``) into name -> label.
 
     Returns ``{}`` when the file is absent. Raises ``ValueError`` for a
     malformed header or a name given two different labels (a labelling
-    contract error that a person must resolve, not a data row to guess at).
+    contract error that a person must resolve, not a data row to guess at),
+    and for a file that is refused (a symlink, not a regular file, unreadable).
     The file is opened without following symlinks, like every landing file.
     """
     path = Path(landing_media_dir) / "images" / LABELS_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
-    except FileNotFoundError:
+    outcome = _read_labels_bytes(Path(landing_media_dir))
+    if outcome is None:
         return {}
+    if isinstance(outcome, _Reject):
+        raise ValueError(f"{path} refused ({outcome.reason}): {outcome.detail}")
+    return _parse_labels(outcome, path)
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _display_name(name: str) -> str:
+    """Landing name as a valid UTF-8 string (undecodable bytes backslash-escaped)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _read_labels_bytes(landing_media_dir: Path) -> bytes | _Reject | None:
+    """The labels file's bytes, a reject, or None when there is no file to read.
+
+    ``images/`` is opened without following a symlink too (a symlinked, missing or unreadable
+    ``images/`` gives None: the walk reports the folder itself), and the file with
+    ``O_NONBLOCK`` so a FIFO named ``labels.csv`` is refused instead of blocking the run.
+    """
+    try:
+        images_fd = os.open(landing_media_dir / "images", os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fd = os.open(LABELS_FILE, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK, dir_fd=images_fd)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ValueError(f"{path} is a symlink; refusing to follow it") from exc
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        text = fh.read().decode("utf-8-sig")
+            return _Reject("symlink", "symbolic link; not followed")
+        return _Reject("read_error", str(exc))
+    finally:
+        os.close(images_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _Reject("not_regular_file", f"mode {stat.filemode(st.st_mode)}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    except OSError as exc:
+        return _Reject("read_error", str(exc))
+    finally:
+        os.close(fd)
+
+
+def _parse_labels(data: bytes, path: Path) -> dict[str, str]:
+    text = data.decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "original_name" not in fields or "label" not in fields:
@@ -265,33 +332,50 @@ def read_labels(landing_media_dir: str | Path) -> dict[str, str]:
     return labels
 
 
-# --------------------------------------------------------------------------- internals
-
-
-def _display_name(name: str) -> str:
-    """Landing name as a valid UTF-8 string (undecodable bytes backslash-escaped)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 def _walk(
-    dir_fd: int,
-    prefix: str,
+    top_fd: int,
     on_file: Callable[[int, str, str], None],
     on_reject: Callable[[str, RejectReason, str], None],
+    *,
+    max_depth: int,
+    skip: set[str],
 ) -> None:
-    with os.scandir(dir_fd) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        rel = prefix + _display_name(entry.name)
-        try:
-            if entry.is_symlink():
-                on_reject(rel, "symlink", "symbolic link; not followed")
+    """Visit the tree under ``top_fd`` depth-first in sorted name order, with an explicit stack.
+
+    Why a stack and not recursion: a hostile landing can nest folders thousands deep, which
+    would exhaust Python's recursion limit and fail the whole batch. Only the folders on the
+    current path are held open, so at most ``max_depth`` descriptors. ``skip`` holds paths
+    (relative to the top) that belong to someone else and are neither files nor rejects here.
+    """
+    stack: list[tuple[int, str, int, Iterator[os.DirEntry[str]]]] = [
+        (top_fd, "", 0, iter(_sorted_entries(top_fd)))
+    ]
+    try:
+        while stack:
+            dir_fd, prefix, depth, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                if dir_fd != top_fd:
+                    os.close(dir_fd)
                 continue
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError as exc:
-            on_reject(rel, "read_error", str(exc))
-            continue
-        if is_dir:
+            rel = prefix + _display_name(entry.name)
+            if rel in skip:
+                continue
+            try:
+                if entry.is_symlink():
+                    on_reject(rel, "symlink", "symbolic link; not followed")
+                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError as exc:
+                on_reject(rel, "read_error", str(exc))
+                continue
+            if not is_dir:
+                on_file(dir_fd, entry.name, rel)
+                continue
+            if depth >= max_depth:
+                on_reject(rel, "too_deep", f"folder more than {max_depth} levels deep; nothing in it was ingested")
+                continue
             try:
                 child = os.open(entry.name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC,
                                 dir_fd=dir_fd)
@@ -302,11 +386,21 @@ def _walk(
                     on_reject(rel, "read_error", str(exc))
                 continue
             try:
-                _walk(child, rel + "/", on_file, on_reject)
-            finally:
+                children = _sorted_entries(child)
+            except OSError as exc:
                 os.close(child)
-        else:
-            on_file(dir_fd, entry.name, rel)
+                on_reject(rel, "read_error", str(exc))
+                continue
+            stack.append((child, rel + "/", depth + 1, iter(children)))
+    finally:
+        for dir_fd, *_ in stack:
+            if dir_fd != top_fd:
+                os.close(dir_fd)
+
+
+def _sorted_entries(dir_fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(dir_fd) as it:
+        return sorted(it, key=lambda e: e.name)
 
 
 class _Stored(NamedTuple):

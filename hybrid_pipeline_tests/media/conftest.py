@@ -1,8 +1,9 @@
-"""Shared fixtures: a landing media folder and a bronze root inside tmp_path."""
+"""Shared fixtures: a landing media folder and a bronze root inside tmp_path; deep folder trees."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,3 +38,33 @@ def put(landing: Path) -> Callable[[str, bytes], Path]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def make_nested_folders(top: Path, depth: int) -> list[Path]:
+    """Create ``depth`` folders nested one inside the other under ``top``; returns them outermost first.
+
+    Built one level at a time: ``os.makedirs`` recurses once per level and cannot make 1,000+.
+    """
+    folders: list[Path] = []
+    folder = top
+    for _ in range(depth):
+        folder = folder / "d"
+        folder.mkdir(parents=len(folders) == 0)
+        folders.append(folder)
+    return folders
+
+
+def remove_tree(top: Path) -> None:
+    """Delete a folder tree bottom-up without recursion (``shutil.rmtree`` recurses once per level)."""
+    folders: list[Path] = []
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        folders.append(folder)
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            else:
+                os.unlink(entry.path)
+    for folder in reversed(folders):
+        os.rmdir(folder)

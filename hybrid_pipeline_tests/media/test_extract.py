@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hybrid_pipeline.media import demo
+from hybrid_pipeline.media import demo, extract
 from hybrid_pipeline.media.extract import (
     QUARANTINE_REASONS,
     Description,
+    PdfBudget,
     describe_file,
     describe_many,
     dhash,
@@ -130,12 +132,14 @@ QUARANTINE_CASES: dict[str, tuple[str, bytes, dict[str, int]]] = {
     "decompression_bomb": ("bomb.png", demo.bomb_png_bytes(10_000, 10_000), {}),
     "encrypted_pdf": ("secret.pdf", demo.encrypted_pdf_bytes(), {}),
     "unreadable_pdf": ("broken.pdf", demo.unreadable_pdf_bytes(), {}),
+    "pdf_too_complex": ("shared_stream.pdf", demo.complex_pdf_bytes(), {}),
     "unsupported_type": ("noise.pdf", demo.random_binary_bytes(), {}),
 }
 
 
 def test_every_quarantine_reason_has_a_case() -> None:
-    assert set(QUARANTINE_CASES) == set(QUARANTINE_REASONS)
+    # extraction_failed is what describe_many records when describing a file raised; see its own test
+    assert set(QUARANTINE_CASES) == set(QUARANTINE_REASONS) - {"extraction_failed"}
 
 
 @pytest.mark.parametrize("reason", sorted(QUARANTINE_CASES))
@@ -196,6 +200,65 @@ def test_a_huge_header_beyond_pillows_own_limit_is_still_a_bomb(tmp_path: Path) 
     bomb = write(tmp_path, "bomb.png", demo.bomb_png_bytes(60_000, 60_000))
 
     assert describe_file(bomb, max_pixels=10**12).reason == "decompression_bomb"
+
+
+# --------------------------------------------------------------------------- bounded work
+
+
+def test_a_tiny_pdf_whose_pages_all_draw_one_huge_stream_is_too_complex_and_refused_quickly(tmp_path: Path) -> None:
+    data = demo.complex_pdf_bytes(pages=16, content_bytes=1 << 20)  # 16 pages x 1 MiB of text operators
+    path = write(tmp_path, "manual.pdf", data)
+
+    began = time.perf_counter()
+    d = describe_file(path, original_name="manual.pdf")
+    seconds = time.perf_counter() - began
+
+    assert len(data) < 8_000
+    assert (d.ok, d.reason, d.page_count) == (False, "pdf_too_complex", 16)
+    assert d.detail is not None and "bytes of content" in d.detail
+    assert seconds < 5.0  # a correctness bound: parsing the stream once per page takes far longer
+
+
+def test_a_stream_shared_by_pages_counts_once_per_page_against_the_content_budget(tmp_path: Path) -> None:
+    budget = PdfBudget(max_content_bytes=30_000)
+    two = write(tmp_path, "two.pdf", demo.complex_pdf_bytes(pages=2, content_bytes=10_000))
+    four = write(tmp_path, "four.pdf", demo.complex_pdf_bytes(pages=4, content_bytes=10_000))
+
+    assert describe_file(two, pdf_budget=budget).ok
+    assert describe_file(four, pdf_budget=budget).reason == "pdf_too_complex"
+
+
+def test_a_pdf_over_its_page_or_time_budget_is_too_complex(tmp_path: Path) -> None:
+    text = "\n".join(f"Line {i} of a long product manual." for i in range(150))
+    path = write(tmp_path, "long.pdf", demo.pdf_bytes(text))
+    pages = describe_file(path).page_count
+    assert pages is not None and pages >= 3
+
+    over_pages = describe_file(path, pdf_budget=PdfBudget(max_pages=pages - 1))
+    over_time = describe_file(path, pdf_budget=PdfBudget(max_seconds=0.0))
+
+    assert (over_pages.reason, over_pages.detail) == ("pdf_too_complex", f"{pages} pages > limit {pages - 1}")
+    assert (over_time.reason, over_time.detail) == ("pdf_too_complex", "not done after the 0 s budget")
+
+
+def test_a_crash_while_describing_one_file_quarantines_only_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def parser_bug(*args: object, **kwargs: object) -> Description:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(extract, "_describe_image", parser_bug)
+    doc = write(tmp_path, "doc.txt", b"Doc\nbody\n")
+    image = write(tmp_path, "a.png", demo.random_png_bytes(4, 4))
+    gone = tmp_path / "gone.pdf"  # vanished from the store
+
+    out = describe_many([doc, image, gone], workers=1)
+
+    assert [(d.ok, d.reason) for d in out] == [(True, None), (False, "extraction_failed"), (False, "extraction_failed")]
+    assert out[1].detail == "RecursionError: maximum recursion depth exceeded"
+    assert out[1].size_bytes == image.stat().st_size
+    assert out[2].detail is not None and out[2].detail.startswith("FileNotFoundError")
+    assert [d.path for d in out] == [str(doc), str(image), str(gone)]
 
 
 # --------------------------------------------------------------------------- parallel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,14 +12,16 @@ import pytest
 
 from hybrid_pipeline.media import demo
 from hybrid_pipeline.media.store import (
+    MAX_FOLDER_DEPTH,
     bronze_relpath,
     ingest_landing_media,
+    load_labels,
     read_labels,
     resolve_bronze_path,
     unique_records,
 )
 
-from .conftest import sha256
+from .conftest import make_nested_folders, remove_tree, sha256
 
 Put = Callable[[str, bytes], Path]
 WHEN = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -28,6 +30,14 @@ STORE_PATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{64}\.(png|jpg|pdf|txt|bin)$")
 
 def stored_files(bronze: Path) -> list[Path]:
     return sorted(p for p in bronze.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def deep_docs(landing: Path) -> Iterator[list[Path]]:
+    """1,200 folders nested under ``docs/`` (outermost first), removed afterwards."""
+    folders = make_nested_folders(landing / "docs", 1_200)
+    yield folders
+    remove_tree(folders[0])
 
 
 def test_each_file_is_stored_under_its_sha256_with_the_detected_extension(
@@ -188,6 +198,34 @@ def test_no_temporary_files_are_left_in_the_store(landing: Path, bronze: Path, p
     assert all(STORE_PATH.fullmatch(p.relative_to(bronze).as_posix()) for p in stored_files(bronze))
 
 
+def test_a_folder_tree_deeper_than_the_limit_is_one_too_deep_reject_and_the_files_beside_it_are_stored(
+    landing: Path, bronze: Path, put: Put, deep_docs: list[Path]
+) -> None:
+    put("docs/beside.txt", b"a good file beside the deep tree\n")
+    (deep_docs[MAX_FOLDER_DEPTH - 1] / "deepest_allowed.txt").write_bytes(b"at the depth limit\n")
+    (deep_docs[MAX_FOLDER_DEPTH] / "one_too_deep.txt").write_bytes(b"one level past the limit\n")
+    (deep_docs[-1] / "bottom.txt").write_bytes(b"1,200 folders down\n")
+
+    records, rejected = ingest_landing_media(landing, bronze, "2024-03-01")
+
+    limit_path = "/".join(["d"] * MAX_FOLDER_DEPTH)
+    assert sorted(r.original_name for r in records) == ["beside.txt", f"{limit_path}/deepest_allowed.txt"]
+    assert [(r.landing_subdir, r.original_name, r.reason) for r in rejected] == [
+        ("docs", f"{limit_path}/d", "too_deep")]
+    assert rejected[0].detail == f"folder more than {MAX_FOLDER_DEPTH} levels deep; nothing in it was ingested"
+
+
+def test_the_depth_limit_is_a_parameter(landing: Path, bronze: Path, put: Put) -> None:
+    put("images/a/b/c.png", demo.random_png_bytes(4, 4))
+
+    records, rejected = ingest_landing_media(landing, bronze, "2024-03-01", max_depth=1)
+
+    assert records == []
+    assert [(r.original_name, r.reason) for r in rejected] == [("a/b", "too_deep")]
+    assert [r.original_name for r in ingest_landing_media(landing, bronze, "2024-03-01", max_depth=2)[0]] == [
+        "a/b/c.png"]
+
+
 def test_a_fifo_is_rejected_without_blocking(landing: Path, bronze: Path) -> None:
     os.mkfifo(landing / "docs" / "pipe.txt")
 
@@ -205,6 +243,54 @@ def test_labels_csv_is_read_as_labels_and_not_ingested_as_an_image(landing: Path
 
     assert [r.original_name for r in records] == ["a.png"] and rejected == []
     assert read_labels(landing) == {"a.png": "cat", "b.png": "dog"}
+    assert load_labels(landing, "2024-03-01") == ({"a.png": "cat", "b.png": "dog"}, [])
+
+
+def test_a_symlinked_labels_file_is_refused_once_and_the_images_are_still_ingested(
+    landing: Path, bronze: Path, put: Put
+) -> None:
+    put("images/a.png", demo.random_png_bytes(4, 4))
+    (landing / "images" / "labels.csv").symlink_to("/etc/passwd")
+
+    records, rejected = ingest_landing_media(landing, bronze, "2024-03-01")
+    labels, labels_rejected = load_labels(landing, "2024-03-01")
+
+    assert [r.original_name for r in records] == ["a.png"]
+    assert rejected == []  # the labels file is reported once, by load_labels
+    assert labels == {}
+    assert [(r.landing_path, r.reason, r.landing_date) for r in labels_rejected] == [
+        ("images/labels.csv", "symlink", "2024-03-01")]
+    with pytest.raises(ValueError, match="symlink"):
+        read_labels(landing)  # the strict reader still refuses loudly
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_labels_file_that_is_not_a_regular_file_is_refused_without_blocking(
+    landing: Path, bronze: Path, kind: str
+) -> None:
+    path = landing / "images" / "labels.csv"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+        (path / "hidden.png").write_bytes(demo.random_png_bytes(4, 4))
+
+    labels, labels_rejected = load_labels(landing, "2024-03-01")
+    records, rejected = ingest_landing_media(landing, bronze, "2024-03-01")
+
+    assert labels == {}
+    assert [(r.landing_path, r.reason) for r in labels_rejected] == [("images/labels.csv", "not_regular_file")]
+    assert records == [] and rejected == []  # one record in all, for the name the control file owns
+
+
+def test_labels_are_not_read_through_a_symlinked_images_folder(tmp_path: Path, landing: Path, put: Put) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "labels.csv").write_bytes(b"original_name,label\na.png,cat\n")
+    (landing / "images").rmdir()
+    (landing / "images").symlink_to(outside, target_is_directory=True)
+
+    assert load_labels(landing, "2024-03-01") == ({}, [])  # the walk rejects the folder itself
 
 
 def test_read_labels_without_a_file_is_empty_and_conflicts_are_errors(landing: Path, put: Put) -> None:
