@@ -24,10 +24,12 @@ files (at 10M rows x 20 float features: ~0.1 s instead of ~0.8 s). Blocks are re
 memory maps one window at a time, so a join's resident memory grows by one window, not by
 the block. Building them costs the covered columns' size again on disk and, once, in memory.
 
-Matching gives exactly the rows :func:`hybrid_pipeline.features.pit.match_rows` gives when
-the entity timestamps are in the table's unit or a finer one (a pandas frame's nanoseconds
-against a microsecond table); an entity unit coarser than the table's would order ties
-differently, so :meth:`KeyIndex.serves` says no and the join scans instead.
+Matching gives exactly the rows :func:`hybrid_pipeline.features.pit.match_rows` gives, at
+the table's unit or a finer one (a pandas frame's nanoseconds against a microsecond
+table). Entity timestamps in a coarser unit (milliseconds against microseconds) are
+converted to the table's unit by the join before it searches (exact); searching at the
+coarser unit would truncate the table's timestamps and let a row written after an entity
+timestamp match it.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ class KeyIndex:
     def serves(self, key_dtype: pl.DataType, unit: TimeUnit) -> bool:
         """Whether :meth:`match` can answer for entity keys of ``key_dtype`` and entity
         timestamps in ``unit`` (integer keys, or string keys for a string index; the
-        table's unit or a finer one)."""
+        table's unit or a finer one: the join converts coarser entity timestamps to the
+        table's unit before asking)."""
         if self.dictionary is None:
             kind_ok = key_dtype.is_integer()
         else:

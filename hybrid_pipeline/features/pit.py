@@ -14,7 +14,20 @@ per feature source:
   extra columns.
 
 Timestamps are compared as UTC instants: naive columns are taken to be UTC, aware ones
-are converted. The entity timestamp column comes back as ``Datetime(<its unit>, "UTC")``.
+are converted. Entity and feature timestamps are compared at the finer of their two units
+(a millisecond entity frame against a microsecond table: at microseconds), TTL bounds
+included: converting to a finer unit is exact, whereas truncating the feature side to a
+coarser entity unit would let a row written after the entity timestamp (12:00:00.000100)
+match it (12:00:00.000) and mix up the order of rows within one entity unit. Created
+timestamps keep their own unit (they only order rows among themselves). The entity
+timestamp column comes back as ``Datetime(<its unit>, "UTC")``.
+
+Join keys: numeric keys are compared by value, whatever their widths. An entity key the
+source's key type cannot hold (3,000,000,000 against an ``Int32`` column, a ``UInt64`` key
+above the ``Int64`` range) cannot occur in the source: its row gets nulls, like any other
+unknown key, instead of failing the request. A numeric key against a non-numeric one
+(integers against strings) is refused with :class:`PitJoinError` before anything is read,
+whatever the values: whether a request fails must not depend on which keys it holds.
 
 Every source is projected to the key, timestamp and requested feature columns and
 filtered on the entity key values and on the time window the entity rows can reach
@@ -157,7 +170,8 @@ class FeatureSourceSpec:
             ``frame`` (its row numbers are ``frame.with_row_index()``'s): the join then
             searches it instead of scanning and sorting keys and timestamps. Used for a
             rescannable source with one join key when the index serves the entity key
-            type and timestamp unit; otherwise the join scans as without it.
+            type (entity timestamps in any unit: a coarser one than the index's is
+            converted to it); otherwise the join scans as without it.
         parts: ``frame`` as consecutive :class:`SourcePart` pieces, read instead of
             ``frame`` when the features of the winning rows are fetched through
             ``key_index`` (where the index's check of the rows read back guards the
@@ -215,6 +229,54 @@ def to_utc(expr: pl.Expr, dtype: pl.DataType, unit: TimeUnit | None = None) -> p
     if target != dtype.time_unit:
         out = out.dt.cast_time_unit(target)  # type: ignore[arg-type]
     return out
+
+
+_NS_PER_UNIT: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000}
+
+
+def _match_unit(entity_unit: TimeUnit, source_ts: pl.DataType) -> TimeUnit:
+    """The unit a source's timestamps (of dtype ``source_ts``) are compared with entity
+    timestamps at: the finer of the two units (the entity's for a Date column). Both
+    sides convert to it exactly; truncating either would let a row match an entity
+    timestamp it is later than."""
+    if isinstance(source_ts, pl.Datetime) and _NS_PER_UNIT[source_ts.time_unit] < _NS_PER_UNIT[entity_unit]:
+        return source_ts.time_unit  # type: ignore[return-value]
+    return entity_unit
+
+
+def _require_fits(ts: pl.Series, unit: TimeUnit) -> None:
+    """Raises :class:`PitJoinError` when the entity timestamps ``ts`` (a Datetime column)
+    hold an instant that ``unit`` (theirs or a finer one) cannot (nanoseconds: 1677 to
+    2262). Clamping it instead would move that entity row's TTL window."""
+    assert isinstance(ts.dtype, pl.Datetime)
+    limit = _INT64_MAX // (_NS_PER_UNIT[ts.dtype.time_unit] // _NS_PER_UNIT[unit])
+    physical = ts.to_physical()
+    if physical.len() and (physical.min() < -limit or physical.max() > limit):  # type: ignore[operator]
+        first, last = str(ts.min()), str(ts.max())
+        raise PitJoinError(
+            f"entity timestamps from {first} to {last} cannot be compared with feature timestamps in {unit}: "
+            f"outside the range of that unit"
+        )
+
+
+def _entity_ts_in(ts: pl.Series, unit: TimeUnit) -> pl.Series:
+    """The entity timestamps ``ts`` (a Datetime column) in ``unit``, theirs or a finer one:
+    exact (see :func:`_require_fits` for instants that ``unit`` cannot hold)."""
+    assert isinstance(ts.dtype, pl.Datetime)
+    if ts.dtype.time_unit == unit:
+        return ts
+    _require_fits(ts, unit)
+    return ts.dt.cast_time_unit(unit)
+
+
+def _latest_instant(ts: pl.Series) -> datetime:
+    """The latest of the timestamps ``ts`` as a datetime, rounded up to the microsecond
+    (Python's resolution; rounding down would make an upper bound that leaves out
+    feature rows a few nanoseconds before it)."""
+    latest: datetime = ts.max()  # type: ignore[assignment]
+    if isinstance(ts.dtype, pl.Datetime) and ts.dtype.time_unit == "ns" and ts.to_physical().max() % 1_000:  # type: ignore[operator]
+        latest += timedelta(microseconds=1)
+    return latest
 
 
 def _utc_value(value: Any) -> Any:
@@ -284,9 +346,10 @@ def _prune_and_normalise(
     """Project, filter (pushdown-friendly) and normalise one source, unsorted.
 
     Returns ``(frame, ts alias, created alias or None)``; the frame has the entity key
-    names and dtypes, the UTC timestamps (entity unit) under the aliases, then the
-    features. With more than ``max_in_list_keys`` distinct key values the ``is_in`` filter
-    is left out (the lazy join then uses a semi-join instead, see ``_MAX_IN_LIST_KEYS``).
+    names and dtypes, the UTC timestamps under the aliases (event timestamps in the unit
+    of :func:`_match_unit`, created timestamps in their own), then the features. With
+    more than ``max_in_list_keys`` distinct key values the ``is_in`` filter is left out
+    (the lazy join then uses a semi-join instead, see ``_MAX_IN_LIST_KEYS``).
     """
     frame = spec.frame.lazy() if isinstance(spec.frame, pl.DataFrame) else spec.frame
     keys = list(spec.join_keys)
@@ -317,24 +380,19 @@ def _prune_and_normalise(
         preds.append(pl.lit(False))
     elif isinstance(raw_ts, pl.Datetime):
         ts_col = entities[entity_timestamp_col]
-        hi: datetime = ts_col.max()  # type: ignore[assignment]
+        _require_fits(ts_col, _match_unit(ts_dtype.time_unit, raw_ts))
+        hi = _latest_instant(ts_col)
         if not proven(ts, lambda c: c.upper is not None and _utc_value(c.upper) <= hi):
             preds.append(pl.col(ts) <= _bound_literal(hi, raw_ts))
         if spec.ttl is not None:
             lo: datetime = ts_col.min() - spec.ttl  # type: ignore[operator, assignment]
             if not proven(ts, lambda c: c.lower is not None and _utc_value(c.lower) >= lo):
                 preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
-    semi_keys: list[tuple[str, str]] = []
+    semi_keys: list[tuple[str, pl.Series]] = []
     for key, ekey in zip(keys, entity_keys):
         if not proven(key, lambda c: c.null_count == 0):
             preds.append(pl.col(key).is_not_null())
-        values = entities[ekey].drop_nulls().unique()
-        try:
-            values = values.cast(schema[key])
-        except Exception as exc:  # noqa: BLE001 - report the mismatch plainly
-            raise PitJoinError(
-                f"join key {key!r}: entity dtype {entities.schema[ekey]} cannot be compared with {schema[key]}"
-            ) from exc
+        values = _entity_key_values(spec.name, key, schema[key], entities[ekey])
         if values.dtype.is_numeric() or values.dtype.is_temporal() or values.dtype == pl.String:
             if values.len():
                 v_min, v_max = values.min(), values.max()
@@ -345,25 +403,47 @@ def _prune_and_normalise(
         if values.len() <= max_in_list_keys:
             preds.append(pl.col(key).is_in(values.implode()))
         elif max_in_list_keys == _MAX_IN_LIST_KEYS:
-            semi_keys.append((key, ekey))
+            semi_keys.append((key, values))
     if preds:
         frame = frame.filter(pl.all_horizontal(preds))
-    for key, ekey in semi_keys:
-        frame = frame.join(
-            entities.lazy().select(pl.col(ekey).cast(schema[key]).alias(key)).unique(), on=key, how="semi"
-        )
+    for key, values in semi_keys:
+        frame = frame.join(values.alias(key).to_frame().lazy(), on=key, how="semi")
 
-    # ---- normalise: keys to the entity dtypes/names, timestamps to UTC at the entity unit
+    # ---- normalise: keys to the entity dtypes/names (the filters above leave only values
+    # the entity type holds), timestamps to UTC at the unit they are compared at
     ts_alias = f"__pit_ts_{index}"
     created_alias = f"__pit_created_{index}"
     exprs = [
         *(pl.col(k).cast(entities.schema[ek]).alias(ek) for k, ek in zip(keys, entity_keys)),
-        to_utc(pl.col(ts), raw_ts, ts_dtype.time_unit).alias(ts_alias),
+        to_utc(pl.col(ts), raw_ts, _match_unit(ts_dtype.time_unit, raw_ts)).alias(ts_alias),
     ]
     if created:
-        exprs.append(to_utc(pl.col(created), schema[created], ts_dtype.time_unit).alias(created_alias))
+        exprs.append(to_utc(pl.col(created), schema[created]).alias(created_alias))
     exprs.extend(pl.col(f) for f in features)
     return frame.select(exprs), ts_alias, created_alias if created else None
+
+
+def _entity_key_values(source: str, key: str, dtype: pl.DataType, entity_keys: pl.Series) -> pl.Series:
+    """The distinct entity values of join key ``key`` as the source's key type ``dtype``.
+
+    Numeric keys compare by value: an entity value that ``dtype`` cannot hold (3e9 for an
+    ``Int32`` column) cannot occur in the source and is left out, so its entity rows find
+    nothing. A numeric key against a non-numeric one (integers against strings) raises
+    :class:`PitJoinError` whatever the values, so whether a request fails never depends
+    on which keys it asks for; other pairs must cast (e.g. strings to categoricals).
+    """
+    values = entity_keys.drop_nulls().unique()
+    if values.dtype == pl.Null:  # no key at all
+        return values.cast(dtype)
+    if values.dtype.is_numeric() and dtype.is_numeric():
+        return values.cast(dtype, strict=False).drop_nulls()
+    mismatch = f"source {source!r}, join key {key!r}: entity dtype {values.dtype} cannot be compared with {dtype}"
+    if values.dtype.is_numeric() or dtype.is_numeric():
+        raise PitJoinError(mismatch)
+    try:
+        return values.cast(dtype)
+    except Exception as exc:  # noqa: BLE001 - report the mismatch plainly
+        raise PitJoinError(mismatch) from exc
 
 
 def _sorted_source(
@@ -423,16 +503,28 @@ def point_in_time_join_lazy(
     pushdown filters), feature sources stay lazy."""
     entities, ts_dtype = _checked_entities(entity_df, feature_sources, entity_timestamp_col, full_feature_names)
 
-    result = entities.lazy().with_row_index(_ROW_ID).sort(entity_timestamp_col, maintain_order=True)
+    left = entities.lazy().with_row_index(_ROW_ID)
+    sources = []
     for index, spec in enumerate(feature_sources):
         right, ts_alias = _sorted_source(spec, index, entities, entity_timestamp_col, ts_dtype)
+        # the entity timestamps in the unit the source's are compared at, under a private
+        # name where it differs (the entity column keeps its own unit)
+        unit: TimeUnit = right.collect_schema()[ts_alias].time_unit  # type: ignore[attr-defined]
+        left_ts = entity_timestamp_col
+        if unit != ts_dtype.time_unit:
+            left_ts = f"__pit_t_{index}"
+            left = left.with_columns(_entity_ts_in(entities[entity_timestamp_col], unit).alias(left_ts))
+        sources.append((spec, index, right, ts_alias, left_ts, unit))
+
+    result = left.sort(entity_timestamp_col, maintain_order=True)
+    for spec, index, right, ts_alias, left_ts, unit in sources:
         # private names on the right so nothing collides during the join
         private = {f: f"__pit_f_{index}_{i}" for i, f in enumerate(spec.feature_columns)}
         right = right.rename(private)
         entity_keys = spec.entity_keys()
         result = result.join_asof(
             right,
-            left_on=entity_timestamp_col,
+            left_on=left_ts,
             right_on=ts_alias,
             by=entity_keys or None,
             strategy="backward",
@@ -441,14 +533,17 @@ def point_in_time_join_lazy(
             allow_parallel=True,
         )
         if spec.ttl is not None:
-            fresh = pl.col(ts_alias) >= pl.col(entity_timestamp_col) - pl.lit(spec.ttl)
+            # the TTL as a duration in the compared unit: ``datetime[ns] - duration[us]`` is
+            # computed in microseconds, truncating the entity timestamps
+            fresh = pl.col(ts_alias) >= pl.col(left_ts) - pl.lit(spec.ttl).cast(pl.Duration(unit))
             outs = [
                 pl.when(fresh).then(pl.col(p)).otherwise(None).alias(spec.output_column(f, full_feature_names))
                 for f, p in private.items()
             ]
         else:
             outs = [pl.col(p).alias(spec.output_column(f, full_feature_names)) for f, p in private.items()]
-        result = result.with_columns(outs).drop([ts_alias, *private.values()])
+        private_ts = [left_ts] if left_ts != entity_timestamp_col else []
+        result = result.with_columns(outs).drop([ts_alias, *private.values(), *private_ts])
 
     return result.sort(_ROW_ID).drop(_ROW_ID)
 
@@ -477,7 +572,13 @@ def point_in_time_join(
     its features and the winning rows are gathered from memory.
     """
     entities, ts_dtype = _checked_entities(entity_df, feature_sources, entity_timestamp_col, full_feature_names)
-    left_ts = entities[entity_timestamp_col].to_physical().to_numpy()
+    entity_ts: dict[str, np.ndarray] = {}  # the entity timestamps as integers, by unit
+
+    def entity_ts_in(unit: TimeUnit) -> np.ndarray:
+        if unit not in entity_ts:
+            entity_ts[unit] = _entity_ts_in(entities[entity_timestamp_col], unit).to_physical().to_numpy()
+        return entity_ts[unit]
+
     nan_floats = missing_floats == "nan"
     columns: list[pl.Series] = []
     for index, spec in enumerate(feature_sources):
@@ -489,7 +590,7 @@ def point_in_time_join(
         else:
             narrow = spec
         names = {f: spec.output_column(f, full_feature_names) for f in spec.feature_columns}
-        fetched = _fetch_by_index(spec, numbered, entities, left_ts, ts_dtype, list(names), engine, nan_floats) if two_pass else None
+        fetched = _fetch_by_index(spec, numbered, entities, entity_ts_in, ts_dtype, list(names), engine, nan_floats) if two_pass else None
         if fetched is not None:
             columns.extend(fetched.select(pl.col(f).alias(o) for f, o in names.items()).get_columns())
             continue
@@ -506,16 +607,17 @@ def point_in_time_join(
             columns.extend(_all_missing(empty, entities.height, nan_floats).get_columns())
             continue
         left_code, right_code = _key_codes(entities, right, entity_keys)
+        unit: TimeUnit = right.schema[ts_alias].time_unit  # type: ignore[attr-defined]  # of _match_unit
         created = None
         if created_alias:
             created = right[created_alias].to_physical().fill_null(np.iinfo(np.int64).min).to_numpy()
         match = match_rows(
             left_code,
-            left_ts,
+            entity_ts_in(unit),
             right_code,
             right[ts_alias].to_physical().to_numpy(),
             created,
-            None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit),
+            None if spec.ttl is None else _ttl_units(spec.ttl, unit),
         )
         if two_pass:
             source_rows = right[_SOURCE_ROW].to_numpy()
@@ -536,7 +638,7 @@ def _fetch_by_index(
     spec: FeatureSourceSpec,
     numbered: pl.LazyFrame,
     entities: pl.DataFrame,
-    left_ts: np.ndarray,
+    entity_ts_in: Callable[[TimeUnit], np.ndarray],
     ts_dtype: pl.Datetime,
     features: list[str],
     engine: EngineName,
@@ -545,7 +647,9 @@ def _fetch_by_index(
     """The winners' ``features`` found through ``spec.key_index``, in entity row order;
     ``None`` when the source has no index that serves these entity rows, or when the rows
     read back do not hold the keys and timestamps the index gave them (an index of some
-    other table: the join then scans, and says so).
+    other table: the join then scans, and says so). ``entity_ts_in(unit)`` gives the
+    entity timestamps as integers in ``unit``; they are matched at the finer of their
+    unit and the index's (:func:`_match_unit`), as the scanning join matches them.
 
     Features the index keeps are taken from it; the others are read from the table by row
     number, with the key and timestamp of every row read, checked against the index. When
@@ -557,13 +661,14 @@ def _fetch_by_index(
     if index is None or len(entity_keys) != 1:
         return None
     key = entities[entity_keys[0]]
-    if not index.serves(key.dtype, ts_dtype.time_unit):
+    unit = _match_unit(ts_dtype.time_unit, pl.Datetime(index.time_unit))
+    if not index.serves(key.dtype, unit):
         return None
     source_key, source_ts = spec.join_keys[0], spec.timestamp_field
     schema = numbered.collect_schema()
     _require_columns(spec.name, schema, list(dict.fromkeys([*features, source_key, source_ts])))
-    ttl = None if spec.ttl is None else _ttl_units(spec.ttl, ts_dtype.time_unit)
-    at, pos = index.winners(key, left_ts, ts_dtype.time_unit, ttl)
+    ttl = None if spec.ttl is None else _ttl_units(spec.ttl, unit)
+    at, pos = index.winners(key, entity_ts_in(unit), unit, ttl)
     n = entities.height
     rows, packed = index.sources(at, pos, n)
     kept = [f for f in features if index.covers(f, schema[f])]
