@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TypeVar
+
+RunResultT = TypeVar("RunResultT")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -78,7 +83,8 @@ def materialize(  # noqa: ANN001
     Media first (when media landed), then each landing day, then the feature store and the
     newest day's online features, then model training and the newest day's predictions once
     there are labels (``models=False`` skips them); ``select`` or ``daily_only`` run just the
-    landing days.
+    landing days. Every run is tagged with this process, so that a later CLI can release it
+    if this process dies (:mod:`hybrid_pipeline.runs_recovery`).
     """
     import dagster as dg
 
@@ -90,6 +96,7 @@ def materialize(  # noqa: ANN001
         build_definitions,
         daily_partitions,
     )
+    from hybrid_pipeline.runs_recovery import process_tags
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
@@ -135,7 +142,7 @@ def materialize(  # noqa: ANN001
             continue
         began = time.perf_counter()
         result = run_job.execute_in_process(
-            partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS
+            partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS, tags=process_tags()
         )
         summary = RunSummary(label, result.success, time.perf_counter() - began)
         for event in result.all_events:
@@ -192,7 +199,70 @@ def print_summary(summaries: Sequence[RunSummary]) -> None:
             print(f"  step failed: {step}")
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT reached the CLI."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def run_stoppable(work: Callable[[], RunResultT], on_stop: Callable[[Stopped], None]) -> RunResultT:
+    """Run ``work`` in a worker thread so that SIGTERM and Ctrl-C stop the CLI even while a step waits.
+
+    While Dagster executes a run in the main thread it defers SIGINT/SIGTERM and acts on them only
+    inside a step's compute; a step waiting for a concurrency-pool slot never sees them, so the
+    process spins until SIGKILL (which leaves one more claim behind). Off the main thread Dagster
+    leaves signal handlers alone, so here the main thread gets them, ``on_stop`` records the stop
+    (runs failed, slots freed) and the process exits at once: the worker cannot be stopped
+    otherwise. For the data that is a crash, which a rerun repairs (every lakehouse write is one
+    atomic Delta commit, bronze ingests a file once).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return work()  # signal handlers can only be set from the main thread
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=target, name="materialize", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    except Stopped as stop:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+        on_stop(stop)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + stop.signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
 def _cmd_materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from hybrid_pipeline.runs_recovery import (
+        HOST_TAG,
+        PID_TAG,
+        fail_runs_of_this_process,
+        held_pools,
+        release_dead_runs,
+    )
     from hybrid_pipeline.settings import Settings
     from hybrid_pipeline.sources.landing import landed_dates
 
@@ -203,7 +273,23 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     if not partitions:
         print("nothing to materialize: give --partition YYYY-MM-DD or --all-landed", file=sys.stderr)
         return 2
-    summaries = materialize(sorted(partitions), args.select)
+    instance = dg.DagsterInstance.get()
+    for run in release_dead_runs(instance):
+        print(
+            f"released run {run.run_id} ({run.job_name} {run.tags.get('dagster/partition', '')}): its process "
+            f"{run.tags.get(PID_TAG)} is gone; marked failed, pool slots freed",
+            file=sys.stderr,
+        )
+    for pool, run in held_pools(instance):
+        owner = f"process {run.tags[PID_TAG]} on {run.tags[HOST_TAG]}" if PID_TAG in run.tags else "no process tags"
+        print(f"pool {pool} is held by run {run.run_id} ({run.status.value}, {owner}): its steps wait", file=sys.stderr)
+
+    def stop(signal_: Stopped) -> None:
+        runs = fail_runs_of_this_process(instance, f"hybrid-pipeline stopped by {signal_}")
+        done = f"run {', '.join(r.run_id for r in runs)} marked failed, pool slots freed" if runs else "no run in progress"
+        print(f"stopped by {signal_}: {done}", file=sys.stderr)
+
+    summaries = run_stoppable(lambda: materialize(sorted(partitions), args.select, instance=instance), stop)
     print_summary(summaries)
     failed = [s.partition for s in summaries if not s.ok]
     print(f"\n{len(summaries) - len(failed)}/{len(summaries)} runs succeeded" + (f"; failed: {', '.join(failed)}" if failed else ""))

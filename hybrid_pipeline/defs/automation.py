@@ -5,7 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from hybrid_pipeline.defs.resources import LandingZoneResource
+from hybrid_pipeline.defs.keys import BRONZE_LANDED_FILES, table_of
+from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.monitoring.notify import DAYTIME, PAGE, Alert, AlertRouter, FileNotifier, LogNotifier, WebhookNotifier
 from hybrid_pipeline.sources.landing_watch import plan_landing_runs
 
@@ -46,10 +47,15 @@ def build_automation(pipeline_job, landing_job_max_files: int = 200) -> dg.Defin
         job=pipeline_job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="New files in the landing zone -> a run for their landing day (run key from content hashes).",
+        description="New files in the landing zone -> a run for their landing day (run key from content hashes); "
+        "contents already in the ingest ledger, whoever ingested them, trigger nothing.",
     )
-    def landing_zone_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource) -> dg.SensorResult:
-        runs, cursor = plan_landing_runs(landing.root, context.cursor, max_files=landing_job_max_files)
+    def landing_zone_sensor(
+        context: dg.SensorEvaluationContext, landing: LandingZoneResource, lakehouse: LakehouseResource
+    ) -> dg.SensorResult:
+        runs, cursor = plan_landing_runs(
+            landing.root, context.cursor, max_files=landing_job_max_files, ingested=ingested_hashes(lakehouse)
+        )
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=r.run_key, partition_key=r.landing_date, tags={"landing_files": str(len(r.files))}) for r in runs],
             cursor=cursor,
@@ -103,6 +109,20 @@ def build_automation(pipeline_job, landing_job_max_files: int = 200) -> dg.Defin
         schedules=[daily_pipeline_schedule],
         sensors=[landing_zone_sensor, run_failure_alerts, check_failure_alerts],
     )
+
+
+def ingested_hashes(lakehouse: LakehouseResource) -> frozenset[str]:
+    """Content hashes in the ingest ledger (``bronze/landed_files``), whoever ran the ingest.
+
+    The sensor's cursor only knows what the sensor requested; the ledger also knows what
+    ``hybrid-pipeline materialize`` or a backfill ingested. Only the hash column is read,
+    so a tick stays cheap as the ledger grows.
+    """
+    lh = lakehouse.lakehouse()
+    table = table_of(BRONZE_LANDED_FILES)
+    if not lh.exists(table):
+        return frozenset()
+    return frozenset(lh.scan(table).select("file_sha256").unique().collect().to_series().to_list())
 
 
 def alerts_resource(file_path: Path | None, webhook_url: str | None) -> AlertsResource:

@@ -2,13 +2,16 @@
 
 Pure and cursor-driven so it is tested without Dagster: a file is re-hashed only when its
 size or mtime changed, at most ``max_files`` are hashed per tick (the rest wait for the
-next tick), and a content already seen under any name never triggers a run again.
+next tick), and a content already seen under any name never triggers a run again. The
+cursor only knows what this watcher saw; contents that bronze already ingested (a run
+started from the shell, a backfill) come in as ``ingested`` hashes and trigger nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,10 @@ class LandingRun:
     files: tuple[str, ...]
 
 
-def plan_landing_runs(landing_dir: Path, cursor: str | None, max_files: int = 200) -> tuple[list[LandingRun], str]:
+def plan_landing_runs(
+    landing_dir: Path, cursor: str | None, max_files: int = 200, ingested: Collection[str] = frozenset()
+) -> tuple[list[LandingRun], str]:
+    """Runs for contents neither seen by this watcher nor in ``ingested`` (hashes bronze holds), and the next cursor."""
     state = json.loads(cursor) if cursor else {"files": {}, "hashes": []}
     files: dict[str, list] = state["files"]
     hashes: set[str] = set(state["hashes"])
@@ -46,6 +52,8 @@ def plan_landing_runs(landing_dir: Path, cursor: str | None, max_files: int = 20
             files[rel] = [st.st_size, st.st_mtime_ns, sha]
             if sha not in hashes:
                 hashes.add(sha)
+                if sha in ingested:
+                    continue
                 new_by_day.setdefault(day.name, []).append((rel, sha))
     runs = [
         LandingRun(

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+import shutil
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
@@ -21,8 +22,9 @@ from hybrid_pipeline.defs.models import (
     PRODUCTION_PURCHASE_MODEL,
     PURCHASE_MODEL,
 )
-from hybrid_pipeline.defs.resources import LandingZoneResource
+from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.definitions import build_definitions
+from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 
 
 @pytest.fixture
@@ -41,22 +43,60 @@ def test_daily_schedule_runs_yesterdays_partition_at_two_utc(repo):
     assert request.run_key == "daily:2024-03-04"
 
 
+def _sensor_resources(env) -> dict:
+    return {
+        "landing": LandingZoneResource(path=str(env.landing)),
+        "lakehouse": LakehouseResource(root=env.settings.lakehouse_root),
+    }
+
+
 def test_landing_sensor_requests_runs_for_new_files_and_resumes_from_its_cursor(repo, pipeline_env):
     sensor = repo.get_sensor_def("landing_zone_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     day = pipeline_env.landing / "events" / "2024-01-02"
     day.mkdir(parents=True)
     (day / "a.jsonl").write_text('{"event_id":"1"}\n')
-    landing = LandingZoneResource(path=str(pipeline_env.landing))
+    resources = _sensor_resources(pipeline_env)
     with dg.instance_for_test() as instance:
-        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, resources={"landing": landing}))
+        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, resources=resources))
         assert [r.partition_key for r in first.run_requests] == ["2024-01-02"]
-        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=first.cursor, resources={"landing": landing}))
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=first.cursor, resources=resources))
         assert again.run_requests == []
         (day / "b.jsonl").write_text('{"event_id":"2"}\n')
-        third = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=again.cursor, resources={"landing": landing}))
+        third = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo, cursor=again.cursor, resources=resources))
         assert [r.partition_key for r in third.run_requests] == ["2024-01-02"]
         assert third.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+@pytest.mark.integration
+def test_landing_sensor_requests_nothing_for_days_the_cli_already_ingested(repo, pipeline_env):
+    """`make run` then `make dev`: the sensor's first tick (no cursor yet) finds every landing day
+    already in the ingest ledger and requests no run; a file landed afterwards gets exactly one."""
+    from hybrid_pipeline.cli import materialize
+
+    generate(GeneratorConfig(days=2, events_per_day=200, seed=3, start_date=date(2024, 1, 1)), pipeline_env.landing)
+    sensor = repo.get_sensor_def("landing_zone_sensor")
+    resources = _sensor_resources(pipeline_env)
+    with dg.instance_for_test() as instance:
+        summaries = materialize(["2024-01-01", "2024-01-02"], instance=instance, daily_only=True)
+        assert [s.success for s in summaries] == [True, True]
+
+        def tick(cursor):
+            context = dg.build_sensor_context(instance=instance, repository_def=repo, cursor=cursor, resources=resources)
+            return sensor.evaluate_tick(context)
+
+        first = tick(None)
+        assert first.run_requests == []
+
+        # A renamed copy of ingested content is not new either, on any day.
+        events = pipeline_env.landing / "events"
+        copied = next((events / "2024-01-01").iterdir())
+        (events / "2024-01-03").mkdir()
+        shutil.copy(copied, events / "2024-01-03" / "renamed.jsonl")
+        (events / "2024-01-02" / "late.jsonl").write_text('{"event_id":"late-1"}\n')
+        second = tick(first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["2024-01-02"]
+        assert second.run_requests[0].tags["landing_files"] == "1"
 
 
 def test_failed_checks_are_routed_to_the_alert_file(repo, pipeline_env, tmp_path):

@@ -57,3 +57,14 @@ def test_work_per_tick_is_bounded_and_the_cursor_resumes(tmp_path):
     assert [len(r.files) for r in runs1 + runs2 + runs3] == [2, 2, 1]
     assert runs4 == []
     assert len(json.loads(cursor)["files"]) == 5
+
+
+def test_contents_already_ingested_trigger_nothing_even_without_a_cursor(tmp_path):
+    """Bronze's ledger knows contents this watcher never saw (ingested from the shell)."""
+    from hybrid_pipeline.sources.landing import file_sha256
+
+    ingested = _land(tmp_path, "2024-01-01", "a.jsonl", "{}\n")
+    _land(tmp_path, "2024-01-02", "b.jsonl", "{\"x\":1}\n")
+    runs, cursor = plan_landing_runs(tmp_path, None, ingested={file_sha256(ingested)})
+    assert [(r.landing_date, r.files) for r in runs] == [("2024-01-02", ("2024-01-02/b.jsonl",))]
+    assert plan_landing_runs(tmp_path, cursor, ingested=set())[0] == []
