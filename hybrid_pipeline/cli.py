@@ -51,6 +51,7 @@ class RunSummary:
     rows: dict[str, int] = field(default_factory=dict)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, passed, severity)
     failed_steps: list[str] = field(default_factory=list)
+    drift: dict[str, int] = field(default_factory=dict)  # unknown field -> records carrying it (silver metadata)
 
     @property
     def error_checks(self) -> list[str]:
@@ -76,7 +77,12 @@ _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def materialize(  # noqa: ANN001
-    partitions: Sequence[str], select: str | None = None, instance=None, daily_only: bool = False, models: bool = True
+    partitions: Sequence[str],
+    select: str | None = None,
+    instance=None,
+    daily_only: bool = False,
+    models: bool = True,
+    on_run: Callable[[RunSummary, int, int], None] | None = None,
 ) -> list[RunSummary]:
     """Run the pipeline in-process against the DAGSTER_HOME instance.
 
@@ -84,7 +90,8 @@ def materialize(  # noqa: ANN001
     newest day's online features, then model training and the newest day's predictions once
     there are labels (``models=False`` skips them); ``select`` or ``daily_only`` run just the
     landing days. Every run is tagged with this process, so that a later CLI can release it
-    if this process dies (:mod:`hybrid_pipeline.runs_recovery`).
+    if this process dies (:mod:`hybrid_pipeline.runs_recovery`). ``on_run(summary, done, planned)``
+    is called as each run finishes (the CLI prints progress with it).
     """
     import dagster as dg
 
@@ -150,6 +157,9 @@ def materialize(  # noqa: ANN001
                 mat = event.event_specific_data.materialization
                 rows = mat.metadata.get("dagster/row_count")
                 summary.rows[mat.asset_key.to_user_string()] = int(rows.value) if rows is not None else 0
+                drift = mat.metadata.get("schema_drift")
+                for name, count in (drift.value if drift is not None else {}).items():
+                    summary.drift[name] = summary.drift.get(name, 0) + int(count)
             elif event.event_type_value == "ASSET_CHECK_EVALUATION":
                 ev = event.event_specific_data
                 summary.checks.append(
@@ -158,6 +168,9 @@ def materialize(  # noqa: ANN001
             elif event.is_step_failure:
                 summary.failed_steps.append(event.step_key or "?")
         summaries.append(summary)
+        if on_run is not None:
+            # Model runs are counted once they are decided (after the feature store ran).
+            on_run(summary, len(summaries), len(summaries) + sum(1 for _, j, _ in pending if j is not None))
     return summaries
 
 
@@ -185,6 +198,19 @@ def _model_runs(defs, settings, newest: str) -> list:  # noqa: ANN001
     return out
 
 
+def print_progress(summary: RunSummary, done: int, planned: int) -> None:
+    """One line per finished run (to stderr, so the summary on stdout stays clean)."""
+    passed = sum(1 for _, ok, _ in summary.checks if ok)
+    rows = sum(summary.rows.values())
+    status = "ok" if summary.ok else "FAILED"
+    print(
+        f"[{done}/{planned}] {summary.partition:<22} {status:<6} {summary.seconds:6.1f}s  "
+        f"{len(summary.rows)} assets, {rows:,} rows, checks {passed}/{len(summary.checks)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def print_summary(summaries: Sequence[RunSummary]) -> None:
     for s in summaries:
         status = "ok" if s.ok else "FAILED"
@@ -197,6 +223,13 @@ def print_summary(summaries: Sequence[RunSummary]) -> None:
                 print(f"  check {name}: failed ({severity})")
         for step in s.failed_steps:
             print(f"  step failed: {step}")
+    drift: dict[str, int] = {}
+    for s in summaries:
+        for name, count in s.drift.items():
+            drift[name] = drift.get(name, 0) + count
+    if drift:
+        fields = ", ".join(f"{name} ({count:,} records)" for name, count in sorted(drift.items()))
+        print(f"\nschema drift: fields outside the event contract, kept in bronze: {fields}")
 
 
 class Stopped(Exception):
@@ -289,7 +322,9 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
         done = f"run {', '.join(r.run_id for r in runs)} marked failed, pool slots freed" if runs else "no run in progress"
         print(f"stopped by {signal_}: {done}", file=sys.stderr)
 
-    summaries = run_stoppable(lambda: materialize(sorted(partitions), args.select, instance=instance), stop)
+    summaries = run_stoppable(
+        lambda: materialize(sorted(partitions), args.select, instance=instance, on_run=print_progress), stop
+    )
     print_summary(summaries)
     failed = [s.partition for s in summaries if not s.ok]
     print(f"\n{len(summaries) - len(failed)}/{len(summaries)} runs succeeded" + (f"; failed: {', '.join(failed)}" if failed else ""))
