@@ -165,7 +165,7 @@ def fill_window(settings: Settings, users: set[str]) -> None:
     record = merge_window(None, {m: (0, 0.0) for m in range(minute - 59, minute)}, now)
     for _ in range(50):
         record = merge_window(record, {}, now, batch_id=uuid.uuid4().hex + uuid.uuid4().hex)
-    writer = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store).writer()
+    writer = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url).writer()
     try:
         writer.write_records(VIEW, [(u, record, now, None) for u in sorted(users)])
     finally:
@@ -177,11 +177,11 @@ def _delete_online_records(settings: Settings, users: set[str]) -> None:
     from hybrid_pipeline.features.streaming import VIEW
     from hybrid_pipeline.online import RedisBackend
 
-    writer = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store).writer()
+    writer = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url).writer()
     try:
         if isinstance(writer.backend, RedisBackend):
             key = writer.backend.hash_key(writer.table(VIEW))
-            client = redis.Redis.from_url(settings.online_store)
+            client = redis.Redis.from_url(settings.online_store.url)
             ids = sorted(users)
             for start in range(0, len(ids), 5000):
                 client.hdel(key, *ids[start : start + 5000])

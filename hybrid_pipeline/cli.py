@@ -388,31 +388,28 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
-    from hybrid_pipeline.features.streaming import CombinedReader
-    from hybrid_pipeline.serving import create_app
-    from hybrid_pipeline.serving.server import run_server
+    # Neither Dagster nor Feast: the online store is read directly (see hybrid_pipeline.serving.server).
+    from hybrid_pipeline.serving.server import pipeline_app, run_server
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
-    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
-    reader = CombinedReader(fs.reader())
     api_key = os.environ.get("HYBRID_SERVING_API_KEY") or None
-    app = create_app(reader, "user_features", api_key=api_key, predictor=_production_predictor(settings))
-    print(f"serving {fs.online_url()} on http://{args.host}:{args.port} (API key {'required' if api_key else 'off'})")
+    app = pipeline_app(settings, api_key=api_key, predictor=_production_predictor(settings))
+    key = "required" if api_key else "off"
+    print(f"serving {settings.online_store} on http://{args.host}:{args.port} (API key {key})")
     run_server(app, host=args.host, port=args.port)
     return 0
 
 
 def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a model is in production
-    from hybrid_pipeline.defs.models import default_registry_uri, purchase_predictor
-
-    uri = default_registry_uri(settings)
+    uri = settings.model_registry_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        print("no model registry yet: POST /predict is off")  # and MLflow is not even imported
+        print("no model registry yet: POST /predict is off")  # and neither MLflow nor Dagster is imported
         return None
+    from hybrid_pipeline.defs.models import purchase_predictor  # imports Dagster (see the models module)
+
     try:
-        return purchase_predictor(default_registry_uri(settings), version="production")
+        return purchase_predictor(uri, version="production")
     except Exception as exc:  # noqa: BLE001 - no production model yet: serve features only
         print(f"no production model ({exc.__class__.__name__}): POST /predict is off")
         return None

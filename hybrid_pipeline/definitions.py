@@ -54,7 +54,7 @@ def resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "lakehouse": LakehouseResource(root=settings.lakehouse_root),
         "landing": LandingZoneResource(path=str(settings.landing_dir)),
         "policy": DataPolicyResource(pii_salt=settings.pii_salt),
-        "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store),
+        "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url),
         "alerts": alerts_resource(settings.alert_file or settings.dagster_home / "alerts.jsonl", settings.alert_webhook_url),
         **model_resources(settings),
     }

@@ -11,8 +11,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 DEFAULT_PII_SALT = "hybrid-pipeline-local-salt"
+DEFAULT_FEATURE_REPO = "./data/feature_repo"
+
+
+@dataclass(frozen=True)
+class OnlineStoreSetting:
+    """``HYBRID_ONLINE_STORE``, parsed once: which backend, and the URL every client opens.
+
+    The Dagster assets, the stream push, the Feast repo and ``serve`` all take the store from
+    here, so they cannot disagree on where it is. Plain ``sqlite`` (the default) is
+    ``<feature repo>/data/online_store.db``, the file the generated Feast repo names as well;
+    a relative SQLite path resolves against the working directory, like the other settings.
+    """
+
+    kind: Literal["sqlite", "redis"]
+    url: str
+    """``sqlite:///<absolute path>`` or the Redis URL as given (``redis://``, ``rediss://``, ``unix://``)."""
+    sqlite_path: Path | None
+    """The SQLite file (absolute); ``None`` for Redis."""
+
+    @classmethod
+    def parse(cls, value: str | None, feature_repo_dir: Path | str) -> OnlineStoreSetting:
+        """``value`` in ``HYBRID_ONLINE_STORE`` syntax: ``sqlite`` (or empty), ``sqlite:///x.db``, ``redis://...``."""
+        from hybrid_pipeline.online.backends import DEFAULT_SQLITE_PATH, parse_online_url
+
+        default_path = Path(feature_repo_dir).resolve() / DEFAULT_SQLITE_PATH
+        try:
+            spec = parse_online_url(value, default_path, base_dir=Path.cwd())
+        except ValueError as exc:
+            raise ValueError(f"HYBRID_ONLINE_STORE: {exc}") from None
+        if spec.kind == "redis":
+            return cls("redis", spec.target, None)
+        path = Path(spec.target).resolve()
+        return cls("sqlite", f"sqlite://{path}", path)
+
+    def __str__(self) -> str:
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -22,9 +59,9 @@ class Settings:
     start_date: date
     pii_salt: str
     engine: str
-    online_store: str
+    online_store: OnlineStoreSetting
     dagster_home: Path
-    feature_repo_dir: Path = Path("./data/feature_repo").resolve()
+    feature_repo_dir: Path = Path(DEFAULT_FEATURE_REPO).resolve()
     redis_url: str = "redis://127.0.0.1:6379/0"
     alert_webhook_url: str | None = None
     alert_file: Path | None = None
@@ -32,6 +69,15 @@ class Settings:
     @property
     def pii_salt_is_default(self) -> bool:
         return self.pii_salt == DEFAULT_PII_SALT
+
+    @property
+    def model_registry_uri(self) -> str:
+        """MLflow tracking and registry URI: ``<lakehouse root's parent>/mlflow/mlflow.db`` for a local
+        lakehouse, ``$DAGSTER_HOME/mlflow/mlflow.db`` for an object-store one (the string only: nothing
+        is created). Here so that ``serve`` can find the production model without importing Dagster."""
+        root = str(self.lakehouse_root)
+        base = self.dagster_home if "://" in root else Path(root).resolve().parent
+        return f"sqlite:///{(base / 'mlflow' / 'mlflow.db').resolve()}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,15 +93,16 @@ class Settings:
         root = env.get("HYBRID_LAKEHOUSE_ROOT", "./data/lakehouse")
         if "://" not in root:
             root = str(Path(root).resolve())
+        feature_repo_dir = Path(env.get("HYBRID_FEATURE_REPO", DEFAULT_FEATURE_REPO)).resolve()
         return cls(
             landing_dir=Path(env.get("HYBRID_LANDING_DIR", "./data/landing")).resolve(),
             lakehouse_root=root,
             start_date=start,
             pii_salt=env.get("HYBRID_PII_SALT") or DEFAULT_PII_SALT,
             engine=engine,
-            online_store=env.get("HYBRID_ONLINE_STORE", "sqlite"),
+            online_store=OnlineStoreSetting.parse(env.get("HYBRID_ONLINE_STORE"), feature_repo_dir),
             dagster_home=Path(env.get("DAGSTER_HOME", "./.dagster_home")).resolve(),
-            feature_repo_dir=Path(env.get("HYBRID_FEATURE_REPO", "./data/feature_repo")).resolve(),
+            feature_repo_dir=feature_repo_dir,
             redis_url=env.get("HYBRID_REDIS_URL", "redis://127.0.0.1:6379/0"),
             alert_webhook_url=env.get("HYBRID_ALERT_WEBHOOK") or None,
             alert_file=Path(env["HYBRID_ALERT_FILE"]).resolve() if env.get("HYBRID_ALERT_FILE") else None,

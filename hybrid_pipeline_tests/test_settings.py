@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from hybrid_pipeline.settings import DEFAULT_PII_SALT, Settings
+from hybrid_pipeline.settings import DEFAULT_PII_SALT, OnlineStoreSetting, Settings
 
 
 def test_an_empty_environment_gives_the_local_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,7 +22,8 @@ def test_an_empty_environment_gives_the_local_defaults(tmp_path: Path, monkeypat
     assert s.pii_salt == DEFAULT_PII_SALT
     assert s.pii_salt_is_default is True
     assert s.engine == "polars"
-    assert s.online_store == "sqlite"
+    assert s.online_store.kind == "sqlite"
+    assert s.online_store.sqlite_path == tmp_path / "data" / "feature_repo" / "data" / "online_store.db"
     assert s.dagster_home == tmp_path / ".dagster_home"
 
 
@@ -44,7 +46,7 @@ def test_every_setting_is_read_from_the_given_mapping(tmp_path: Path) -> None:
     assert s.pii_salt == "pepper"
     assert s.pii_salt_is_default is False
     assert s.engine == "spark"
-    assert s.online_store == "redis://localhost:6379/0"
+    assert s.online_store == OnlineStoreSetting("redis", "redis://localhost:6379/0", None)
     assert s.dagster_home == tmp_path / "dh"
 
 
@@ -113,3 +115,69 @@ def test_settings_are_immutable() -> None:
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.engine = "spark"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- HYBRID_ONLINE_STORE
+
+
+@pytest.mark.parametrize("raw", [None, "", "sqlite", " SQLite "])
+def test_plain_sqlite_is_the_file_in_the_feature_repo(tmp_path: Path, raw: str | None) -> None:
+    env = {"HYBRID_FEATURE_REPO": str(tmp_path / "repo")} | ({} if raw is None else {"HYBRID_ONLINE_STORE": raw})
+
+    store = Settings.from_env(env).online_store
+
+    db = tmp_path / "repo" / "data" / "online_store.db"
+    assert store == OnlineStoreSetting("sqlite", f"sqlite://{db}", db)
+
+
+def test_a_sqlite_url_names_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert Settings.from_env({"HYBRID_ONLINE_STORE": "sqlite:///x.db"}).online_store.sqlite_path == Path("/x.db")
+    # A relative file resolves against the working directory, as the other path settings do.
+    relative = Settings.from_env({"HYBRID_ONLINE_STORE": "sqlite://stores/x.db"}).online_store
+    assert relative == OnlineStoreSetting("sqlite", f"sqlite://{tmp_path}/stores/x.db", tmp_path / "stores" / "x.db")
+
+
+def test_a_redis_url_is_kept_as_given() -> None:
+    store = Settings.from_env({"HYBRID_ONLINE_STORE": "redis://host:6379/0"}).online_store
+
+    assert (store.kind, store.url, store.sqlite_path) == ("redis", "redis://host:6379/0", None)
+    assert str(store) == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize("raw", ["postgres://db/x", "memcached", "sqlite://", "http://redis:6379"])
+def test_an_unknown_online_store_is_rejected_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=rf"^HYBRID_ONLINE_STORE: .*{re.escape(repr(raw))}"):
+        Settings.from_env({"HYBRID_ONLINE_STORE": raw})
+
+
+def test_every_reader_of_plain_sqlite_opens_the_same_file(tmp_path: Path) -> None:
+    """Settings, the feature catalog (Feast repo) and the Dagster feature-store resource agree on the default file."""
+    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.features import catalog
+    from hybrid_pipeline.online import DEFAULT_SQLITE_PATH, BackendSpec, parse_online_url
+
+    repo = tmp_path / "repo"
+    settings = Settings.from_env({"HYBRID_FEATURE_REPO": str(repo)})
+    url = settings.online_store.url
+
+    assert catalog.online_sqlite_path(str(repo)) == str(settings.online_store.sqlite_path)
+    assert catalog.online_url("sqlite", str(repo)) == url
+    assert catalog.online_store_config("sqlite", str(repo))["url"] == url
+    assert FeatureStoreResource(repo_dir=str(repo)).online_url() == url  # the resource's own default
+    assert FeatureStoreResource(repo_dir=str(repo), online_store=url).online_url() == url
+    # The Feast online store reads plain ``sqlite`` as its default path (DEFAULT_SQLITE_PATH) under the repo.
+    feast_default = parse_online_url("sqlite", DEFAULT_SQLITE_PATH, repo)
+    assert feast_default == BackendSpec("sqlite", str(settings.online_store.sqlite_path))
+
+
+@pytest.mark.parametrize("root", ["lake", "s3://bucket/lake"])
+def test_the_model_registry_is_where_the_model_assets_register(tmp_path: Path, root: str) -> None:
+    from hybrid_pipeline.defs.models import default_registry_uri
+
+    settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / root) if "://" not in root else root,
+                                  "DAGSTER_HOME": str(tmp_path / "home")})
+
+    assert settings.model_registry_uri == default_registry_uri(settings)
+    assert settings.model_registry_uri.startswith(f"sqlite:///{tmp_path}/")

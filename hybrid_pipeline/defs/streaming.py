@@ -37,10 +37,11 @@ class OnlinePush:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+        from hybrid_pipeline.features.catalog import PROJECT
+        from hybrid_pipeline.online import OnlineReader, OnlineWriter
 
-        fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
-        self.reader, self.writer = fs.reader(), fs.writer()
+        url = settings.online_store.url
+        self.reader, self.writer = OnlineReader.from_url(url, PROJECT), OnlineWriter.from_url(url, PROJECT)
 
     def __call__(self, rows: pl.DataFrame, batch_id: str | None = None) -> int:
         """Users updated; ``batch_id`` (default: the batch's bronze id) makes a replay a no-op."""

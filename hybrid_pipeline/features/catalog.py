@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import polars as pl
 
 from hybrid_pipeline.features.repo import FeatureTableSpec
+from hybrid_pipeline.online.backends import DEFAULT_SQLITE_PATH, parse_online_url
+from hybrid_pipeline.online.config import online_store_block
 from hybrid_pipeline.transforms.features import FEATURE_COLUMNS, FEATURES_SCHEMA
 
 PROJECT = "hybrid_pipeline"
 PURCHASE_SERVICE = "purchase_model"
+USER_FEATURES_VIEW = "user_features"
 USER_FEATURE_TTL = timedelta(days=30)
 _FEAST_TYPES = {pl.Int64(): "Int64", pl.Float64(): "Float64", pl.String(): "String", pl.Int8(): "Int32"}
 
@@ -24,7 +28,7 @@ _FEAST_TYPES = {pl.Int64(): "Int64", pl.Float64(): "Float64", pl.String(): "Stri
 def feature_tables(user_features_uri: str, version: int | None = None) -> list[FeatureTableSpec]:
     return [
         FeatureTableSpec(
-            name="user_features",
+            name=USER_FEATURES_VIEW,
             delta_uri=user_features_uri,
             entity_key="user_id",
             timestamp_field="event_timestamp",
@@ -37,7 +41,7 @@ def feature_tables(user_features_uri: str, version: int | None = None) -> list[F
     ]
 
 
-def feature_refs(view: str = "user_features") -> list[str]:
+def feature_refs(view: str = USER_FEATURES_VIEW) -> list[str]:
     return [f"{view}:{c}" for c in FEATURE_COLUMNS]
 
 
@@ -51,13 +55,19 @@ def definitions_hash(tables: list[FeatureTableSpec]) -> str:
 
 
 def online_sqlite_path(repo_dir: str) -> str:
-    return f"{repo_dir}/data/online_store.db"
+    """The SQLite file of plain ``sqlite``: the one ``OnlineStoreSetting`` and the Feast repo name too."""
+    return str(Path(repo_dir) / DEFAULT_SQLITE_PATH)
+
+
+def online_url(setting: str, repo_dir: str) -> str:
+    """An online-store setting as the direct clients open it (plain ``sqlite``: :func:`online_sqlite_path`).
+
+    Settings hand over an already resolved URL (``Settings.online_store.url``), which comes back as is.
+    """
+    spec = parse_online_url(setting, online_sqlite_path(repo_dir), base_dir=repo_dir)
+    return spec.target if spec.kind == "redis" else f"sqlite://{spec.target}"
 
 
 def online_store_config(setting: str, repo_dir: str) -> dict:
-    """``HYBRID_ONLINE_STORE`` (``sqlite`` or ``redis://host:port/db``) as our packed Feast online store."""
-    from hybrid_pipeline.online.config import online_store_block
-
-    if setting.strip().lower() in ("", "sqlite"):
-        return online_store_block(f"sqlite://{online_sqlite_path(repo_dir)}")  # repo_dir is absolute
-    return online_store_block(setting)
+    """An online-store setting as the ``online_store`` block of the generated Feast repo (our packed store)."""
+    return online_store_block(online_url(setting, repo_dir))

@@ -4,7 +4,8 @@
   (``type: hybrid_pipeline.online.store.PackedOnlineStore`` in ``feature_store.yaml``).
 * :class:`OnlineReader`: direct lookups for the serving API (no Feast on the hot path).
 * :class:`OnlineWriter`: direct materialization of polars frames.
-* :func:`parse_online_url`: ``HYBRID_ONLINE_STORE`` syntax (``sqlite``, ``sqlite:///x.db``, ``redis://...``).
+* :func:`parse_online_url`: ``HYBRID_ONLINE_STORE`` syntax (``sqlite``, ``sqlite:///x.db``, ``redis://...``);
+  the setting itself is parsed once, into ``hybrid_pipeline.settings.Settings.online_store``.
 
 Importing this package does not import Feast (seconds); the Feast store classes load on
 first access.

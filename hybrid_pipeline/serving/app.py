@@ -8,22 +8,38 @@ Routes (``X-API-Key`` required on the data routes when an API key is configured)
 
 * ``GET /features/{user_id}``: ``200 {"user_id", "found": true, "event_timestamp", "features"}``;
   404 when nothing is stored for the user.
-* ``POST /features`` with ``{"user_ids": [...]}`` (1..``max_batch`` ids, duplicates allowed):
+* ``POST /features`` with ``{"user_ids": [...]}`` (1..``MAX_BATCH`` ids, duplicates allowed):
   one result per id, in order; unknown users get ``"found": false`` and ``"features": null``.
 * ``POST /predict`` (only when a predictor is given), same body: features of the found users
   go to ``predictor(list_of_feature_dicts)`` in one call; one score per found user.
 * ``GET /health`` (backend ping; 503 when it fails) and ``GET /metrics`` (Prometheus text)
   need no key.
 
+``/openapi.json`` describes every route with its request and response models (Swagger UI at
+``/docs``); FastAPI validates requests against the same models.
+
 ``event_timestamp`` is the stored record's event time (ISO-8601), the one clients judge
 staleness by; a combined reader dates a merged record by its oldest part.
 
-User ids are 1-64 characters of ``[A-Za-z0-9_.:-]``. Every client mistake is answered with
-a 4xx and a JSON body ``{"error": <code>, "detail": <message>}``: 400 malformed JSON, 401 bad
-or missing key, 404 unknown user/route, 405 wrong method, 413 body over ``max_body_bytes``,
-422 anything else that is well-formed JSON but not a valid request. A failing backend is 503.
+User ids are 1-64 characters of ``[A-Za-z0-9_.:-]``. A request that does not validate (body not
+JSON, wrong shape, unknown fields, an invalid user id, an empty or oversized batch) is a 422 with
+FastAPI's standard body ``{"detail": [{"type", "loc", "msg", ...}]}``, ``loc`` pointing at the
+offending field or list index (the offending ``input`` is not echoed back). Other client errors
+are ``{"error": <code>, "detail": <message>}``: 400 a body the JSON parser gives up on (nested too
+deeply, a number too long), 401 bad or missing key, 404 unknown user/route, 405 wrong method, 413
+body over ``max_body_bytes`` (plain text ``Content Too Large`` when the declared Content-Length is
+already over it). A failing backend is 503. The key is checked before the path and body are
+validated; only a body sent as JSON that is not JSON at all is refused (422) before the key, as
+FastAPI parses it first.
+
 A client that hangs up before its request is read is not a server error: it gets no answer,
 one log line and a count in ``hybrid_serving_client_disconnects_total``, not in the requests.
+
+Metrics are prometheus-client ``Counter``/``Histogram`` objects on a registry of the app's own, so
+two apps in one process count their own requests. (In prometheus-client's multiprocess mode,
+``PROMETHEUS_MULTIPROC_DIR`` set before it is first imported, values are kept per process and
+metric name instead; ``import feast`` sets that variable, which is one reason ``serve`` never
+imports Feast.)
 
 Handlers are ``async`` and call the reader inline: a lookup is tens of microseconds on
 SQLite and one round trip on Redis, cheaper than a hop to the thread pool. The predictor
@@ -33,37 +49,45 @@ Feature values are returned as JSON: NaN/inf become ``null``, timestamps ISO-860
 bytes base64.
 """
 
-from __future__ import annotations
-
 import base64
 import hmac
 import inspect
-import itertools
-import json
 import logging
 import math
 import re
-import threading
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Optional, Protocol, runtime_checkable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request, Response, Security
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from hybrid_pipeline.online import PackedRecord
 
-__all__ = ["MAX_BATCH", "USER_ID_PATTERN", "FeatureReader", "create_app", "valid_user_id"]
+__all__ = [
+    "MAX_BATCH",
+    "USER_ID_PATTERN",
+    "ErrorBody",
+    "FeatureReader",
+    "FeatureRecord",
+    "FeaturesResponse",
+    "Health",
+    "PredictResponse",
+    "Score",
+    "ServingMetrics",
+    "UserIdsRequest",
+    "create_app",
+    "valid_user_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +98,9 @@ _USER_ID = re.compile(USER_ID_PATTERN)
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01,
                     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+UserId = Annotated[str, StringConstraints(pattern=f"^{USER_ID_PATTERN}$")]
+"""A user id as the API accepts it (the pattern is anchored: pydantic searches, it does not match)."""
 
 
 def valid_user_id(value: Any) -> bool:
@@ -93,8 +120,63 @@ class FeatureReader(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------- request and response models
+
+
+class FeatureRecord(BaseModel):
+    """One user's features as stored online."""
+
+    user_id: str
+    found: bool
+    event_timestamp: Optional[str] = Field(
+        description="Event time of the stored record (ISO-8601), the one to judge staleness by; null when not found.")
+    features: Optional[dict[str, Any]] = Field(description="Feature values by name; null when not found.")
+
+
+class FeaturesResponse(BaseModel):
+    feature_view: str
+    found_count: int
+    missing_count: int
+    results: list[FeatureRecord] = Field(description="One result per requested id, in request order.")
+
+
+class Score(BaseModel):
+    user_id: str
+    found: bool
+    score: Optional[float] = Field(description="The model's score; null when the user has no features.")
+
+
+class PredictResponse(BaseModel):
+    feature_view: str
+    found_count: int
+    missing_count: int
+    results: list[Score] = Field(description="One result per requested id, in request order.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    feature_view: str
+    predict: bool = Field(description="Whether POST /predict is served.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer but a request that does not validate (that is FastAPI's 422 body)."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str = Field(description="A stable code, e.g. not_found, unauthorized, store_unavailable.")
+    detail: str
+
+
+class UserIdsRequest(BaseModel):
+    """User ids to look up (duplicates allowed); answered one result per id, in order."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[UserId] = Field(min_length=1, max_length=MAX_BATCH,
+                                   description=f"1 to {MAX_BATCH} ids of 1-64 characters of A-Z a-z 0-9 _ . : -")
+
+
 class ApiError(Exception):
-    """A client error with a stable code (becomes a JSON 4xx)."""
+    """A client or backend error with a stable code (becomes an :class:`ErrorBody`)."""
 
     def __init__(self, status: int, error: str, detail: str, **extra: Any):
         super().__init__(detail)
@@ -104,7 +186,13 @@ class ApiError(Exception):
         self.extra = extra
 
 
-# --------------------------------------------------------------------------- JSON
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (413: JSON, or plain text from the body limit)."""
+    return {status: {"description": "Request body over the size limit."} if status == 413 else {"model": ErrorBody}
+            for status in statuses}
+
+
+# --------------------------------------------------------------------------- JSON values
 
 
 def _jsonable(value: Any) -> Any:
@@ -143,158 +231,58 @@ def _features_json(features: Optional[dict]) -> Optional[dict]:
     return out
 
 
-def _json_response(payload: Any, status: int = 200, headers: Optional[dict] = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
-
-
-def _error_response(status: int, error: str, detail: str, headers: Optional[dict] = None, **extra: Any) -> Response:
-    return _json_response({"error": error, "detail": detail, **_jsonable(extra)}, status, headers)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # --------------------------------------------------------------------------- metrics
 
 
-class _Counter:
-    """A labelled counter kept in this app's memory."""
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, labelvalues: tuple[str, ...] = (), amount: float = 1.0) -> None:
-        self.values[labelvalues] = self.values.get(labelvalues, 0.0) + amount
-
-    def family(self) -> CounterMetricFamily:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labelvalues, value in list(self.values.items()):
-            family.add_metric(labelvalues, value)
-        return family
-
-
-class _Histogram:
-    """A labelled histogram kept in this app's memory (per-bucket counts, sum)."""
-
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = ()) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self.bounds = tuple(float(b) for b in buckets)
-        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        self.values: dict[tuple[str, ...], list] = {}  # labels -> [counts per bucket (last: +Inf), sum]
-
-    def child(self, labelvalues: tuple[str, ...] = ()) -> list:
-        state = self.values.get(labelvalues)
-        if state is None:
-            state = self.values[labelvalues] = [[0] * (len(self.bounds) + 1), 0.0]
-        return state
-
-    def observe_child(self, state: list, value: float) -> None:
-        state[0][bisect_left(self.bounds, value)] += 1  # first bucket whose upper bound is >= value
-        state[1] += value
-
-    def observe(self, value: float, labelvalues: tuple[str, ...] = ()) -> None:
-        self.observe_child(self.child(labelvalues), value)
-
-    def family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labelvalues, (counts, total) in list(self.values.items()):
-            cumulative = list(itertools.accumulate(counts))
-            family.add_metric(labelvalues, list(zip(self._les, cumulative)), total)
-        return family
-
-
-class _Metrics:
-    """The metrics of ONE app, in its own :class:`CollectorRegistry`.
-
-    The values live in this object, not in ``prometheus_client`` metric objects: when
-    ``PROMETHEUS_MULTIPROC_DIR`` is set before ``prometheus_client`` is first imported
-    (``import feast`` sets it), every ``Counter``/``Histogram`` of the process keeps its
-    value in a per-process file keyed by metric name and labels, so two apps in one process
-    (or an app and a test) would count each other's requests. A collector over plain
-    in-memory values counts this app's requests only, whatever mode the process is in.
-    Updates happen on the event loop thread; a lock still guards them against other threads.
-    """
+class ServingMetrics:
+    """The metrics of ONE app, registered on its own :class:`CollectorRegistry` (``/metrics`` renders it)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = _Counter(
+        self.requests = Counter(
             "hybrid_serving_requests", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"],
+            ["route", "method", "status"], registry=self.registry,
         )
-        self.latency = _Histogram(
+        self.latency = Histogram(
             "hybrid_serving_request_duration_seconds", "HTTP request latency (server side) by route and method.",
-            _LATENCY_BUCKETS, ["route", "method"],
+            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
-        self.predict_latency = _Histogram(
-            "hybrid_serving_predict_duration_seconds", "Predictor call latency.", _LATENCY_BUCKETS,
+        self.predict_latency = Histogram(
+            "hybrid_serving_predict_duration_seconds", "Predictor call latency.", buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.lookups = _Counter("hybrid_serving_feature_lookups", "Entity lookups by result.", ["result"])
-        self.disconnects = _Counter(
+        self.lookups = Counter("hybrid_serving_feature_lookups", "Entity lookups by result.", ["result"],
+                               registry=self.registry)
+        self.disconnects = Counter(
             "hybrid_serving_client_disconnects",
             "Requests the client hung up on before they were read, by route and method.", ["route", "method"],
+            registry=self.registry,
         )
-        self.batch_sizes = _Histogram(
-            "hybrid_serving_batch_size", "User ids per batch request.", _BATCH_BUCKETS, ["route"],
+        self.batch_sizes = Histogram(
+            "hybrid_serving_batch_size", "User ids per batch request.", ["route"], buckets=_BATCH_BUCKETS,
+            registry=self.registry,
         )
-        self._metrics = (self.requests, self.latency, self.predict_latency, self.lookups, self.batch_sizes,
-                         self.disconnects)
-        self._lock = threading.Lock()
-        self._latency_children: dict[tuple[str, str], list] = {}
-        self.registry.register(self)
-
-    def collect(self):  # noqa: ANN201 - the prometheus_client Collector protocol
-        with self._lock:
-            return [m.family() for m in self._metrics]
-
-    def record(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method)
-        with self._lock:
-            child = self._latency_children.get(key)
-            if child is None:
-                child = self.latency.child(key)
-                if len(self._latency_children) < 1000:  # label values are bounded (route templates, methods)
-                    self._latency_children[key] = child
-            self.latency.observe_child(child, seconds)
-            self.requests.inc((route, method, str(status)))
-
-    def count_disconnect(self, route: str, method: str) -> None:
-        with self._lock:
-            self.disconnects.inc((route, method))
-
-    def observe_predict(self, seconds: float) -> None:
-        with self._lock:
-            self.predict_latency.observe(seconds)
-
-    def observe_batch_size(self, route: str, size: int) -> None:
-        with self._lock:
-            self.batch_sizes.observe(size, (route,))
-
-    def count_lookups(self, found: int, missing: int) -> None:
-        with self._lock:
-            if found:
-                self.lookups.inc(("found",), found)
-            if missing:
-                self.lookups.inc(("missing",), missing)
 
 
 class _MetricsMiddleware:
     """Pure ASGI middleware: request count and latency labelled by the matched route template.
 
-    A client that hangs up while its request is read (Starlette's ``ClientDisconnect``) is
-    counted as a disconnect instead: nobody is left to answer, and it is not a server error.
+    A client that hangs up while its request body is read is counted as a disconnect instead:
+    nobody is left to answer, and it is not a server error. FastAPI turns the hang-up into a 400
+    for nobody, so it is recognised here by the ``http.disconnect`` message before the body ended.
     """
 
-    def __init__(self, app: Any, metrics: _Metrics, router: Any):
+    def __init__(self, app: Any, metrics: ServingMetrics, router: Any):
         self.app = app
         self.metrics = metrics
         self.router = router
 
     def _template(self, scope) -> str:
-        """The matched route's path template (bounded label values), found like the router does."""
+        """The matched route's path template (bounded label values): the route FastAPI matched, else
+        (documentation routes, unmatched paths) found like the router does."""
+        matched = scope.get("route")
+        if matched is not None:
+            return matched.path
         partial = None
         for route in self.router.routes:
             match, _ = route.matches(scope)
@@ -310,6 +298,8 @@ class _MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        body_read = False
+        hung_up = False
 
         async def send_status(message):
             nonlocal status
@@ -317,76 +307,26 @@ class _MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        async def receive_watched():
+            nonlocal body_read, hung_up
+            message = await receive()
+            if message["type"] == "http.request":
+                body_read = body_read or not message.get("more_body", False)
+            elif message["type"] == "http.disconnect" and not body_read:
+                hung_up = True
+            return message
+
         method = scope.get("method", "")
-        hung_up = False
         try:
-            await self.app(scope, receive, send_status)
-        except ClientDisconnect:
-            hung_up = True
-            log.info("client disconnected before its request was read: %s %s", method, scope.get("path", ""))
+            await self.app(scope, receive_watched, send_status)
         finally:
             route = self._template(scope)
             if hung_up:
-                self.metrics.count_disconnect(route, method)
+                log.info("client disconnected before its request was read: %s %s", method, scope.get("path", ""))
+                self.metrics.disconnects.labels(route, method).inc()
             else:
-                self.metrics.record(route, method, status, time.perf_counter() - start)
-
-
-# --------------------------------------------------------------------------- request parsing
-
-
-async def _read_json(request: Request, max_body_bytes: int) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, "invalid_request", "Content-Length is not a number") from None
-        if declared > max_body_bytes:
-            raise ApiError(413, "body_too_large", f"request body is over {max_body_bytes} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            raise ApiError(413, "body_too_large", f"request body is over {max_body_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        raise ApiError(400, "invalid_json", 'request body is empty; send {"user_ids": [...]}')
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, huge ints, bad UTF-8
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {_short(str(exc), 120)}") from None
-
-
-def _user_ids_from(payload: Any, max_batch: int) -> list[str]:
-    if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_request", f'body must be a JSON object {{"user_ids": [...]}}, got {type(payload).__name__}')
-    extra = [k for k in payload if k != "user_ids"]
-    if extra:
-        raise ApiError(422, "invalid_request", f"unknown fields {_short(extra)}; the body takes only 'user_ids'")
-    if "user_ids" not in payload:
-        raise ApiError(422, "invalid_request", "'user_ids' is required")
-    ids = payload["user_ids"]
-    if not isinstance(ids, list):
-        raise ApiError(422, "invalid_request", f"'user_ids' must be a list of strings, got {type(ids).__name__}")
-    if not ids:
-        raise ApiError(422, "empty_batch", "'user_ids' is empty; send 1 to %d ids" % max_batch)
-    if len(ids) > max_batch:
-        raise ApiError(422, "batch_too_large", f"'user_ids' has {len(ids)} ids; at most {max_batch} per request")
-    bad = [i for i, u in enumerate(ids) if not valid_user_id(u)]
-    if bad:
-        first = ids[bad[0]]
-        raise ApiError(
-            422, "invalid_user_id",
-            f"{len(bad)} invalid user ids (first at index {bad[0]}: {_short(first, 40)}); a user id is 1-64 "
-            "characters of letters, digits and _ . : -",
-            invalid_indexes=bad[:20],
-        )
-    return ids
+                self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+                self.metrics.requests.labels(route, method, str(status)).inc()
 
 
 # --------------------------------------------------------------------------- app
@@ -398,7 +338,6 @@ def create_app(
     api_key: Optional[str] = None,
     predictor: Optional[Callable[[list[dict]], Sequence[Any]]] = None,
     *,
-    max_batch: int = MAX_BATCH,
     max_body_bytes: int = MAX_BODY_BYTES,
     title: str = "hybrid_pipeline feature serving",
     telemetry: Optional[dict] = None,
@@ -412,7 +351,6 @@ def create_app(
         api_key: when set, ``X-API-Key`` must equal it on ``/features`` and ``/predict``.
         predictor: ``predictor(list of feature dicts) -> one score per dict``; enables
             ``POST /predict``. Sync (run in the thread pool) or async.
-        max_batch: most ids per batch request (default 1000).
         max_body_bytes: largest accepted request body (413 above).
         telemetry: FastAPI's native OpenTelemetry settings (``FastAPI(telemetry=...)``); default
             FastAPI's (spans/metrics on the global OpenTelemetry providers, no-ops unless configured).
@@ -424,115 +362,125 @@ def create_app(
     if not isinstance(reader, FeatureReader):
         raise TypeError(f"reader must have get_records(view, ids) and ping() (a FeatureReader), "
                         f"got {type(reader).__name__}")
-    metrics = _Metrics()
-    key_bytes = api_key.encode("utf-8") if api_key else None
+    metrics = ServingMetrics()
     view = feature_view
 
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=telemetry)  # type: ignore[arg-type]
+    app = FastAPI(title=title, telemetry=telemetry)  # type: ignore[arg-type]
     app.state.metrics_registry = metrics.registry
     app.state.reader = reader
     app.state.feature_view = feature_view
     app.add_middleware(_MetricsMiddleware, metrics=metrics, router=app.router)
 
-    # ---- errors: every client mistake is a JSON 4xx; surprises are a JSON 500, logged
+    # ---- errors: client mistakes are JSON 4xx (422: FastAPI's own body); surprises a JSON 500, logged
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "API-Key"} if exc.status == 401 else None
-        return _error_response(exc.status, exc.error, exc.detail, headers, **exc.extra)
+        return JSONResponse({"error": exc.error, "detail": exc.detail, **exc.extra}, exc.status, headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                               getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return JSONResponse({"error": codes.get(exc.status_code, "http_error"), "detail": str(exc.detail)},
+                            exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return _error_response(422, "invalid_request", "request does not validate",
-                               errors=[{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()])
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 body minus the echo of each offending ``input``: FastAPI's own handler answers
+        500 when that input has no JSON form (``NaN``, a lone surrogate, both valid in a request body)
+        and would send back whatever was sent (up to ``max_body_bytes``)."""
+        errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error serving %s %s", request.method, request.url.path)
-        return _error_response(500, "internal_error", "internal server error")
+        return JSONResponse({"error": "internal_error", "detail": "internal server error"}, 500)
 
     # ---- helpers
 
-    def check_key(request: Request) -> None:
-        if key_bytes is None:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key_bytes):
-            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+    keyed: list[Any] = []
+    if api_key:
+        key_bytes = api_key.encode("utf-8")
+        key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                                  description="Required on /features and /predict when the server has a key.")
 
-    def lookup(ids: list[str]) -> list[tuple[Optional[dict], Optional[str]]]:
-        """(features, event_timestamp ISO) per id."""
+        async def require_key(given: Annotated[Optional[str], Security(key_header)]) -> None:
+            if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key_bytes):
+                raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
+
+        keyed = [Security(require_key)]
+
+    def lookup(ids: list[str]) -> list[Optional[PackedRecord]]:
         try:
             records = reader.get_records(view, ids)
-            out: list[tuple[Optional[dict], Optional[str]]] = [
-                (None, None) if r is None else (r.features, r.event_ts.isoformat()) for r in records
-            ]
         except Exception as exc:
             log.exception("online store lookup failed")
             raise ApiError(503, "store_unavailable", f"online store lookup failed: {type(exc).__name__}") from None
-        found = sum(1 for f, _ in out if f is not None)
-        metrics.count_lookups(found, len(out) - found)
-        return out
+        found = sum(1 for r in records if r is not None)
+        if found:
+            metrics.lookups.labels("found").inc(found)
+        if len(records) - found:
+            metrics.lookups.labels("missing").inc(len(records) - found)
+        return records
+
+    def record_json(user_id: str, record: Optional[PackedRecord]) -> dict[str, Any]:
+        if record is None:
+            return {"user_id": user_id, "found": False, "event_timestamp": None, "features": None}
+        return {"user_id": user_id, "found": True, "event_timestamp": record.event_ts.isoformat(),
+                "features": _features_json(record.features)}
 
     # ---- routes
 
-    async def health(request: Request):
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}},
+             summary="Whether the online store answers")
+    async def health(response: Response) -> dict[str, Any]:
         try:
             ok = bool(reader.ping())
         except Exception as exc:
             log.warning("health check failed: %s", exc)
             ok = False
         if not ok:
-            return _json_response({"status": "unavailable", "feature_view": view}, 503)
-        return _json_response({"status": "ok", "feature_view": view, "predict": predictor is not None})
+            response.status_code = 503
+        return {"status": "ok" if ok else "unavailable", "feature_view": view, "predict": predictor is not None}
 
-    async def prometheus_metrics(request: Request):
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of this app",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format."}})
+    async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def features_one(request: Request):
-        check_key(request)
-        user_id = request.path_params["user_id"]
-        if not valid_user_id(user_id):
-            raise ApiError(422, "invalid_user_id",
-                           f"invalid user id {_short(user_id, 40)}; a user id is 1-64 characters of letters, digits "
-                           "and _ . : -")
-        features, event_ts = lookup([user_id])[0]
-        if features is None:
-            raise ApiError(404, "not_found", f"no features for user {user_id!r} in {view!r}", user_id=user_id)
-        return _json_response(
-            {"user_id": user_id, "found": True, "event_timestamp": event_ts, "features": _features_json(features)}
-        )
+    user_id_param = Path(pattern=f"^{USER_ID_PATTERN}$", description="1-64 characters of A-Z a-z 0-9 _ . : -")
 
-    async def features_batch(request: Request):
-        check_key(request)
-        ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
-        metrics.observe_batch_size("/features", len(ids))
-        rows = lookup(ids)
-        results = [
-            {"user_id": u, "found": f is not None, "event_timestamp": ts, "features": _features_json(f)}
-            for u, (f, ts) in zip(ids, rows)
-        ]
-        found = sum(1 for r in results if r["found"])
-        return _json_response({"feature_view": view, "found_count": found, "missing_count": len(ids) - found,
-                               "results": results})
+    @app.get("/features/{user_id}", response_model=FeatureRecord, dependencies=keyed,
+             responses=_errors(401, 404, 503), summary="One user's online features")
+    async def features_one(user_id: Annotated[str, user_id_param]) -> dict[str, Any]:
+        record = lookup([user_id])[0]
+        if record is None:
+            raise ApiError(404, "not_found", f"no features for user {user_id!r} in {view!r}", user_id=user_id)
+        return record_json(user_id, record)
+
+    @app.post("/features", response_model=FeaturesResponse, dependencies=keyed, max_body_size=max_body_bytes,
+              responses=_errors(401, 413, 503), summary="Online features of a batch of users")
+    async def features_batch(body: UserIdsRequest) -> dict[str, Any]:
+        ids = body.user_ids
+        metrics.batch_sizes.labels("/features").observe(len(ids))
+        records = lookup(ids)
+        found = sum(1 for r in records if r is not None)
+        return {"feature_view": view, "found_count": found, "missing_count": len(ids) - found,
+                "results": [record_json(u, r) for u, r in zip(ids, records)]}
 
     if predictor is not None:
         is_async = inspect.iscoroutinefunction(predictor) or inspect.iscoroutinefunction(
             getattr(predictor, "__call__", None))
 
-        async def predict(request: Request):
-            check_key(request)
-            ids = _user_ids_from(await _read_json(request, max_body_bytes), max_batch)
-            metrics.observe_batch_size("/predict", len(ids))
-            rows = lookup(ids)
-            found_rows = [f for f, _ in rows if f is not None]
+        @app.post("/predict", response_model=PredictResponse, dependencies=keyed, max_body_size=max_body_bytes,
+                  responses=_errors(401, 413, 500, 503), summary="Model scores of a batch of users")
+        async def predict(body: UserIdsRequest) -> dict[str, Any]:
+            ids = body.user_ids
+            metrics.batch_sizes.labels("/predict").observe(len(ids))
+            records = lookup(ids)
+            found_rows = [r.features for r in records if r is not None]
             scores: list[Any] = []
             if found_rows:
                 start = time.perf_counter()
@@ -544,26 +492,16 @@ def create_app(
                     scores = list(raw.tolist() if hasattr(raw, "tolist") else raw)
                 except Exception:
                     log.exception("predictor failed")
-                    return _error_response(500, "prediction_failed", "the model failed on this batch")
+                    raise ApiError(500, "prediction_failed", "the model failed on this batch") from None
                 finally:
-                    metrics.observe_predict(time.perf_counter() - start)
+                    metrics.predict_latency.observe(time.perf_counter() - start)
                 if len(scores) != len(found_rows):
                     log.error("predictor returned %d scores for %d rows", len(scores), len(found_rows))
-                    return _error_response(500, "prediction_failed", "the model returned a wrong number of scores")
+                    raise ApiError(500, "prediction_failed", "the model returned a wrong number of scores")
             it = iter(scores)
-            results = [
-                {"user_id": u, "found": f is not None, "score": _jsonable(next(it)) if f is not None else None}
-                for u, (f, _) in zip(ids, rows)
-            ]
-            return _json_response({"feature_view": view, "found_count": len(found_rows),
-                                   "missing_count": len(ids) - len(found_rows), "results": results})
-
-    # Plain Starlette routes: FastAPI's dependency solving would cost more than the lookup.
-    app.add_route("/health", health, methods=["GET"])
-    app.add_route("/metrics", prometheus_metrics, methods=["GET"])
-    app.add_route("/features/{user_id}", features_one, methods=["GET"])
-    app.add_route("/features", features_batch, methods=["POST"])
-    if predictor is not None:
-        app.add_route("/predict", predict, methods=["POST"])
+            results = [{"user_id": u, "found": r is not None, "score": _jsonable(next(it)) if r is not None else None}
+                       for u, r in zip(ids, records)]
+            return {"feature_view": view, "found_count": len(found_rows),
+                    "missing_count": len(ids) - len(found_rows), "results": results}
 
     return app

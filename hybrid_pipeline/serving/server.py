@@ -1,8 +1,8 @@
 """Running the serving app with uvicorn.
 
 ``python -m hybrid_pipeline.serving --project P --view V [--url redis://...] [--port 8000]``
-serves one feature view from the packed online store (``--url`` defaults to
-``HYBRID_ONLINE_STORE``, then ``sqlite``; the API key to ``HYBRID_SERVING_API_KEY``).
+serves one feature view from the packed online store (``--url`` defaults to the
+``HYBRID_ONLINE_STORE`` setting and is read the same way; the API key to ``HYBRID_SERVING_API_KEY``).
 
 A client has ``header_timeout`` seconds (default 10) to finish sending a request's headers,
 counted from when the connection opens or its previous response completes; then the
@@ -17,9 +17,15 @@ import argparse
 import asyncio
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-__all__ = ["DEFAULT_HEADER_TIMEOUT", "build_app", "build_server", "header_timeout_protocol", "main", "run_server"]
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from hybrid_pipeline.settings import Settings
+
+__all__ = ["DEFAULT_HEADER_TIMEOUT", "build_app", "build_server", "header_timeout_protocol", "main", "pipeline_app",
+           "run_server"]
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 HTTP_PARSERS = ("auto", "h11", "httptools")
@@ -127,21 +133,35 @@ def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level
         raise SystemExit(3)
 
 
-def build_app(url: Optional[str], project: str, feature_view: str, *, sqlite_path: Optional[str] = None,
-              key_prefix: Optional[str] = None, api_key: Optional[str] = None, predictor: Any = None):
-    """An app over ``OnlineReader.from_url(url, project)`` (``HYBRID_ONLINE_STORE`` syntax)."""
-    from hybrid_pipeline.online import DEFAULT_KEY_PREFIX, DEFAULT_SQLITE_PATH, OnlineReader
+def build_app(url: str, project: str, feature_view: str, *, key_prefix: Optional[str] = None,
+              api_key: Optional[str] = None, predictor: Any = None) -> FastAPI:
+    """An app over ``OnlineReader.from_url(url, project)``; ``url`` as resolved by
+    :class:`~hybrid_pipeline.settings.OnlineStoreSetting` (e.g. ``Settings.online_store.url``)."""
+    from hybrid_pipeline.online import DEFAULT_KEY_PREFIX, OnlineReader
     from hybrid_pipeline.serving.app import create_app
 
-    reader = OnlineReader.from_url(url, project, sqlite_path=sqlite_path or DEFAULT_SQLITE_PATH,
-                                   key_prefix=key_prefix or DEFAULT_KEY_PREFIX)
+    reader = OnlineReader.from_url(url, project, key_prefix=key_prefix or DEFAULT_KEY_PREFIX)
     return create_app(reader, feature_view, api_key=api_key, predictor=predictor)
 
 
+def pipeline_app(settings: Settings, *, api_key: Optional[str] = None, predictor: Any = None) -> FastAPI:
+    """The app ``hybrid-pipeline serve`` runs: the pipeline's ``user_features`` with the streaming
+    counts merged in, read straight from the settings' online store (no Dagster, no Feast)."""
+    from hybrid_pipeline.features import catalog
+    from hybrid_pipeline.features.streaming import CombinedReader
+    from hybrid_pipeline.online import OnlineReader
+    from hybrid_pipeline.serving.app import create_app
+
+    reader = CombinedReader(OnlineReader.from_url(settings.online_store.url, catalog.PROJECT))
+    return create_app(reader, catalog.USER_FEATURES_VIEW, api_key=api_key, predictor=predictor)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from hybrid_pipeline.settings import OnlineStoreSetting, Settings
+
     parser = argparse.ArgumentParser(prog="python -m hybrid_pipeline.serving", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("HYBRID_ONLINE_STORE", "sqlite"))
-    parser.add_argument("--sqlite-path", default=None, help="SQLite file when --url is plain 'sqlite'")
+    parser.add_argument("--url", default=None,
+                        help="online store, HYBRID_ONLINE_STORE syntax (default: the HYBRID_ONLINE_STORE setting)")
     parser.add_argument("--key-prefix", default=None)
     parser.add_argument("--project", required=True)
     parser.add_argument("--view", required=True)
@@ -151,6 +171,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
                         help="seconds a client has to send a request's headers (default %(default)s)")
     args = parser.parse_args(argv)
-    app = build_app(args.url, args.project, args.view, sqlite_path=args.sqlite_path, key_prefix=args.key_prefix,
+    settings = Settings.from_env()
+    store = OnlineStoreSetting.parse(args.url, settings.feature_repo_dir) if args.url else settings.online_store
+    app = build_app(store.url, args.project, args.view, key_prefix=args.key_prefix,
                     api_key=os.environ.get("HYBRID_SERVING_API_KEY") or None)
     run_server(app, args.host, args.port, log_level=args.log_level, header_timeout=args.header_timeout)

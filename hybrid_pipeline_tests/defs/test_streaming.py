@@ -53,7 +53,7 @@ def test_published_events_reach_bronze_once_and_the_online_hourly_counts(pipelin
     assert stats.rows == 32 and stats.commits == 4
     assert pipeline_env.lakehouse.read("bronze/events").height == 32
 
-    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
+    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url)
     reader = CombinedReader(fs.reader())
     try:
         got = reader.get("user_features", ["u0", "u1", "u2", "nobody"])
@@ -137,7 +137,7 @@ def test_one_online_push_serves_many_batches_and_a_replayed_batch_is_not_counted
         first_batch = rows.filter(pl.col("file_sha256") == rows["file_sha256"][0])
         push(first_batch)  # the same committed batch again: already merged
 
-    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store)
+    fs = FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url)
     reader = CombinedReader(fs.reader())
     try:
         got = reader.get("user_features", ["u0", "u1"])

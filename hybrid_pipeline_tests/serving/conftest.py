@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from prometheus_client import values
 
 from hybrid_pipeline.online import OnlineReader, OnlineWriter
 from hybrid_pipeline.serving import create_app
@@ -23,6 +24,18 @@ USERS = {
     "u2": {"clicks": 0, "revenue": None, "segment": "new", "recent": []},
     "odd.id:with-all_chars": {"clicks": 3, "revenue": float("nan"), "segment": "casual", "recent": ["p9"]},
 }
+
+
+@pytest.fixture(autouse=True)
+def in_memory_metric_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metric values in memory, as in the ``serve`` process (which imports no Feast).
+
+    ``import feast`` sets ``PROMETHEUS_MULTIPROC_DIR``; when that happens before prometheus-client is
+    first imported, as in a full test run, every metric value of the process lives in a file keyed by
+    metric name and labels, and apps built one after another would start from each other's counts.
+    prometheus-client looks ``values.ValueClass`` up when a labelled child is created, so tests can swap it.
+    """
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
 
 
 @pytest.fixture

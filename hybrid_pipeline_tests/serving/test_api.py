@@ -88,17 +88,23 @@ def test_64_characters_is_the_longest_valid_id(client):
 # --------------------------------------------------------------------------- bad input
 
 
+def validation_errors(response) -> list[dict]:
+    """The errors of a 422 in FastAPI's standard shape ``{"detail": [{"type", "loc", "msg"}, ...]}``."""
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert errors and all({"type", "loc", "msg"} <= set(e) for e in errors), errors
+    return errors
+
+
 @pytest.mark.parametrize(
     "user_id",
     ["é", "a b", "a\tb", "a\x00b", "x;drop table", "'", "%", "\u202eevil", "🙂", "a" * 65, "a" * 60_000, "a+b",
      "<script>"],
 )
-def test_malformed_single_ids_are_422_with_a_message(client, user_id):
+def test_malformed_single_ids_are_422_pointing_at_the_path(client, user_id):
     response = client.get("/features/" + quote(user_id, safe=""))
-    assert response.status_code == 422, response.text
-    body = response.json()
-    assert body["error"] == "invalid_user_id"
-    assert "1-64 characters" in body["detail"]
+    errors = validation_errors(response)
+    assert [(e["type"], e["loc"]) for e in errors] == [("string_pattern_mismatch", ["path", "user_id"])]
     assert len(response.content) < 1000  # a huge id is not echoed back
 
 
@@ -111,53 +117,78 @@ def test_unmatched_paths_and_methods_are_json_4xx(client):
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
-BAD_BODIES = [
-    (b"", 400, "invalid_json"),
-    (b"   ", 400, "invalid_json"),
-    (b"{", 400, "invalid_json"),
-    (b"{'user_ids': ['u1']}", 400, "invalid_json"),
-    (DEEP, 400, "invalid_json"),
-    (b'{"user_ids": [' + b"9" * 5000 + b"]}", 400, "invalid_json"),
-    (b"\xff\xfe\x00{", 400, "invalid_json"),
-    (b"NaN", 422, "invalid_request"),
-    (b"null", 422, "invalid_request"),
-    (b"[]", 422, "invalid_request"),
-    (b'["u1"]', 422, "invalid_request"),
-    (b'"u1"', 422, "invalid_request"),
-    (b"{}", 422, "invalid_request"),
-    (b'{"user_id": ["u1"]}', 422, "invalid_request"),
-    (b'{"user_ids": ["u1"], "extra": 1}', 422, "invalid_request"),
-    (b'{"user_ids": "u1"}', 422, "invalid_request"),
-    (b'{"user_ids": {"0": "u1"}}', 422, "invalid_request"),
-    (b'{"user_ids": null}', 422, "invalid_request"),
-    (b'{"user_ids": []}', 422, "empty_batch"),
-    (b'{"user_ids": [1]}', 422, "invalid_user_id"),
-    (b'{"user_ids": [null]}', 422, "invalid_user_id"),
-    (b'{"user_ids": [true]}', 422, "invalid_user_id"),
-    (b'{"user_ids": [["u1"]]}', 422, "invalid_user_id"),
-    (b'{"user_ids": [{"id": "u1"}]}', 422, "invalid_user_id"),
-    (b'{"user_ids": ["u1", ""]}', 422, "invalid_user_id"),
-    ('{"user_ids": ["\u00e9"]}'.encode(), 422, "invalid_user_id"),
-    (b'{"user_ids": ["\\ud800"]}', 422, "invalid_user_id"),
-    (json.dumps({"user_ids": ["a" * 65]}).encode(), 422, "invalid_user_id"),
-    (json.dumps({"user_ids": ["u1"] * (MAX_BATCH + 1)}).encode(), 422, "batch_too_large"),
-    (json.dumps({"user_ids": ["a" * 64] * 20_000}).encode(), 413, "body_too_large"),
+NOT_JSON = [b"   ", b"{", b"{'user_ids': ['u1']}", b"\xff\xfe\x00{"]
+UNPARSEABLE = [DEEP, b'{"user_ids": [' + b"9" * 5000 + b"]}"]  # valid JSON grammar, beyond what the parser takes
+INVALID = [  # (body, type and loc of the first error)
+    (b"", "missing", ["body"]),
+    (b"NaN", "model_attributes_type", ["body"]),
+    (b"null", "model_attributes_type", ["body"]),
+    (b"[]", "model_attributes_type", ["body"]),
+    (b'["u1"]', "model_attributes_type", ["body"]),
+    (b'"u1"', "model_attributes_type", ["body"]),
+    (b"{}", "missing", ["body", "user_ids"]),
+    (b'{"user_id": ["u1"]}', "missing", ["body", "user_ids"]),
+    (b'{"user_ids": ["u1"], "extra": 1}', "extra_forbidden", ["body", "extra"]),
+    (b'{"user_ids": "u1"}', "list_type", ["body", "user_ids"]),
+    (b'{"user_ids": {"0": "u1"}}', "list_type", ["body", "user_ids"]),
+    (b'{"user_ids": null}', "list_type", ["body", "user_ids"]),
+    (b'{"user_ids": []}', "too_short", ["body", "user_ids"]),
+    (b'{"user_ids": [1]}', "string_type", ["body", "user_ids", 0]),
+    (b'{"user_ids": [null]}', "string_type", ["body", "user_ids", 0]),
+    (b'{"user_ids": [true]}', "string_type", ["body", "user_ids", 0]),
+    (b'{"user_ids": [["u1"]]}', "string_type", ["body", "user_ids", 0]),
+    (b'{"user_ids": [{"id": "u1"}]}', "string_type", ["body", "user_ids", 0]),
+    (b'{"user_ids": ["u1", ""]}', "string_pattern_mismatch", ["body", "user_ids", 1]),
+    ('{"user_ids": ["\u00e9"]}'.encode(), "string_pattern_mismatch", ["body", "user_ids", 0]),
+    (b'{"user_ids": ["\\ud800"]}', "string_unicode", ["body", "user_ids", 0]),
+    (b'{"user_ids": [NaN]}', "string_type", ["body", "user_ids", 0]),
+    (json.dumps({"user_ids": ["a" * 65]}).encode(), "string_pattern_mismatch", ["body", "user_ids", 0]),
+    (json.dumps({"user_ids": ["u1"] * (MAX_BATCH + 1)}).encode(), "too_long", ["body", "user_ids"]),
 ]
+ROUTES = ["/features", "/predict"]
 
 
-@pytest.mark.parametrize(("body", "status", "error"), BAD_BODIES, ids=[f"case{i}" for i in range(len(BAD_BODIES))])
-@pytest.mark.parametrize("route", ["/features", "/predict"])
-def test_bad_batch_bodies_are_4xx_with_a_clear_json_message(client, route, body, status, error):
-    response = client.post(route, content=body, headers={"content-type": "application/json"})
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == error
-    assert response.json()["detail"]
+def post_json(client, route: str, body: bytes):
+    return client.post(route, content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("body", NOT_JSON, ids=[f"case{i}" for i in range(len(NOT_JSON))])
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_body_that_is_not_json_is_422_json_invalid(client, route, body):
+    assert validation_errors(post_json(client, route, body))[0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize("body", UNPARSEABLE, ids=["too-deep", "huge-int"])
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_body_the_json_parser_gives_up_on_is_400_with_a_json_message(client, route, body):
+    response = post_json(client, route, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_body" and response.json()["detail"]
+
+
+@pytest.mark.parametrize(("body", "error_type", "loc"), INVALID, ids=[f"case{i}" for i in range(len(INVALID))])
+@pytest.mark.parametrize("route", ROUTES)
+def test_invalid_batch_bodies_are_422_pointing_at_the_offending_field(client, route, body, error_type, loc):
+    response = post_json(client, route, body)
+    first = validation_errors(response)[0]
+    assert (first["type"], first["loc"]) == (error_type, loc)
+    assert len(response.content) < 1000  # inputs are not echoed back, however large
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_body_over_the_size_limit_is_413(client, route):
+    body = json.dumps({"user_ids": ["a" * 64] * 20_000}).encode()
+    assert post_json(client, route, body).status_code == 413
 
 
 def test_invalid_ids_in_a_batch_are_pointed_at_by_index(client):
-    body = client.post("/features", json={"user_ids": ["u1", "bad id", "u2", 7]}).json()
-    assert body["invalid_indexes"] == [1, 3]
-    assert "index 1" in body["detail"]
+    errors = validation_errors(client.post("/features", json={"user_ids": ["u1", "bad id", "u2", 7]}))
+    assert [e["loc"] for e in errors] == [["body", "user_ids", 1], ["body", "user_ids", 3]]
+
+
+def test_a_body_sent_without_a_json_content_type_is_not_parsed(client):
+    response = client.post("/features", content=b'{"user_ids": ["u1"]}', headers={"content-type": "text/plain"})
+    assert validation_errors(response)[0]["loc"] == ["body"]
 
 
 # --------------------------------------------------------------------------- API key
@@ -177,6 +208,8 @@ def test_data_routes_need_the_api_key(keyed_client):
 def test_without_a_key_nothing_about_the_request_is_validated_or_revealed(keyed_client):
     assert keyed_client.get("/features/ghost").status_code == 401
     assert keyed_client.get("/features/é").status_code == 401
+    assert keyed_client.post("/features", json={"user_ids": ["é", 7]}).status_code == 401
+    assert keyed_client.post("/features", json={"wrong": "shape"}).status_code == 401
     assert keyed_client.post("/features", content=b"{not json").status_code == 401
 
 
@@ -302,45 +335,73 @@ def test_each_app_has_its_own_registry(reader):
         assert metric(cb.get("/metrics").text, "hybrid_serving_requests_total", route=route, status="200") == 1
 
 
-def test_apps_count_only_their_own_requests_in_prometheus_multiprocess_mode(tmp_path: Path):
-    """``import feast`` sets PROMETHEUS_MULTIPROC_DIR; when that happens before prometheus_client is
-    first imported, stock metrics of one process share their values by name and labels. The
-    apps' counts must stay their own (run in a fresh interpreter: the mode is chosen at import)."""
-    script = f"""
-import os
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(tmp_path)!r}
-from prometheus_client import values
-assert values.ValueClass is not values.MutexValue  # the process is in multiprocess mode
-from hybrid_pipeline_tests.serving.conftest import TestClient, mean_clicks_predictor, USERS, T0, VIEW
-from hybrid_pipeline_tests.serving.test_api import metric
-from hybrid_pipeline.online import OnlineReader, OnlineWriter
-from hybrid_pipeline.serving import create_app
-url = "sqlite://{tmp_path / 'online.db'}"
-with OnlineWriter.from_url(url, "proj") as writer:
-    writer.write_records(VIEW, [(u, f, T0, None) for u, f in USERS.items()])
-reader = OnlineReader.from_url(url, "proj")
-a, b = create_app(reader, VIEW, predictor=mean_clicks_predictor), create_app(reader, VIEW, predictor=mean_clicks_predictor)
-with TestClient(a) as ca, TestClient(b) as cb:
-    for _ in range(3):
-        ca.get("/features/u1")
-        ca.post("/predict", json={{"user_ids": ["u1", "ghost"]}})
-    cb.get("/features/u1")
-    ta, tb = ca.get("/metrics").text, cb.get("/metrics").text
-route = "/features/{{user_id}}"
-got = (
-    metric(ta, "hybrid_serving_requests_total", route=route, status="200"),
-    metric(tb, "hybrid_serving_requests_total", route=route, status="200"),
-    metric(ta, "hybrid_serving_predict_duration_seconds_count"),
-    metric(tb, "hybrid_serving_predict_duration_seconds_count"),
-    metric(ta, "hybrid_serving_feature_lookups_total", result="missing"),
-    metric(tb, "hybrid_serving_feature_lookups_total", result="found"),
-)
-assert got == (3, 1, 3, 0, 3, 1), got
-print("ok")
-"""
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+# --------------------------------------------------------------------------- OpenAPI
+
+
+DOCUMENTATION_ROUTES = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def served_operations(app) -> set[tuple[str, str]]:
+    """(path, method) of every route the app serves, but the routes that serve its documentation."""
+    return {(route.path, method.lower()) for route in app.routes if route.path not in DOCUMENTATION_ROUTES
+            for method in route.methods - {"HEAD"}}
+
+
+def resolve(spec: dict, schema: dict) -> dict:
+    ref = schema.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
+
+
+@pytest.mark.parametrize("fixture", ["client", "keyed_client"])
+def test_the_openapi_document_describes_every_route_with_its_request_and_response(request, fixture):
+    client = request.getfixturevalue(fixture)
+    spec = client.get("/openapi.json").json()
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert documented == served_operations(client.app)
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            ok = op["responses"]["200"]["content"]
+            assert ok and all(media["schema"] for media in ok.values()), (path, method)
+            if method == "post":
+                body = resolve(spec, op["requestBody"]["content"]["application/json"]["schema"])
+                assert body["required"] == ["user_ids"] and body["properties"]["user_ids"]["maxItems"] == MAX_BATCH
+                assert resolve(spec, op["responses"]["422"]["content"]["application/json"]["schema"])
+
+
+def test_the_documented_response_models_are_the_ones_served(client):
+    spec = client.get("/openapi.json").json()
+
+    def schema(path: str, method: str) -> dict:
+        return resolve(spec, spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"])
+
+    assert set(schema("/features/{user_id}", "get")["properties"]) == set(client.get("/features/u1").json())
+    batch = client.post("/features", json={"user_ids": ["u1"]}).json()
+    assert set(schema("/features", "post")["properties"]) == set(batch)
+    scores = client.post("/predict", json={"user_ids": ["u1"]}).json()
+    assert set(schema("/predict", "post")["properties"]) == set(scores)
+    assert set(schema("/health", "get")["properties"]) == set(client.get("/health").json())
+
+
+def test_the_api_key_is_documented_as_a_security_scheme_only_when_required(client, keyed_client):
+    keyed = keyed_client.get("/openapi.json").json()
+    assert keyed["components"]["securitySchemes"] == {
+        "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                         "description": "Required on /features and /predict when the server has a key."}}
+    assert keyed["paths"]["/features/{user_id}"]["get"]["security"] == [{"APIKeyHeader": []}]
+    assert "security" not in keyed["paths"]["/health"]["get"]
+    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+
+
+def test_the_interactive_docs_are_served(keyed_client):
+    response = keyed_client.get("/docs")
+    assert response.status_code == 200 and "swagger-ui" in response.text and "/openapi.json" in response.text
+
+
+def test_an_invalid_body_is_a_422_in_fastapis_standard_error_shape(client):
+    response = client.post("/features", json={"user_ids": "u1"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": [
+        {"type": "list_type", "loc": ["body", "user_ids"], "msg": "Input should be a valid list"}]}
 
 
 # --------------------------------------------------------------------------- failures and contracts
