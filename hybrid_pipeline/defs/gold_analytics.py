@@ -5,6 +5,14 @@ events are counted on their true date and earlier dates are corrected in place. 
 on the configured compute engine (:class:`~hybrid_pipeline.defs.engine.EngineResource`,
 ``HYBRID_ENGINE``); dim_date is a handful of rows computed here.
 
+Re-homed rows: when the day's silver step took events back from later landing days (the day
+was processed after them; :mod:`hybrid_pipeline.engines.rehoming`), those days' rows left
+silver. The day's run then also rewrites those days' fact_events and user_landing_summary
+rows, their users' dim_user rows, and the per-date tables on the moved rows' event dates
+(:class:`DayScope`). Which days and dates: the silver materializations of the day recorded
+since these tables were last materialized for it (:func:`rehomed_since`); once moved, the rows
+leave no trace in silver that would tell gold where they were.
+
 dim_user is built from ``gold/user_landing_summary`` (one row per user and landing day), so a
 day's run reads that day's events and the touched users' summaries, not their whole history.
 
@@ -17,8 +25,9 @@ would run them one after another on an in-process executor while a core idles.
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
@@ -36,6 +45,7 @@ from hybrid_pipeline.defs.keys import (
 from hybrid_pipeline.defs.metadata import check_result, column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.engines.compute import ComputeEngine
+from hybrid_pipeline.engines.shared import USER_LANDING_SUMMARY_SCHEMA
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import gold, quality
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -57,6 +67,90 @@ def affected_dates(lh: Lakehouse, landing_day: str) -> list[dt.date]:
         .select(pl.col("event_date").unique().sort())
         .collect()["event_date"]
         .to_list()
+    )
+
+
+@dataclass(frozen=True)
+class Rehomed:
+    """Later landing days whose silver rows a day's silver step took over, and their event dates."""
+
+    landing_days: tuple[str, ...] = ()
+    event_dates: tuple[dt.date, ...] = ()
+
+
+def _listed(metadata: Mapping[str, dg.MetadataValue], name: str) -> list[str]:
+    """A JSON list of text from materialization metadata ([] when absent, e.g. older runs)."""
+    value = metadata.get(name)
+    data = value.value if value is not None else None
+    return [str(v) for v in data] if isinstance(data, list) else []
+
+
+def rehomed_since(instance: dg.DagsterInstance, day: str, keys: Iterable[dg.AssetKey]) -> Rehomed:
+    """What the silver runs of ``day`` re-homed since the least recent of ``keys`` was last
+    materialized for ``day`` (all of them, if one never was).
+
+    Every silver run in that span counts, not only the latest: a rerun finds nothing left to
+    move, yet the gold tables may not have caught up with the run that moved the rows.
+    """
+    latest = [
+        instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1).records
+        for key in keys
+    ]
+    after = min(r[0].storage_id for r in latest) if latest and all(latest) else None
+    days: set[str] = set()
+    dates: set[str] = set()
+    cursor = None
+    while True:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=SILVER_EVENTS, asset_partitions=[day], after_storage_id=after),
+            limit=100,
+            cursor=cursor,
+        )
+        for record in result.records:
+            meta = record.asset_materialization.metadata if record.asset_materialization else {}
+            days.update(_listed(meta, "rehomed_landing_days"))
+            dates.update(_listed(meta, "rehomed_event_dates"))
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    return Rehomed(tuple(sorted(days)), tuple(sorted(dt.date.fromisoformat(d) for d in dates)))
+
+
+@dataclass(frozen=True)
+class DayScope:
+    """What a landing day's gold run recomputes."""
+
+    day: str
+    dates: list[dt.date]  # the day's event dates and those of the rows it re-homed
+    rehomed_from: tuple[str, ...] = ()  # later landing days whose per-landing-day rows are rewritten too
+    users: tuple[str, ...] = ()  # their users before the rewrite: dim_user rows to refresh (or drop)
+    eventless: tuple[dt.date, ...] = ()  # re-homed rows' dates that no silver event falls on any more
+
+    @property
+    def landing_days(self) -> list[str]:
+        return [self.day, *self.rehomed_from]
+
+
+def day_scope(lh: Lakehouse, day: str, rehomed: Rehomed = Rehomed()) -> DayScope:
+    """The scope of ``day``'s gold run; read before any table is rewritten (the users of the
+    re-homed days are those of their summaries as they stand)."""
+    own = affected_dates(lh, day)
+    if not rehomed.landing_days:
+        return DayScope(day, own)
+    moved = sorted(set(rehomed.event_dates) - set(own))
+    still = set(_silver_on(lh, moved).select(pl.col("event_date").unique()).collect()["event_date"]) if moved else set()
+    users = (
+        lh.scan_or_empty(table_of(USER_LANDING_SUMMARY), USER_LANDING_SUMMARY_SCHEMA)
+        .filter(pl.col("landing_date").is_in(rehomed.landing_days))
+        .select(pl.col("user_id").unique().sort())
+        .collect()["user_id"]
+    )
+    return DayScope(
+        day,
+        sorted(set(own) | set(moved)),
+        rehomed.landing_days,
+        tuple(users.to_list()),
+        tuple(d for d in moved if d not in still),
     )
 
 
@@ -88,7 +182,8 @@ def _result(
     return dg.MaterializeResult(asset_key=key, metadata={**meta, "dagster/column_lineage": lineage})
 
 
-def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
+def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.MaterializeResult:
+    dates = scope.dates
     metrics = engine.daily_metrics(lh, dates)
     table = table_of(DAILY_METRICS)
     version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
@@ -114,17 +209,30 @@ def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[d
     )
 
 
-def _fact_events(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
-    written = engine.write_fact_events(lh, day)
+def _fact_events(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.MaterializeResult:
+    written = engine.write_fact_events(lh, scope.day)
+    for other in scope.rehomed_from:
+        engine.write_fact_events(lh, other)
     same = ["event_id", "event_date", "session_id", "event_type", "product_id", "timestamp", "hour"]
     lineage = _lineage(
         **{c: c for c in same + ["session_duration", "revenue", "landing_date"]}, date_key="event_date", user_key="user_id"
     )
-    return _result(lh, FACT_EVENTS, written.schema, written.rows, written.version, lineage, event_dates=_json_dates(dates))
+    return _result(
+        lh,
+        FACT_EVENTS,
+        written.schema,
+        written.rows,
+        written.version,
+        lineage,
+        event_dates=_json_dates(scope.dates),
+        rewritten_landing_days=dg.MetadataValue.json(scope.landing_days),
+    )
 
 
-def _user_landing_summary(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
-    written = engine.write_user_landing_summary(lh, day)
+def _user_landing_summary(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.MaterializeResult:
+    written = engine.write_user_landing_summary(lh, scope.day)
+    for other in scope.rehomed_from:
+        engine.write_user_landing_summary(lh, other)
     lineage = _lineage(
         user_id="user_id",
         landing_date="landing_date",
@@ -137,13 +245,27 @@ def _user_landing_summary(lh: Lakehouse, engine: ComputeEngine, day: str, dates:
         email_seen=["email_hash", "timestamp"],
         email_event_id=["email_hash", "timestamp", "event_id"],
     )
-    return _result(lh, USER_LANDING_SUMMARY, written.schema, written.rows, written.version, lineage)
+    return _result(
+        lh,
+        USER_LANDING_SUMMARY,
+        written.schema,
+        written.rows,
+        written.version,
+        lineage,
+        rewritten_landing_days=dg.MetadataValue.json(scope.landing_days),
+    )
 
 
-def _dim_user(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
-    users = engine.dim_user(lh, day)
+def _dim_user(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.MaterializeResult:
+    users = engine.dim_user(lh, scope.day, users=scope.users)
     table = table_of(DIM_USER)
     version = lh.upsert(table, users, ["user_key"]) if users.height else lh.version(table)
+    # A user whose only events were re-homed to another user's record has no summary left.
+    gone = sorted(set(scope.users) - set(users["user_id"].to_list()))
+    if gone and lh.exists(table):
+        keys = gold.user_keys(pl.Series(gone, dtype=pl.String())).to_list()
+        lh.delta(table).delete(f"user_key IN ({', '.join(str(k) for k in keys)})")
+        version = lh.version(table)
     lineage = _lineage(
         USER_LANDING_SUMMARY,
         user_key="user_id",
@@ -157,14 +279,18 @@ def _dim_user(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.dat
     return _result(lh, DIM_USER, users.schema, users.height, version, lineage)
 
 
-def _dim_date(lh: Lakehouse, engine: ComputeEngine, day: str, dates: list[dt.date]) -> dg.MaterializeResult:
-    rows = gold.dim_date(dates)
+def _dim_date(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.MaterializeResult:
+    rows = gold.dim_date([d for d in scope.dates if d not in scope.eventless])
     table = table_of(DIM_DATE)
     version = lh.upsert(table, rows, ["date_key"]) if rows.height else lh.version(table)
+    if scope.eventless and lh.exists(table):
+        keys = gold.dim_date(list(scope.eventless))["date_key"].to_list()
+        lh.delta(table).delete(f"date_key IN ({', '.join(str(k) for k in keys)})")
+        version = lh.version(table)
     return _result(lh, DIM_DATE, rows.schema, rows.height, version, _lineage(date_key="event_date", date="event_date"))
 
 
-Build = Callable[[Lakehouse, ComputeEngine, str, list[dt.date]], dg.MaterializeResult]
+Build = Callable[[Lakehouse, ComputeEngine, DayScope], dg.MaterializeResult]
 
 # Chains run one after another in one thread, different chains side by side; a table whose
 # input table failed in this run is skipped (dim_user reads the summary written before it).
@@ -182,13 +308,15 @@ def build_day(
     day: str,
     selected: set[dg.AssetKey],
     threads: int = GOLD_THREADS,
+    rehomed: Rehomed = Rehomed(),
 ) -> Iterator[dg.MaterializeResult]:
-    """Materialize the ``selected`` gold tables of a landing day, independent chains concurrently.
+    """Materialize the ``selected`` gold tables of a landing day, independent chains concurrently;
+    ``rehomed``: what the day's silver step took over from later days (see the module doc).
 
     Every table that was written is reported, even when another failed; then the first error
     is raised, so the step fails and names it.
     """
-    dates = affected_dates(lh, day)
+    scope = day_scope(lh, day, rehomed)
 
     def run_chain(chain: list[tuple[dg.AssetKey, Build]]) -> tuple[list[dg.MaterializeResult], list[BaseException]]:
         done: list[dg.MaterializeResult] = []
@@ -202,7 +330,7 @@ def build_day(
                 continue
             began = time.perf_counter()
             try:
-                result = build(lh, engine, day, dates)
+                result = build(lh, engine, scope)
             except Exception as exc:  # noqa: BLE001 - raised by build_day after the finished tables
                 failed.add(key)
                 errors.append(exc)
@@ -274,7 +402,9 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
     def gold_analytics(
         context: dg.AssetExecutionContext, lakehouse: LakehouseResource, engine: EngineResource
     ) -> Iterator[dg.MaterializeResult]:
-        yield from build_day(lakehouse.lakehouse(), engine.compute(), context.partition_key, set(context.selected_asset_keys))
+        day, selected = context.partition_key, set(context.selected_asset_keys)
+        rehomed = rehomed_since(context.instance, day, selected)
+        yield from build_day(lakehouse.lakehouse(), engine.compute(), day, selected, rehomed=rehomed)
 
     @dg.asset_check(
         asset=DAILY_METRICS,

@@ -1,21 +1,23 @@
 """Gold features (AI branch): entity-keyed feature rows and training labels, from silver.
 
 A landing day can change feature rows from its earliest event date to the newest day, so
-each run rewrites exactly that date range (late events included); earlier rows stay. The
-feature rows are computed and written by the configured compute engine
+each run rewrites exactly that date range (late events included, and the event dates of rows
+its silver step took back from later landing days: ``defs.gold_analytics.rehomed_since``);
+earlier rows stay. The feature rows are computed and written by the configured compute engine
 (:class:`~hybrid_pipeline.defs.engine.EngineResource`, ``HYBRID_ENGINE``).
 """
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
-from hybrid_pipeline.defs.gold_analytics import affected_dates
+from hybrid_pipeline.defs.gold_analytics import affected_dates, rehomed_since
 from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
 from hybrid_pipeline.defs.metadata import column_lineage, measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import features
 from hybrid_pipeline.transforms.contract import silver_schema
 
@@ -24,6 +26,13 @@ _SPEC = dict(group_name="gold_features", owners=["team:ml-platform"], tags={"lay
 
 def _last_event_date(silver: pl.LazyFrame):  # noqa: ANN202
     return silver.select(pl.col("event_date").max()).collect().item()
+
+
+def _dates(context: dg.AssetExecutionContext, lh: Lakehouse, key: dg.AssetKey) -> list[date]:
+    """Event dates whose rows the landing day's run of ``key`` recomputes."""
+    day = context.partition_key
+    rehomed = rehomed_since(context.instance, day, [key])
+    return sorted(set(affected_dates(lh, day)) | set(rehomed.event_dates))
 
 
 def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
@@ -42,7 +51,7 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
     ) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
-        dates = affected_dates(lh, context.partition_key)
+        dates = _dates(context, lh, USER_FEATURES)
         table = table_of(USER_FEATURES)
         if not dates:
             return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.FEATURES_SCHEMA, 0, lh.version(table)))
@@ -89,7 +98,7 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
     def user_labels(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
         lh = lakehouse.lakehouse()
         silver = lh.scan_or_empty(table_of(SILVER_EVENTS), silver_schema())
-        dates = affected_dates(lh, context.partition_key)
+        dates = _dates(context, lh, USER_LABELS)
         table = table_of(USER_LABELS)
         if not dates:
             return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.LABELS_SCHEMA, 0, lh.version(table)))

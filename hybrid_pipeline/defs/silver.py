@@ -1,4 +1,11 @@
-"""Silver: typed, validated, deduplicated events, and what was set aside with reasons."""
+"""Silver: typed, validated, deduplicated events, and what was set aside with reasons.
+
+A landing day keeps the events it owns (the first record of an event_id in landing day, file
+and line order), whatever order the days are processed in: processed after a later day, it
+takes its events back and that day's rows become duplicates. The materialization records those
+days and the moved rows' event dates (``rehomed_landing_days``, ``rehomed_event_dates``), which
+the gold assets of the same day read to recompute them (``defs.gold_analytics.rehomed_since``).
+"""
 
 
 from collections.abc import Iterator
@@ -76,6 +83,11 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         if written.drift:
             # Reported, not warned: the drift is in the metadata, the UI and the CLI summary.
             context.log.info(f"schema drift on {day}: unknown fields {written.drift}")
+        if written.rehomed_rows:
+            context.log.info(
+                f"{day} took back {written.rehomed_rows} event(s) kept by later landing days "
+                f"{written.rehomed_landing_days}; they are duplicates there now"
+            )
         yield dg.MaterializeResult(
             asset_key=SILVER_EVENTS,
             metadata=table_metadata(
@@ -89,6 +101,9 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
                 rows_conserved=conservation.passed,
                 event_dates=dg.MetadataValue.json(written.event_dates),
                 schema_drift=dg.MetadataValue.json(written.drift),
+                rehomed_rows=written.rehomed_rows,
+                rehomed_landing_days=dg.MetadataValue.json(written.rehomed_landing_days),
+                rehomed_event_dates=dg.MetadataValue.json(written.rehomed_event_dates),
             ),
         )
         yield dg.MaterializeResult(

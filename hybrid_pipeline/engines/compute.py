@@ -9,7 +9,10 @@ Inputs and outputs
     * ``write_silver(lh, landing_day, pii_salt) -> SilverWritten``: what the silver asset calls.
       Polars reads the day's bronze records and cleans them in process; Spark reads the bronze
       and silver snapshots itself, cleans in its tasks and writes through ``delta_commit``
-      (nothing is collected to the driver but counts, reasons and drift keys).
+      (nothing is collected to the driver but counts, reasons, drift keys and the few rows
+      re-homing moves). Both keep, per event_id, the first record in (landing day, source
+      file, line) order, whatever order the days are processed in; a day processed after a
+      later one takes back what it owns (:mod:`hybrid_pipeline.engines.rehoming`).
     * ``clean_events(bronze, existing, pii_salt) -> SilverBatch``: the same cleaning on frames
       handed in (polars in, polars out), for callers that hold the records already.
     * The gold operations take the :class:`~hybrid_pipeline.lakehouse.Lakehouse` and say *what*
@@ -32,7 +35,7 @@ and the Delta commits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -47,6 +50,7 @@ from hybrid_pipeline.engines.shared import (
     EngineName,
     run_on,
 )
+from hybrid_pipeline.engines.rehoming import Rehoming, plan_rehoming
 from hybrid_pipeline.transforms import features, gold
 from hybrid_pipeline.transforms import silver as polars_silver
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -66,7 +70,10 @@ SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "
 FACT_EVENTS = "gold/fact_events"
 USER_LANDING_SUMMARY = "gold/user_landing_summary"
 USER_FEATURES = "gold/user_features"
-EXISTING_COLUMNS = ("event_id", "landing_date", "source_file", "line_number")
+# What dedup reads of other landing days' silver rows (event_date dates the rows it displaces).
+EXISTING_COLUMNS = ("event_id", "landing_date", "source_file", "line_number", "event_date")
+# Commit order of a silver step: a crash between commits is recovered by a rerun (engines.rehoming).
+WRITE_ORDER = ("quarantine", "duplicates", "events")
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,11 @@ def in_dates(column: str, dates: list[date]) -> str:
 @dataclass(frozen=True)
 class SilverWritten:
     """What a landing day's silver step wrote: rows in and out (row conservation), the tables'
-    versions, quarantine reasons, schema drift and the event dates the kept events fall on."""
+    versions, quarantine reasons, schema drift and the event dates the kept events fall on.
+
+    ``rehomed_*``: the later landing days whose silver rows this day took over (they became
+    duplicates of their day) and those rows' event dates; gold must recompute them too.
+    """
 
     bronze_rows: int
     rows: dict[str, int]
@@ -96,6 +107,9 @@ class SilverWritten:
     reasons: dict[str, int]
     drift: dict[str, int]
     event_dates: list[str]
+    rehomed_rows: int = 0
+    rehomed_landing_days: list[str] = field(default_factory=list)
+    rehomed_event_dates: list[str] = field(default_factory=list)
 
 
 def landing_day_rows(lh: Lakehouse, table: str, landing_day: str) -> int:
@@ -113,6 +127,15 @@ def landing_day_event_dates(lh: Lakehouse, landing_day: str) -> list[str]:
     return sorted(str(d) for d in dates.collect()["event_date"].to_list())
 
 
+def _rehomed(rehoming: Rehoming) -> dict[str, Any]:
+    """The ``rehomed_*`` figures of :class:`SilverWritten`."""
+    return {
+        "rehomed_rows": rehoming.displaced.height,
+        "rehomed_landing_days": rehoming.landing_days,
+        "rehomed_event_dates": rehoming.event_dates,
+    }
+
+
 @runtime_checkable
 class ComputeEngine(Protocol):
     """What the silver and gold assets ask of an engine."""
@@ -124,7 +147,8 @@ class ComputeEngine(Protocol):
         ...
 
     def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
-        """Clean the landing day's bronze records and replace its rows of the three silver tables."""
+        """Clean the landing day's bronze records and replace its rows of the three silver tables;
+        rows of later days whose event_id the day owns become their duplicates (engines.rehoming)."""
         ...
 
     def daily_metrics(self, lh: Lakehouse, dates: list[date]) -> pl.DataFrame:
@@ -139,9 +163,10 @@ class ComputeEngine(Protocol):
         """Replace the landing day's rows of gold/user_landing_summary with its per-user summary."""
         ...
 
-    def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
-        """gold/dim_user rows of the users the landing day touched, over their whole history
-        (from their landing-day summaries: a day's work no longer grows with the history)."""
+    def dim_user(self, lh: Lakehouse, landing_day: str, users: Sequence[str] = ()) -> pl.DataFrame:
+        """gold/dim_user rows of the users the landing day touched (and of ``users``), over their
+        whole history (from their landing-day summaries: a day's work does not grow with the
+        history). A user without any summary has no row."""
         ...
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
@@ -166,13 +191,22 @@ class PolarsEngine:
     def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
         from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
 
-        where = f"landing_date = '{landing_day}'"
         bronze = lh.scan_or_empty(BRONZE_EVENTS, BRONZE_SCHEMA).filter(pl.col("landing_date") == landing_day).collect()
         existing = self._silver(lh).filter(pl.col("landing_date") != landing_day)
         batch = self.clean_events(bronze, existing, pii_salt)
+
+        def keepers(ids: list[str]) -> pl.DataFrame:
+            return batch.events.filter(pl.col("event_id").is_in(ids)).select("event_id", "source_file", "line_number")
+
+        rehoming = plan_rehoming(lh, landing_day, batch.displaced, keepers)
+        rows = {
+            "quarantine": (batch.quarantine, f"landing_date = '{landing_day}'"),
+            "duplicates": (pl.concat([batch.duplicates, rehoming.duplicates]), rehoming.duplicates_predicate("delta-rs")),
+            "events": (batch.events, rehoming.events_predicate("delta-rs")),
+        }
         versions = {
-            name: lh.replace_where(table, getattr(batch, name), where, partition_by=SILVER_PARTITIONS[name])
-            for name, table in SILVER_TABLES.items()
+            name: lh.replace_where(SILVER_TABLES[name], rows[name][0], rows[name][1], partition_by=SILVER_PARTITIONS[name])
+            for name in WRITE_ORDER
         }
         return SilverWritten(
             bronze_rows=bronze.height,
@@ -181,6 +215,7 @@ class PolarsEngine:
             reasons=batch.reasons(),
             drift=batch.drift,
             event_dates=sorted({str(d) for d in batch.events["event_date"].unique().to_list()}),
+            **_rehomed(rehoming),
         )
 
     def _silver(self, lh: Lakehouse) -> pl.LazyFrame:
@@ -203,9 +238,11 @@ class PolarsEngine:
         version = lh.replace_where(USER_LANDING_SUMMARY, rows, f"landing_date = '{landing_day}'")
         return Written(version, rows.height, dict(rows.schema))
 
-    def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
+    def dim_user(self, lh: Lakehouse, landing_day: str, users: Sequence[str] = ()) -> pl.DataFrame:
         summaries = lh.scan_or_empty(USER_LANDING_SUMMARY, USER_LANDING_SUMMARY_SCHEMA)
         touched = summaries.filter(pl.col("landing_date") == landing_day).select("user_id")
+        if users:
+            touched = pl.concat([touched, pl.LazyFrame({"user_id": list(users)}, schema={"user_id": pl.String()})])
         return run_on("polars", "dim_user", summaries.join(touched, on="user_id", how="semi"))
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:
@@ -248,7 +285,8 @@ class SparkEngine:
         from hybrid_pipeline.engines.spark_silver import clean_events
 
         schema = silver_schema()
-        ids = existing.select(*EXISTING_COLUMNS).collect().cast({c: schema[c] for c in EXISTING_COLUMNS})
+        columns = [c for c in EXISTING_COLUMNS if c in existing.collect_schema().names()]
+        ids = existing.select(*columns).collect().cast({c: schema[c] for c in columns})
         batch = clean_events(self._frame(bronze), self._frame(ids), pii_salt)
         try:
             return batch.to_polars()
@@ -257,9 +295,14 @@ class SparkEngine:
 
     def write_silver(self, lh: Lakehouse, landing_day: str, pii_salt: str) -> SilverWritten:
         """Spark reads the bronze and silver snapshots itself, its tasks write the Parquet files and
-        the driver commits them: no record passes through the driver."""
-        from hybrid_pipeline.engines.spark_silver import clean_events
+        the driver commits them: no record passes through the driver but the few that re-homing
+        moves (engines.rehoming)."""
+        from pyspark.sql import functions as F
+
+        from hybrid_pipeline.engines.shared import to_spark_schema
+        from hybrid_pipeline.engines.spark_silver import clean_events, collect
         from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
+        from hybrid_pipeline.transforms.silver import DUPLICATES_SCHEMA
 
         where = f"landing_date = '{landing_day}'"
         slh = self.lakehouse(lh)
@@ -274,9 +317,24 @@ class SparkEngine:
             existing = self._frame(pl.DataFrame(schema={c: schema[c] for c in EXISTING_COLUMNS}))
         batch = clean_events(bronze, existing, pii_salt)
         try:
+
+            def keepers(ids: list[str]) -> pl.DataFrame:
+                lineage = {c: schema[c] for c in ("event_id", "source_file", "line_number")}
+                return collect(batch.events.filter(F.col("event_id").isin(ids)), lineage)
+
+            rehoming = plan_rehoming(lh, landing_day, batch.displaced_rows(), keepers)
+            duplicates = batch.duplicates
+            if rehoming.duplicates.height:
+                moved = to_spark_schema(self._frame(rehoming.duplicates), DUPLICATES_SCHEMA)
+                duplicates = duplicates.unionByName(moved)
+            rows = {
+                "quarantine": (batch.quarantine, where),
+                "duplicates": (duplicates, rehoming.duplicates_predicate("spark")),
+                "events": (batch.events, rehoming.events_predicate("spark")),
+            }
             versions = {
-                name: slh.replace_where(table, getattr(batch, name), where, partition_by=SILVER_PARTITIONS[name])
-                for name, table in SILVER_TABLES.items()
+                name: slh.replace_where(SILVER_TABLES[name], rows[name][0], rows[name][1], partition_by=SILVER_PARTITIONS[name])
+                for name in WRITE_ORDER
             }
             reasons = batch.reasons()
         finally:
@@ -288,6 +346,7 @@ class SparkEngine:
             reasons=reasons,
             drift=dict(batch.drift),
             event_dates=landing_day_event_dates(lh, landing_day),
+            **_rehomed(rehoming),
         )
 
     def daily_metrics(self, lh: Lakehouse, dates: list[date]) -> pl.DataFrame:
@@ -309,13 +368,15 @@ class SparkEngine:
         written = lh.scan(USER_LANDING_SUMMARY).filter(pl.col("landing_date") == landing_day).select(pl.len()).collect().item()
         return Written(version, int(written), dict(USER_LANDING_SUMMARY_SCHEMA))
 
-    def dim_user(self, lh: Lakehouse, landing_day: str) -> pl.DataFrame:
+    def dim_user(self, lh: Lakehouse, landing_day: str, users: Sequence[str] = ()) -> pl.DataFrame:
         from hybrid_pipeline.engines.shared import to_spark_schema
 
         if not lh.exists(USER_LANDING_SUMMARY):
             return pl.DataFrame(schema=DIM_USER_SCHEMA)
         summaries = to_spark_schema(self.lakehouse(lh).scan(USER_LANDING_SUMMARY), USER_LANDING_SUMMARY_SCHEMA)
         touched = summaries.filter(summaries["landing_date"] == landing_day).select("user_id")
+        if users:
+            touched = touched.unionByName(self._frame(pl.DataFrame({"user_id": list(users)}, schema={"user_id": pl.String()})))
         return run_on(self.shared, "dim_user", summaries.join(touched, on="user_id", how="left_semi"))
 
     def write_user_features(self, lh: Lakehouse, start: date, end: date) -> Written:

@@ -24,9 +24,14 @@ Where the definitions differ from the plain-polars references, and why
       purchasers are ``n_unique(when(purchase, user_id)) - any(non-purchase)``; user_id is never
       null in silver (contract).
     * booleans are cast to Int64 before ``sum`` (Spark cannot sum booleans).
-    * floating sums (``avg_session_duration``) are summed in whatever order the engine uses, so
-      they may differ from polars' in the last bits; money is summed in integer cents, exactly,
-      as in the originals.
+    * nothing is summed in floating point: a parallel float sum depends on how rows are split
+      among threads, so two runs over the same input could differ in the last bits (and training
+      sets are identified by content hashes). Money is summed in integer cents and session
+      durations in integer microseconds, exactly. Floats then come from one operation both
+      engines round alike: polars divides by a scalar as a multiplication by its reciprocal,
+      Spark truly divides, so cents are written as ``* 0.01`` (what polars always computed for
+      ``/ 100``) and the mean duration as one division of two columns. Both engines give the
+      same bits; the plain-polars references (float sums) agree to 1e-12.
 
     * the stable user key (``gold.user_keys``: blake2b of the user id, 63 bits) has no Spark SQL
       function (Spark offers md5/sha1/sha2/xxhash64/murmur3, not blake2b). The distinct user ids
@@ -126,6 +131,10 @@ def as_engine(engine: Engine | EngineName, spark: SparkSession | None = None) ->
 # ---------------------------------------------------------------------------------------------
 
 
+# Cents to currency units, as a multiplication (see the module notes on rounding).
+CENT = 0.01
+
+
 def daily_metrics(silver: nw.LazyFrame) -> nw.LazyFrame:
     """Events, users, revenue and conversion per event date and user segment."""
     is_purchase = nw.col("event_type") == "purchase"
@@ -144,7 +153,7 @@ def daily_metrics(silver: nw.LazyFrame) -> nw.LazyFrame:
             (nw.col("revenue") * 100).round(0).cast(nw.Int64).sum().alias("_revenue_cents"),
         )
         .with_columns(
-            (nw.col("_revenue_cents") / 100).alias("total_revenue"),
+            (nw.col("_revenue_cents") * CENT).alias("total_revenue"),
             (nw.col("purchasing_users") / nw.col("unique_users")).alias("conversion_rate"),
         )
         .select(*DAILY_METRICS_SCHEMA)
@@ -175,6 +184,17 @@ def calendar(first: date, last: date) -> dict[str, list]:
     }
 
 
+MICROS = 1_000_000
+
+
+def micros(seconds: nw.Expr) -> nw.Expr:
+    """Non-negative seconds as whole microseconds, rounded half up (``+ 0.5`` then a truncating
+    cast: the same on polars and Spark, unlike ``round``, whose tie rules differ). The contract
+    bounds a duration to 7 days, so a user's lifetime total fits int64 for 15 million events
+    of that length."""
+    return (seconds * MICROS + 0.5).cast(nw.Int64)
+
+
 def daily_user_activity(silver: nw.LazyFrame) -> nw.LazyFrame:
     """Per user and day: counts, revenue in cents, durations, the last event types and segment."""
     rank = (
@@ -192,7 +212,8 @@ def daily_user_activity(silver: nw.LazyFrame) -> nw.LazyFrame:
             (nw.col("revenue").fill_null(0.0) * 100).round(0).cast(nw.Int64).sum().alias("revenue_cents"),
             (nw.col("event_type") == "purchase").cast(nw.Int64).sum().alias("purchases"),
             (nw.col("event_type") == "add_to_cart").cast(nw.Int64).sum().alias("add_to_carts"),
-            nw.col("session_duration").sum().alias("duration_sum"),
+            # integer microseconds: an exact sum, so no order of summation changes a bit
+            micros(nw.col("session_duration")).sum().alias("duration_us"),
             *[nw.when(last == k).then(nw.col("event_type")).max().alias(f"_t{k}") for k in range(1, SEQUENCE_LENGTH + 1)],
             nw.when(last == 1).then(nw.col("user_segment")).max().alias("user_segment"),
         )
@@ -229,7 +250,7 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
         .filter((nw.col("day_n") >= nw.col("_first")) & (nw.col("day_n") <= nw.col("_last")))
         .select("user_id", "event_date", "day_n", "event_timestamp")
     )
-    zero = ["events", "revenue_cents", "purchases", "add_to_carts", "duration_sum"]
+    zero = ["events", "revenue_cents", "purchases", "add_to_carts", "duration_us"]
     frame = grid.join(daily.drop("day_n"), on=["user_id", "event_date"], how="left").with_columns(
         *[nw.col(c).fill_null(0) for c in zero]
     )
@@ -242,11 +263,11 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
 
     rolled = frame.with_columns(
         *[rolling("events", w).alias(f"events_{w}d") for w in WINDOWS],
-        *[(rolling("revenue_cents", w) / 100).alias(f"revenue_{w}d") for w in WINDOWS],
+        *[(rolling("revenue_cents", w) * CENT).alias(f"revenue_{w}d") for w in WINDOWS],
         rolling("purchases", 30).alias("purchases_30d"),
         rolling("add_to_carts", 7).alias("add_to_carts_7d"),
         per_user(nw.col("events").cum_sum()).alias("total_events"),
-        per_user(nw.col("duration_sum").cum_sum()).alias("_duration_total"),
+        per_user(nw.col("duration_us").cum_sum()).alias("_duration_us_total"),
         per_user(nw.when(nw.col("purchases") > 0).then(nw.col("day_n")).fill_null(strategy="forward")).alias(
             "_last_purchase"
         ),
@@ -256,7 +277,8 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
     return (
         rolled.filter((nw.col("day_n") >= start_n) & (nw.col("day_n") <= end_n))
         .with_columns(
-            (nw.col("_duration_total") / nw.col("total_events")).alias("avg_session_duration"),
+            # one division of two exact integers (column by column: a true division on both engines)
+            (nw.col("_duration_us_total") / (nw.col("total_events") * MICROS)).alias("avg_session_duration"),
             (nw.col("day_n") - nw.col("_last_purchase")).alias("days_since_last_purchase"),
         )
         .select(*FEATURES_SCHEMA)

@@ -30,7 +30,8 @@ What is duplicated, and why
       ASCII (the norm; ``str.strip().lower()`` and Spark's trim/lower agree exactly there);
       any other address is hashed on the driver by the polars code, once per distinct address.
     * deduplication: a window (``row_number`` over event_id ordered by source file and line)
-      instead of ``is_first_distinct`` on a sorted frame; same survivor, same pointers.
+      instead of ``is_first_distinct`` on a sorted frame; same survivor, same pointers, same
+      displaced rows of later days.
 
 Known divergences (none occur in generated data): a JSON number where the contract expects
 text keeps its JSON spelling on Spark (``1.50``) while polars re-prints it (``1.5``); text after
@@ -63,8 +64,10 @@ from hybrid_pipeline.transforms.contract import (
     silver_schema,
 )
 from hybrid_pipeline.transforms.silver import (
+    DISPLACED_SCHEMA,
     DUPLICATES_SCHEMA,
     LINEAGE,
+    OWNERSHIP_ORDER,
     QUARANTINE_SCHEMA,
     SilverBatch,
     hash_emails,
@@ -258,6 +261,7 @@ class SparkSilverBatch:
     events: DataFrame
     quarantine: DataFrame
     duplicates: DataFrame
+    displaced: DataFrame  # silver rows of later days that this batch owns (few: collected by the driver)
     drift: dict[str, int] = field(default_factory=dict)
     persisted: list[DataFrame] = field(default_factory=list)
 
@@ -270,17 +274,23 @@ class SparkSilverBatch:
             df.unpersist()
         self.persisted.clear()
 
+    def displaced_rows(self) -> pl.DataFrame:
+        """The displaced rows on the driver, ordered as ``clean_events`` orders them."""
+        return collect(self.displaced, DISPLACED_SCHEMA).sort(*OWNERSHIP_ORDER)
+
     def to_polars(self) -> SilverBatch:
         """Collected and normalised exactly as ``clean_events`` returns its frames."""
         return SilverBatch(
-            events=_collect(self.events, silver_schema()).sort("event_date", "timestamp", "event_id"),
-            quarantine=_collect(self.quarantine, QUARANTINE_SCHEMA).sort("source_file", "line_number"),
-            duplicates=_collect(self.duplicates, DUPLICATES_SCHEMA).sort("source_file", "line_number"),
+            events=collect(self.events, silver_schema()).sort("event_date", "timestamp", "event_id"),
+            quarantine=collect(self.quarantine, QUARANTINE_SCHEMA).sort("source_file", "line_number"),
+            duplicates=collect(self.duplicates, DUPLICATES_SCHEMA).sort("source_file", "line_number"),
             drift=dict(self.drift),
+            displaced=self.displaced_rows(),
         )
 
 
-def _collect(df: DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+def collect(df: DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """A Spark frame on the driver as polars, with ``schema``'s columns and types."""
     frame = pl.from_arrow(df.select(*schema).toArrow())
     assert isinstance(frame, pl.DataFrame)
     return frame.cast(dict(schema))
@@ -406,10 +416,25 @@ def classify(bronze: DataFrame, pii_salt: str) -> DataFrame:
     )
 
 
+def _sorts_before(left: list[str], right: list[str]) -> Column:
+    """(left...) < (right...) lexicographically (cf. ``silver.sorts_before``); false on nulls."""
+    from pyspark.sql import functions as F
+
+    before = F.lit(False)
+    for a, b in reversed(list(zip(left, right, strict=True))):
+        before = (F.col(a) < F.col(b)) | ((F.col(a) == F.col(b)) & before)
+    return F.coalesce(before, F.lit(False))
+
+
 def deduplicate(classified: DataFrame, existing: DataFrame) -> DataFrame:
-    """Dedup annotations for the valid rows (cf. ``silver.deduplicate``): ``_rn`` is the rank of the
-    record among its event_id in (source_file, line_number) order, ``kept_*`` the record that is
-    kept (silver outside this batch first, else the first of this batch; null for a survivor)."""
+    """Dedup annotations for the valid rows (cf. ``silver.deduplicate``, same ownership rule: the
+    first record in (landing day, source file, line) order is kept).
+
+    ``_rn`` is the rank of the record among its event_id in the batch; ``kept_*`` the record that
+    is kept (an earlier day's silver record, else the first of this batch; null for a survivor);
+    ``_moved_*`` (on the survivor only) the silver record of a *later* day that it displaces.
+    ``existing`` is silver of the other landing days; its ``event_date`` is optional.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -418,28 +443,31 @@ def deduplicate(classified: DataFrame, existing: DataFrame) -> DataFrame:
     ranked = classified.select(
         "*",
         F.when(F.col("_valid"), F.row_number().over(order)).alias("_rn"),
-        *[F.when(F.col("_valid"), F.first(c).over(whole)).alias(f"_first_{c}") for c in ("landing_date", "source_file", "line_number")],
+        *[F.when(F.col("_valid"), F.first(c).over(whole)).alias(f"_first_{c}") for c in OWNERSHIP_ORDER],
     )
     batch_ids = classified.filter(F.col("_valid")).select("event_id").distinct()
-    seen_order = Window.partitionBy("event_id").orderBy("landing_date", "source_file", "line_number")
+    seen_order = Window.partitionBy("event_id").orderBy(*OWNERSHIP_ORDER)
+    event_date = F.col("event_date") if "event_date" in existing.columns else F.lit(None).cast("date")
     seen = (
-        existing.select("event_id", "landing_date", "source_file", "line_number")
+        existing.select("event_id", *OWNERSHIP_ORDER, event_date.alias("event_date"))
         .join(batch_ids, on="event_id", how="left_semi")
         .withColumn("_n", F.row_number().over(seen_order))
         .filter(F.col("_n") == 1)
         .select(
             "event_id",
             F.lit(True).alias("_valid"),
-            F.col("landing_date").alias("_seen_landing_date"),
-            F.col("source_file").alias("_seen_source_file"),
-            F.col("line_number").alias("_seen_line_number"),
+            *[F.col(c).alias(f"_seen_{c}") for c in (*OWNERSHIP_ORDER, "event_date")],
         )
     )
+    joined = ranked.join(seen, on=["_valid", "event_id"], how="left")
+    seen_first = _sorts_before([f"_seen_{c}" for c in OWNERSHIP_ORDER], [f"_first_{c}" for c in OWNERSHIP_ORDER])
+    displaces = F.col("_seen_landing_date").isNotNull() & ~seen_first & (F.col("_rn") == 1)
     kept_cols = [
-        F.coalesce(F.col(f"_seen_{c}"), F.when(F.col("_rn") > 1, F.col(f"_first_{c}"))).alias(f"kept_{c}")
-        for c in ("landing_date", "source_file", "line_number")
+        F.when(seen_first, F.col(f"_seen_{c}")).otherwise(F.when(F.col("_rn") > 1, F.col(f"_first_{c}"))).alias(f"kept_{c}")
+        for c in OWNERSHIP_ORDER
     ]
-    return ranked.join(seen, on=["_valid", "event_id"], how="left").select(*classified.columns, "_rn", *kept_cols)
+    moved_cols = [F.when(displaces, F.col(f"_seen_{c}")).alias(f"_moved_{c}") for c in (*OWNERSHIP_ORDER, "event_date")]
+    return joined.select(*classified.columns, "_rn", *kept_cols, *moved_cols)
 
 
 def spread(df: DataFrame) -> DataFrame:
@@ -507,10 +535,18 @@ def clean_events(bronze: DataFrame, existing: DataFrame, pii_salt: str, persist:
         )
 
     kept = valid.filter((F.col("_rn") == 1) & F.col("kept_landing_date").isNull())
+    displaced = _cast(
+        kept.filter(F.col("_moved_landing_date").isNotNull()).select(
+            "event_id",
+            *[F.col(f"_moved_{c}").alias(c) for c in (*OWNERSHIP_ORDER, "event_date")],
+            *[F.col(c).alias(f"kept_{c}") for c in OWNERSHIP_ORDER],
+        ),
+        DISPLACED_SCHEMA,
+    )
     events = _cast(
         kept.withColumn("event_date", F.to_date("timestamp")).withColumn("hour", F.hour("timestamp")),
         silver_schema(),
     )
     duplicates = _cast(valid.filter(F.col("kept_landing_date").isNotNull()), DUPLICATES_SCHEMA)
     quarantine = _cast(rows.filter(~F.col("_valid")), QUARANTINE_SCHEMA)
-    return SparkSilverBatch(events, quarantine, duplicates, drift, persisted)
+    return SparkSilverBatch(events, quarantine, duplicates, displaced, drift, persisted)

@@ -1,8 +1,12 @@
 """Bronze records -> typed, validated, deduplicated silver events (plus what was set aside).
 
 Every bronze record ends in exactly one of three places, which is what makes row
-conservation checkable: ``events`` (valid and first seen), ``quarantine`` (with a reason)
-or ``duplicates`` (a valid record whose event_id silver already holds).
+conservation checkable: ``events`` (valid, and the owner of its event_id), ``quarantine``
+(with a reason) or ``duplicates`` (a valid record whose event_id another record owns).
+
+Ownership is a rule of the data: of all valid records carrying an event_id, the first in
+(landing day, source file, line) order is kept. A landing day processed after a later one
+therefore takes back the events it shares with it (``SilverBatch.displaced``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import hmac
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +32,8 @@ from hybrid_pipeline.transforms.contract import (
 )
 
 LINEAGE = ("landing_date", "source_file", "line_number", "file_sha256")
+# Which record of an event_id silver keeps: the first in this order, whatever order days arrive in.
+OWNERSHIP_ORDER = ("landing_date", "source_file", "line_number")
 _TS_FORMATS_WITH_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
 _TS_FORMATS_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
 
@@ -49,6 +56,17 @@ DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
     "kept_source_file": pl.String(),
     "kept_line_number": pl.Int64(),
 }
+# A silver row of a later landing day that an earlier day, processed after it, takes over.
+DISPLACED_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "landing_date": pl.String(),
+    "source_file": pl.String(),
+    "line_number": pl.Int64(),
+    "event_date": pl.Date(),
+    "kept_landing_date": pl.String(),
+    "kept_source_file": pl.String(),
+    "kept_line_number": pl.Int64(),
+}
 
 
 @dataclass
@@ -57,6 +75,8 @@ class SilverBatch:
     quarantine: pl.DataFrame
     duplicates: pl.DataFrame
     drift: dict[str, int] = field(default_factory=dict)  # unknown field -> records carrying it
+    # silver rows of later landing days that this batch owns (see ``deduplicate``)
+    displaced: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DISPLACED_SCHEMA))
 
     def reasons(self) -> dict[str, int]:
         counts = self.quarantine.group_by("reason").len().sort("reason")
@@ -286,10 +306,30 @@ def in_source_order(frame: pl.DataFrame) -> bool:
     return bool(frame.select(step_ok.slice(1).fill_null(False).all()).item())
 
 
-def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Keep the first record of each event_id; ``existing`` is silver outside this batch.
+def sorts_before(left: Sequence[str], right: Sequence[str]) -> pl.Expr:
+    """Whether the record named by the ``left`` columns comes before the one named by ``right`` in
+    ownership order (both name landing day, source file and line, in that order)."""
+    before = pl.lit(False)
+    for a, b in reversed(list(zip(left, right, strict=True))):
+        before = (pl.col(a) < pl.col(b)) | ((pl.col(a) == pl.col(b)) & before)
+    return before.fill_null(False)
 
-    Order within a batch is (source_file, line_number), so reruns pick the same survivor.
+
+def _as_kept() -> list[pl.Expr]:
+    """The record's lineage as the ``kept_*`` pointer of its duplicates."""
+    return [pl.col(c).alias(f"kept_{c}") for c in OWNERSHIP_ORDER]
+
+
+def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Keep one record per event_id: the first in ownership order (landing day, source file, line).
+
+    The rule is a property of the data, not of the order in which landing days or files arrive,
+    so every processing order and every rerun keeps the same record. ``valid`` is one landing
+    day's records; ``existing`` is silver of the other landing days (``event_date`` is optional:
+    it only dates the displaced rows). Returns the kept events, the duplicates (each pointing at
+    the kept record) and the *displaced* rows: records of later landing days that silver holds
+    today and that this batch now owns (they become duplicates of their own landing day; the
+    engine's write step moves them, see ``hybrid_pipeline.engines.rehoming``).
     """
     ordered = valid if in_source_order(valid) else valid.sort("source_file", "line_number")
     flagged = ordered.with_columns(pl.col("event_id").is_first_distinct().alias("_first"))
@@ -297,37 +337,40 @@ def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFra
     repeats = flagged.filter(~pl.col("_first")).drop("_first")
     # Ids first: a cross-day repeat is rare, so lineage is read only for the ids that clash.
     clashing = existing.select("event_id").join(first.lazy().select("event_id"), on="event_id", how="semi").unique().collect()
-    seen = (
+    event_date = "event_date" if "event_date" in existing.collect_schema().names() else None
+    other = (
         existing.select(
             "event_id",
-            pl.col("landing_date").alias("kept_landing_date"),
-            pl.col("source_file").alias("kept_source_file"),
-            pl.col("line_number").alias("kept_line_number"),
+            *OWNERSHIP_ORDER,
+            pl.col(event_date) if event_date else pl.lit(None, pl.Date()).alias("event_date"),
         )
         .filter(pl.col("event_id").is_in(clashing["event_id"].implode()))
-        .unique("event_id", keep="first")
+        .sort("event_id", *OWNERSHIP_ORDER)
+        .unique("event_id", keep="first", maintain_order=True)  # silver holds one row per id
+        .rename({c: f"other_{c}" for c in (*OWNERSHIP_ORDER, "event_date")})
         .collect()
+    )
+    matched = first.select("event_id", *OWNERSHIP_ORDER).join(other, on="event_id", how="inner")
+    other_first = sorts_before([f"other_{c}" for c in OWNERSHIP_ORDER], OWNERSHIP_ORDER)
+    seen = matched.filter(other_first).select(
+        "event_id", *[pl.col(f"other_{c}").alias(f"kept_{c}") for c in OWNERSHIP_ORDER]
+    )
+    displaced = matched.filter(~other_first).select(
+        "event_id",
+        *[pl.col(f"other_{c}").alias(c) for c in (*OWNERSHIP_ORDER, "event_date")],
+        *_as_kept(),
     )
     kept = first.join(seen.select("event_id"), on="event_id", how="anti")
     across_days = first.join(seen, on="event_id", how="inner")
-    in_batch = repeats.join(
-        first.select(
-            "event_id",
-            pl.col("landing_date").alias("kept_landing_date"),
-            pl.col("source_file").alias("kept_source_file"),
-            pl.col("line_number").alias("kept_line_number"),
-        ),
-        on="event_id",
-        how="left",
-    )
-    # A repeat of an event already kept on an earlier day points at that earlier record.
+    in_batch = repeats.join(first.select("event_id", *_as_kept()), on="event_id", how="left")
+    # A repeat of an event kept on an earlier day points at that earlier record.
     in_batch = in_batch.join(seen, on="event_id", how="left", suffix="_seen").with_columns(
-        pl.coalesce(f"{c}_seen", c).alias(c) for c in ("kept_landing_date", "kept_source_file", "kept_line_number")
+        pl.coalesce(f"kept_{c}_seen", f"kept_{c}").alias(f"kept_{c}") for c in OWNERSHIP_ORDER
     )
     duplicates = pl.concat(
         [d.select(list(DUPLICATES_SCHEMA)) for d in (across_days, in_batch)], how="vertical_relaxed"
     ).sort("source_file", "line_number")
-    return kept, duplicates
+    return kept, duplicates, displaced
 
 
 def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) -> SilverBatch:
@@ -335,7 +378,7 @@ def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) ->
     decoded, malformed, drift = decode_payloads(bronze)
     typed, type_rejects = type_records(decoded)
     valid, contract_rejects = validate_contract(typed)
-    kept, duplicates = deduplicate(valid, existing)
+    kept, duplicates, displaced = deduplicate(valid, existing)
     events = kept.with_columns(
         pl.col("timestamp").dt.date().alias("event_date"),
         pl.col("timestamp").dt.hour().cast(pl.Int8).alias("hour"),
@@ -356,4 +399,5 @@ def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) ->
         quarantine=quarantine.cast(QUARANTINE_SCHEMA),
         duplicates=duplicates.cast(DUPLICATES_SCHEMA),
         drift=drift,
+        displaced=displaced.cast(DISPLACED_SCHEMA).sort(*OWNERSHIP_ORDER),
     )

@@ -3,8 +3,8 @@ and once with HYBRID_ENGINE=spark: every silver, gold analytics and feature tabl
 
 Only the ``engine`` resource differs between the two runs (the Spark one reuses the test
 session: dagster-pyspark's lazy resource gets the running session back). Tables are compared
-after sorting on their keys; ``user_features`` floats to 1e-12 (a floating sum, see
-``engines.shared``), everything else exactly, schemas included.
+after sorting on their keys, to the bit, schemas included (nothing is summed in floating point,
+see ``engines.shared``).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_silver_gold_and_feature_tables_are_identical(runs) -> None:
         assert x.height > 0 or table == "gold/user_labels", table  # labels need 7 observed days after the row
         assert x.schema == y.schema, table
         try:
-            assert_frame_equal(x.sort(key), y.sort(key), check_exact=False, rel_tol=1e-12, abs_tol=0.0)
+            assert_frame_equal(x.sort(key), y.sort(key), check_exact=True)  # to the bit
         except AssertionError as exc:
             raise AssertionError(f"{table}: {exc}") from exc
     dirt = a.read("silver/events_quarantine").group_by("reason").len()

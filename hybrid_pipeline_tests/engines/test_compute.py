@@ -1,7 +1,8 @@
 """The engine operations the assets call give the same tables on polars and on Spark.
 
 Both engines start from the same silver table (copied, so each writes its own gold); results are
-compared after the documented normalisation (sorted on keys; floats of a floating sum to 1e-12).
+compared after the documented normalisation (sorted on keys), exactly: nothing is summed in
+floating point.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def test_daily_metrics_and_dim_user_are_identical(spark, lakes) -> None:
     dates = [START, START + timedelta(days=1)]
     m_a, m_b = polars.daily_metrics(a, dates), sparkly.daily_metrics(b, dates)
     assert m_a.height > 0 and m_b.schema == pl.Schema(DAILY_METRICS_SCHEMA)
-    assert_frame_equal(m_a, m_b)
+    assert_frame_equal(m_a, m_b, check_exact=True)
     assert polars.daily_metrics(a, []).height == sparkly.daily_metrics(b, []).height == 0
     for day in DAYS:  # each landing day's summary, as the daily runs write them
         s_a, s_b = polars.write_user_landing_summary(a, day), sparkly.write_user_landing_summary(b, day)
@@ -141,9 +142,7 @@ def test_fact_events_and_user_features_written_by_each_engine_are_identical(spar
     feats_a, feats_b = a.read("gold/user_features"), b.read("gold/user_features")
     assert feats_b.schema == pl.Schema(FEATURES_SCHEMA) == feats_a.schema
     assert feats_a["event_date"].min() == START  # rows before `start` were kept, not replaced
-    assert_frame_equal(
-        sort(feats_a, "user_id", "event_date"), sort(feats_b, "user_id", "event_date"), check_exact=False, rel_tol=1e-12
-    )
+    assert_frame_equal(sort(feats_a, "user_id", "event_date"), sort(feats_b, "user_id", "event_date"), check_exact=True)
 
 
 def test_polars_engine_gold_equals_the_plain_polars_references(lakes) -> None:

@@ -2,19 +2,23 @@
 polars and on Spark.
 
 Normalisation (documented in ``engines.shared``): outputs are cast to the polars originals'
-schema and sorted on their keys; ``avg_session_duration`` is a floating sum whose order differs
-between engines, so floats are compared to 1e-12 relative (money is exact: integer cents).
+schema and sorted on their keys. Nothing is summed in floating point (money in integer cents,
+session durations in integer microseconds), so the shared definitions give the same bits on both
+engines, run after run and whatever the order of the input rows; the plain-polars references
+sum floats, so they are compared to 1e-12 relative.
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from hybrid_pipeline.engines.shared import DIM_USER_SCHEMA, FACT_EVENTS_SCHEMA, Engine, calendar, run_on
+from hybrid_pipeline.transforms.contract import silver_schema
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
 from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA
 
@@ -32,7 +36,7 @@ def assert_same(reference: pl.DataFrame, got: pl.DataFrame) -> None:
 def test_shared_daily_metrics_on_polars_equals_the_reference(polars_run: PolarsRun) -> None:
     reference = daily_metrics(polars_run.silver.lazy())
     got = run_on("polars", "daily_metrics", polars_run.silver)
-    assert_frame_equal(reference, got)  # exact
+    assert_frame_equal(reference, got, check_exact=True)
     assert got.schema == pl.Schema(DAILY_METRICS_SCHEMA)
 
 
@@ -44,16 +48,77 @@ def test_shared_user_features_on_polars_equals_the_reference(polars_run: PolarsR
     assert_same(reference, got)
 
 
+def float_bits(df: pl.DataFrame) -> pl.DataFrame:
+    """Float columns as their IEEE-754 bit patterns: equality of these is bit-identity."""
+    return df.with_columns(
+        pl.Series(c, df[c].to_numpy().view(np.uint64)) for c, t in df.schema.items() if t == pl.Float64
+    )
+
+
+def busy_users(events_per_day: int = 400, seed: int = 5) -> pl.DataFrame:
+    """Silver rows of three users with hundreds of events a day, durations at full precision:
+    a float sum of these depends on the order it is taken in."""
+    rng = np.random.default_rng(seed)
+    n = 3 * 3 * events_per_day
+    day = rng.integers(0, 3, n)
+    ts = [datetime(2024, 3, 1, tzinfo=timezone.utc) + timedelta(days=int(d), seconds=int(s)) for d, s in zip(day, rng.integers(0, 86_400, n))]
+    return pl.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(n)],
+            "user_id": [f"u{u}" for u in rng.integers(0, 3, n)],
+            "session_id": "s",
+            "event_type": "view",
+            "timestamp": ts,
+            "event_date": [t.date() for t in ts],
+            "hour": [t.hour for t in ts],
+            "product_id": "p",
+            "session_duration": rng.uniform(0, 3600, n),
+            "revenue": None,
+            "user_segment": "new",
+            "email_hash": None,
+            "landing_date": "2024-03-01",
+            "source_file": "f",
+            "line_number": np.arange(n),
+        },
+    ).cast(silver_schema()).select(list(silver_schema()))
+
+
+def test_user_features_are_bit_identical_run_after_run_and_whatever_the_row_order(polars_run: PolarsRun) -> None:
+    for silver in (busy_users(), polars_run.silver):
+        end = silver["event_date"].max() + timedelta(days=3)
+        first = run_on("polars", "user_features", silver, start=START, end=end)
+        again = run_on("polars", "user_features", silver, start=START, end=end)
+        shuffled = run_on("polars", "user_features", silver.sample(fraction=1.0, shuffle=True, seed=3), start=START, end=end)
+        assert first.height > 0
+        assert_frame_equal(float_bits(first), float_bits(again), check_exact=True)
+        assert_frame_equal(float_bits(first), float_bits(shuffled), check_exact=True)
+
+
+def test_average_session_duration_is_the_mean_of_whole_microseconds_rounded_once() -> None:
+    silver = busy_users(events_per_day=50)
+    got = run_on("polars", "user_features", silver, start=START, end=START + timedelta(days=2))
+    last = got.filter(pl.col("event_date") == START + timedelta(days=2)).sort("user_id")
+    totals = (
+        silver.group_by("user_id")
+        .agg(((pl.col("session_duration") * 1_000_000 + 0.5).floor().cast(pl.Int64).sum()).alias("us"), pl.len().alias("n"))
+        .sort("user_id")
+    )
+    expected = [us / (n * 1_000_000) for us, n in totals.select("us", "n").rows()]  # one IEEE division
+    assert last["avg_session_duration"].to_list() == expected
+
+
 def test_daily_metrics_on_spark_equals_polars(spark, polars_run: PolarsRun) -> None:
     reference = daily_metrics(polars_run.silver.lazy())
     got = run_on("spark", "daily_metrics", polars_run.silver, spark=spark)
-    assert_frame_equal(reference, got)  # exact, revenue included
+    assert_frame_equal(reference, got, check_exact=True)  # revenue included, to the bit
 
 
 def test_user_features_on_spark_equals_polars(spark, polars_run: PolarsRun) -> None:
     reference = user_features(polars_run.silver.lazy(), START + timedelta(days=1), END)
     got = run_on("spark", "user_features", polars_run.silver, spark=spark, start=START + timedelta(days=1), end=END)
     assert_same(reference, got)
+    on_polars = run_on("polars", "user_features", polars_run.silver, start=START + timedelta(days=1), end=END)
+    assert_frame_equal(float_bits(on_polars), float_bits(got), check_exact=True)  # the same bits on both engines
     assert got["days_since_last_purchase"].null_count() < got.height  # purchases exist and are tracked
     assert got["recent_event_types"].str.count_matches(",").max() == 4  # five event types at most
 

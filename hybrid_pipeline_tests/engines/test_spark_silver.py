@@ -39,6 +39,7 @@ def assert_same_batch(reference, got) -> None:
     assert_frame_equal(reference.events, got.events)
     assert_frame_equal(reference.quarantine, got.quarantine)
     assert_frame_equal(reference.duplicates, got.duplicates)
+    assert_frame_equal(reference.displaced, got.displaced)
     assert got.drift == reference.drift
 
 
@@ -170,9 +171,15 @@ def test_edge_records_get_the_same_fate_on_both_engines(spark) -> None:
 
     records = bronze(EDGE_PAYLOADS)
     existing = pl.DataFrame(
-        {"event_id": ["e-old"], "landing_date": ["2024-02-28"], "source_file": ["events/old.jsonl"], "line_number": [7]}
+        {
+            "event_id": ["e-old", "e-new"],
+            "landing_date": ["2024-02-28", "2024-03-09"],  # before and after this batch's day
+            "source_file": ["events/old.jsonl", "events/new.jsonl"],
+            "line_number": [7, 3],
+            "event_date": [date(2024, 2, 28), date(2024, 3, 9)],
+        }
     )
-    records = pl.concat([records, bronze([line(event_id="e-old")], first_line=100)])
+    records = pl.concat([records, bronze([line(event_id="e-old"), line(event_id="e-new")], first_line=100)])
     reference = clean_events(records, existing.lazy(), SALT)
     batch = spark_clean_events(spark_frame(spark, records), spark_frame(spark, existing), SALT)
     try:
@@ -182,6 +189,7 @@ def test_edge_records_get_the_same_fate_on_both_engines(spark) -> None:
     assert_same_batch(reference, got)
     assert got.drift == {"campaign": 1}
     assert "2024-02-28" in got.duplicates["kept_landing_date"].to_list()
+    assert got.displaced.select("event_id", "landing_date", "kept_line_number").rows() == [("e-new", "2024-03-09", 101)]
 
 
 TIMESTAMPS = [

@@ -17,6 +17,7 @@ from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline.sources.landing import collect_landing, landed_dates
 from hybrid_pipeline.transforms.contract import STRING_FIELDS, silver_schema
 from hybrid_pipeline.transforms.silver import (
+    DISPLACED_SCHEMA,
     DUPLICATES_SCHEMA,
     QUARANTINE_SCHEMA,
     SilverBatch,
@@ -25,6 +26,7 @@ from hybrid_pipeline.transforms.silver import (
     in_source_order,
     ndjson_bytes,
     parse_timestamps,
+    sorts_before,
     unknown_fields,
 )
 
@@ -281,6 +283,50 @@ def test_a_record_already_in_silver_is_a_duplicate_pointing_at_the_kept_record()
         ("e1", 1, "2024-02-28", "events/2024-02-28/x.jsonl", 7),
         ("e1", 3, "2024-02-28", "events/2024-02-28/x.jsonl", 7),
     ]
+
+
+def test_a_later_days_record_in_silver_is_displaced_by_this_earlier_day() -> None:
+    later = "events/2024-03-05/x.jsonl"
+    existing = pl.LazyFrame(
+        {"event_id": ["e1"], "landing_date": ["2024-03-05"], "source_file": [later], "line_number": [7], "event_date": [date(2024, 3, 5)]},
+        schema_overrides={"line_number": pl.Int64},
+    )
+
+    batch = clean([line(event_id="e1"), line(event_id="e2"), line(event_id="e1")], existing=existing)
+
+    assert batch.events.select("event_id", "line_number").sort("event_id").rows() == [("e1", 1), ("e2", 2)]
+    assert batch.duplicates.select("event_id", "line_number", "kept_landing_date", "kept_line_number").rows() == [
+        ("e1", 3, DAY, 1)
+    ]
+    assert batch.displaced.schema == pl.Schema(DISPLACED_SCHEMA)
+    assert batch.displaced.rows() == [("e1", "2024-03-05", later, 7, date(2024, 3, 5), DAY, SOURCE, 1)]
+
+
+def test_an_earlier_days_record_displaces_nothing() -> None:
+    existing = pl.LazyFrame(
+        {"event_id": ["e1"], "landing_date": ["2024-02-28"], "source_file": ["events/2024-02-28/x.jsonl"], "line_number": [7]},
+        schema_overrides={"line_number": pl.Int64},
+    )
+
+    batch = clean([line(event_id="e1")], existing=existing)
+
+    assert batch.events.height == 0 and batch.displaced.height == 0
+    assert batch.duplicates["kept_landing_date"].to_list() == ["2024-02-28"]
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "before"),
+    [
+        (("2024-03-01", "z.jsonl", 9), ("2024-03-02", "a.jsonl", 1), True),  # the landing day decides first
+        (("2024-03-02", "a.jsonl", 9), ("2024-03-02", "b.jsonl", 1), True),  # then the file
+        (("2024-03-02", "a.jsonl", 2), ("2024-03-02", "a.jsonl", 10), True),  # then the line (as a number)
+        (("2024-03-02", "a.jsonl", 2), ("2024-03-02", "a.jsonl", 2), False),
+        (("2024-03-03", "a.jsonl", 1), ("2024-03-02", "z.jsonl", 9), False),
+    ],
+)
+def test_ownership_order_is_landing_day_then_file_then_line(left: tuple, right: tuple, before: bool) -> None:
+    frame = pl.DataFrame([(*left, *right)], schema=["l_day", "l_file", "l_line", "r_day", "r_file", "r_line"], orient="row")
+    assert frame.select(sorts_before(["l_day", "l_file", "l_line"], ["r_day", "r_file", "r_line"])).item() is before
 
 
 def test_an_invalid_record_does_not_claim_its_event_id_from_a_later_valid_one() -> None:
