@@ -1,16 +1,18 @@
-"""Feature store: the generated Feast repo, its feature views and point-in-time training sets."""
+"""Feature store: the generated Feast repo, its feature views and point-in-time training sets.
 
-import hashlib
-import io
+The generated repo follows the latest table versions and is what the ``feast`` CLI, the online
+materialization and the checks read. A training set pinned to the versions it read is
+retrieved through a store of its own (:func:`hybrid_pipeline.ml.training_set.build_training_set`),
+never by rewriting that repo.
+"""
 
 import dagster as dg
-import polars as pl
 
 from hybrid_pipeline.defs.keys import FEAST_REGISTRY, TRAINING_SET, USER_FEATURES, USER_FEATURES_VIEW, USER_LABELS, table_of
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.features import catalog
-from hybrid_pipeline.transforms.features import FEATURE_COLUMNS, FEATURES_SCHEMA
+from hybrid_pipeline.ml.training_set import build_training_set, feature_services
 
 _OWNERS = ["team:ml-platform"]
 
@@ -21,16 +23,23 @@ class FeatureStoreResource(dg.ConfigurableResource):
     repo_dir: str
     online_store: str = "sqlite"
 
-    def write_repo(self, user_features_uri: str, version: int | None = None) -> None:
+    def write_repo(self, user_features_uri: str) -> None:
+        """(Re)generate the repo over the latest version of each table."""
         from hybrid_pipeline.features.repo import write_feature_repo
 
         write_feature_repo(
             self.repo_dir,
             catalog.PROJECT,
-            catalog.feature_tables(user_features_uri, version),
+            catalog.feature_tables(user_features_uri),
             catalog.online_store_config(self.online_store, self.repo_dir),
-            feature_services={catalog.PURCHASE_SERVICE: ["user_features"]},
+            feature_services=feature_services(),
         )
+
+    def key_index_dir(self) -> str:
+        """Where stores over this repo's tables keep their key indexes (shared by pinned stores)."""
+        from hybrid_pipeline.features.repo import key_index_dir
+
+        return str(key_index_dir(self.repo_dir))
 
     def online_url(self) -> str:
         """The online store as the direct clients address it (same data Feast reads)."""
@@ -52,20 +61,6 @@ class FeatureStoreResource(dg.ConfigurableResource):
         from feast import FeatureStore
 
         return FeatureStore(repo_path=self.repo_dir)
-
-
-def frame_hash(df: pl.DataFrame, keys: list[str]) -> str:
-    """SHA-256 of the rows in a canonical order and encoding: equal content, equal hash.
-
-    The encoding is the rows' JSON text, column names in a fixed order: unlike a binary
-    format it does not depend on how the frame happens to be laid out in memory (chunks,
-    string-view buffers, the bytes under null slots), which differ between equal frames.
-    """
-    sortable = [c for c, t in df.schema.items() if not t.is_nested()]
-    ordered = df.select(sorted(df.columns)).sort([*keys, *(c for c in sorted(sortable) if c not in keys)])
-    buf = io.BytesIO()
-    ordered.write_ndjson(buf)
-    return hashlib.sha256(buf.getvalue()).hexdigest()
 
 
 @dg.multi_asset(
@@ -134,35 +129,24 @@ def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
     lh = lakehouse.lakehouse()
     features_version = lh.version(table_of(USER_FEATURES))
     labels_version = lh.version(table_of(USER_LABELS))
-    # Pin the feature view's source to the version read now, so the retrieval is exactly
-    # reproducible from the recorded versions (time travel), whatever lands meanwhile.
-    feature_store.write_repo(lh.uri(table_of(USER_FEATURES)), features_version)
-    from hybrid_pipeline.features.repo import apply_feature_repo
-
-    store = apply_feature_repo(feature_store.repo_dir)
-    index = view_key_index(store, store.get_feature_view("user_features"))
-    labels = lh.read(table_of(USER_LABELS), version=labels_version).select("user_id", "event_timestamp", "purchased_next_7d")
-    if labels.height:
-        job = store.get_historical_features(entity_df=labels.to_pandas(), features=store.get_feature_service(catalog.PURCHASE_SERVICE))
-        rows = job.to_polars() if hasattr(job, "to_polars") else pl.from_pandas(job.to_df())
-        rows = rows.sort("user_id", "event_timestamp")
-    else:
-        # No label has a complete 7-day horizon yet: an empty set with the full schema.
+    if features_version is None or labels_version is None:
+        raise dg.Failure("gold/user_features and gold/user_labels must exist before the training set")
+    # Retrieved through a store pinned to the versions read now, so it is exactly reproducible
+    # from the recorded versions (time travel), whatever lands meanwhile; the repo stays as it is.
+    built = build_training_set(lh, labels_version, features_version, key_index_dir=feature_store.key_index_dir())
+    rows = built.rows
+    if not rows.height:
         context.log.warning("no labelled days yet (labels need 7 observed days after them)")
-        rows = labels.with_columns(pl.lit(None, FEATURES_SCHEMA[c]).alias(c) for c in FEATURE_COLUMNS)
-    feature_store.write_repo(lh.uri(table_of(USER_FEATURES)))  # back to following the latest version
-    apply_feature_repo(feature_store.repo_dir)
     table = table_of(TRAINING_SET)
     version = lh.replace_where(table, rows, "true")
-    sources = {table_of(USER_FEATURES): features_version, table_of(USER_LABELS): labels_version}
-    context.log.info(f"training set: {rows.height} rows from {sources}")
+    context.log.info(f"training set: {rows.height} rows from {built.source_versions}")
     return dg.MaterializeResult(metadata=table_metadata(
         lh.uri(table), rows.schema, rows.height, version,
-        source_versions=dg.MetadataValue.json(sources),
-        content_sha256=frame_hash(rows, ["user_id", "event_timestamp"]),
+        source_versions=dg.MetadataValue.json(built.source_versions),
+        content_sha256=built.content_sha256,
         definitions_hash=catalog.definitions_hash(catalog.feature_tables(lh.uri(table_of(USER_FEATURES)))),
         positive_rate=round(float(rows["purchased_next_7d"].mean()), 4) if rows.height else 0.0,
-        key_index=dg.MetadataValue.json(index),
+        key_index=dg.MetadataValue.json(built.key_index),
         null_feature_rows=int(rows["total_events"].null_count()) if rows.height else 0,
     ))
 

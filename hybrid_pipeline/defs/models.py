@@ -52,6 +52,7 @@ from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
 from hybrid_pipeline.ml import reproduce as recipe_mod
 from hybrid_pipeline.ml.digit_config import DigitTrainConfig
+from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA
 
 PURCHASE_MODEL = dg.AssetKey(["models", "purchase_model"])
@@ -73,6 +74,7 @@ AUTOMATION_SENSOR: Final = "models_automation_sensor"
 PURCHASE_TRAINING_JOB: Final = "purchase_model_training"
 DIGIT_TRAINING_JOB: Final = "digit_classifier_training"
 PREDICTIONS_JOB: Final = "batch_predictions"
+_PURCHASE_DEFAULTS = PurchaseTrainConfig()
 _DIGIT_DEFAULTS = DigitTrainConfig()
 _OWNERS = ["team:ml-platform"]
 _GROUP = "models"
@@ -120,9 +122,9 @@ class ModelRegistryResource(dg.ConfigurableResource):
         return ModelRegistry(self.tracking_uri)
 
     def client(self):  # noqa: ANN201 - mlflow.tracking.MlflowClient
-        from hybrid_pipeline.ml.registry import _mlflow_client
+        from hybrid_pipeline.ml.registry import mlflow_client
 
-        return _mlflow_client(self.tracking_uri)
+        return mlflow_client(self.tracking_uri)
 
     def store_exists(self) -> bool:
         """False for a SQLite store whose file does not exist yet (nothing registered; mlflow not even imported)."""
@@ -163,29 +165,37 @@ def model_resources(settings: Any, tracking_uri: str | None = None, device: str 
 
 
 class PurchaseModelConfig(dg.Config):
-    """Hyperparameters and split of ``models/purchase_model`` (defaults: :class:`~hybrid_pipeline.ml.reproduce.PurchaseRecipe`)."""
+    """Hyperparameters and holdout of ``models/purchase_model`` in the launchpad.
 
-    hidden_sizes: list[int] = list(recipe_mod.PurchaseRecipe.hidden_sizes)
-    dropout: float = recipe_mod.PurchaseRecipe.dropout
-    learning_rate: float = recipe_mod.PurchaseRecipe.learning_rate
-    weight_decay: float = recipe_mod.PurchaseRecipe.weight_decay
-    batch_size: int = recipe_mod.PurchaseRecipe.batch_size
-    max_epochs: int = recipe_mod.PurchaseRecipe.max_epochs
-    patience: int = recipe_mod.PurchaseRecipe.patience
-    min_delta: float = recipe_mod.PurchaseRecipe.min_delta
-    seed: int = recipe_mod.PurchaseRecipe.seed
-    split_salt: str = recipe_mod.PurchaseRecipe.split_salt
-    valid_fraction: float = recipe_mod.PurchaseRecipe.valid_fraction
-    test_fraction: float = recipe_mod.PurchaseRecipe.test_fraction
+    Defaults come from :class:`~hybrid_pipeline.ml.purchase_config.PurchaseTrainConfig`, the one
+    place they are set; where it runs (device, threads) comes from the ``torch_device`` resource.
+    """
 
-    def recipe(self) -> recipe_mod.PurchaseRecipe:
+    hidden_sizes: list[int] = list(_PURCHASE_DEFAULTS.hidden_sizes)
+    dropout: float = _PURCHASE_DEFAULTS.dropout
+    learning_rate: float = _PURCHASE_DEFAULTS.learning_rate
+    weight_decay: float = _PURCHASE_DEFAULTS.weight_decay
+    batch_size: int = _PURCHASE_DEFAULTS.batch_size
+    max_epochs: int = _PURCHASE_DEFAULTS.max_epochs
+    patience: int = _PURCHASE_DEFAULTS.patience
+    min_delta: float = _PURCHASE_DEFAULTS.min_delta
+    seed: int = _PURCHASE_DEFAULTS.seed
+    split_salt: str = _PURCHASE_DEFAULTS.split_salt
+    valid_fraction: float = _PURCHASE_DEFAULTS.valid_fraction
+    test_fraction: float = _PURCHASE_DEFAULTS.test_fraction
+
+    def train_config(self, device: str, num_threads: int | None) -> PurchaseTrainConfig:
         d = self.model_dump()
         d["hidden_sizes"] = tuple(d["hidden_sizes"])
-        return recipe_mod.PurchaseRecipe(**d)
+        return PurchaseTrainConfig(**d, device=device, num_threads=num_threads)
 
 
 class DigitModelConfig(dg.Config):
-    """Hyperparameters of ``models/digit_classifier`` (defaults: :class:`~hybrid_pipeline.ml.digit_config.DigitTrainConfig`)."""
+    """Hyperparameters of ``models/digit_classifier`` in the launchpad.
+
+    Defaults come from :class:`~hybrid_pipeline.ml.digit_config.DigitTrainConfig`, the one place
+    they are set; where it runs (device, threads) comes from the ``torch_device`` resource.
+    """
 
     channels: list[int] = list(_DIGIT_DEFAULTS.channels)
     hidden: int = _DIGIT_DEFAULTS.hidden
@@ -255,9 +265,9 @@ def _run_inputs(registry: Any, run_id: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(tags.get("input_versions") or "{}").items()}
 
 
-def _model_recipe(registry: Any, run_id: str) -> recipe_mod.PurchaseRecipe:
+def _model_config(registry: Any, run_id: str) -> PurchaseTrainConfig:
     params = registry.get_run(run_id)["params"]
-    return recipe_mod.recipe_from_run_params(params)
+    return recipe_mod.config_from_run_params(params)
 
 
 def _encoding_of(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -445,9 +455,9 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         rows, snapshot = _training_snapshot(lh, context.instance)
         if rows.height == 0:
             raise dg.Failure("features/training_set is empty (no label has a complete 7-day horizon yet)")
-        recipe = config.recipe()
         settings = torch_device.settings()
-        result, data = recipe_mod.train_recipe(rows, recipe, device=settings, num_threads=torch_device.num_threads)
+        train_config = config.train_config(settings.device, torch_device.num_threads)
+        result, data = recipe_mod.train_recipe(rows, train_config, device=settings)
         m = result.metrics
         definitions_hash = snapshot["definitions_hash"] or catalog.definitions_hash(
             catalog.feature_tables(lh.uri(table_of(USER_FEATURES))))
@@ -483,8 +493,8 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             "best_epoch": result.best_epoch,
             "device": result.device,
             "deterministic": result.deterministic,
-            "seed": recipe.seed,
-            "hyperparameters": dg.MetadataValue.json(_json_safe(recipe.to_params())),
+            "seed": train_config.seed,
+            "hyperparameters": dg.MetadataValue.json(_json_safe(result.params)),
             "mlflow_run_id": run_id,
             "model_name": PURCHASE_MODEL_NAME,
             "model_version": version,
@@ -533,10 +543,10 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         new = registry.load_model_version(PURCHASE_MODEL_NAME, new_version)
         run_id = str(new.run_id)
         inputs = _run_inputs(registry, run_id)
-        recipe = _model_recipe(registry, run_id)
+        train_config = _model_config(registry, run_id)
         lh = lakehouse.lakehouse()
         rows = lh.read(table_of(TRAINING_SET), version=inputs[table_of(TRAINING_SET)])
-        data = recipe_mod.prepare(rows, recipe)
+        data = recipe_mod.prepare(rows, train_config)
         test_rows = data.rows.filter(pl.col("split") == "test")
         y = test_rows[recipe_mod.LABEL].cast(pl.Float64).to_numpy()
 

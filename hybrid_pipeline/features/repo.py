@@ -9,16 +9,24 @@ The generated module only holds literals checked here (identifiers, Feast type n
 repr'd strings), so it can be regenerated on every run and applied with ``feast apply``
 (run with ``cwd=repo_dir``; Feast imports repo files by their path relative to the
 working directory) or in-process with :func:`apply_feature_repo`.
+
+:func:`temporary_feature_store` builds the same objects from the same generated text in
+memory (for instance with every table pinned to a Delta version) and registers them in a
+throwaway registry, so a retrieval at other versions never rewrites the generated repo
+that the ``feast`` CLI, the online materialization and the checks read meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import keyword
 import re
+import shutil
 import sys
+import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +39,10 @@ __all__ = [
     "FEAST_TYPES",
     "FeatureTableSpec",
     "apply_feature_repo",
+    "feature_objects",
+    "key_index_dir",
     "load_feature_definitions",
+    "temporary_feature_store",
     "write_feature_repo",
 ]
 
@@ -183,6 +194,51 @@ def _render_definitions(project: str, tables: Sequence[FeatureTableSpec], servic
     return "\n".join(lines)
 
 
+def _checked_services(
+    project: str, tables: Sequence[FeatureTableSpec], feature_services: Mapping[str, Sequence[str]] | None
+) -> dict[str, Sequence[str]]:
+    """Validate the project, tables and services; the services, defaulted to ``<project>_all``."""
+    _ident(project, "project")
+    if not tables:
+        raise ValueError("a feature repo needs at least one table")
+    for spec in tables:
+        spec.validate()
+    names = [spec.name for spec in tables]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate feature view names in {names}")
+    services: dict[str, Sequence[str]] = (
+        dict(feature_services) if feature_services is not None else {f"{project}_all": names}
+    )
+    for service, views in services.items():
+        _ident(service, "feature service name")
+        unknown = set(views) - set(names)
+        if unknown or not views:
+            raise ValueError(f"feature service {service!r} names unknown or no views: {sorted(unknown)}")
+        if service in names:
+            raise ValueError(f"feature service {service!r} has the name of a feature view")
+    return services
+
+
+def _store_config(
+    project: str,
+    registry: str | Mapping[str, Any],
+    online_store: Mapping[str, Any],
+    offline_store: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``feature_store.yaml`` mapping; the generated repo and the temporary stores share it."""
+    return {
+        "project": project,
+        "provider": "local",
+        "registry": dict(registry) if isinstance(registry, Mapping) else str(registry),
+        "offline_store": {"type": OFFLINE_STORE_TYPE, **dict(offline_store or {})},
+        "online_store": dict(online_store),
+        "entity_key_serialization_version": 3,
+        # Feast would copy the whole entity frame to make naive timestamps UTC-aware; the Delta
+        # store reads naive timestamps as UTC itself (features.pit.to_utc), in its one pass.
+        "coerce_tz_aware": False,
+    }
+
+
 def write_feature_repo(
     repo_dir: str | Path,
     project: str,
@@ -209,39 +265,11 @@ def write_feature_repo(
     Returns:
         ``repo_dir`` as a ``Path``; ``FeatureStore(repo_path=...)`` reads it.
     """
-    _ident(project, "project")
-    if not tables:
-        raise ValueError("a feature repo needs at least one table")
-    for spec in tables:
-        spec.validate()
-    names = [spec.name for spec in tables]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate feature view names in {names}")
-    services = dict(feature_services) if feature_services is not None else {f"{project}_all": names}
-    for service, views in services.items():
-        _ident(service, "feature service name")
-        unknown = set(views) - set(names)
-        if unknown or not views:
-            raise ValueError(f"feature service {service!r} names unknown or no views: {sorted(unknown)}")
-        if service in names:
-            raise ValueError(f"feature service {service!r} has the name of a feature view")
-
+    services = _checked_services(project, tables, feature_services)
     repo = Path(repo_dir).resolve()
     repo.mkdir(parents=True, exist_ok=True)
-    offline: dict[str, Any] = {"type": OFFLINE_STORE_TYPE}
-    if offline_storage_options:
-        offline["storage_options"] = dict(offline_storage_options)
-    config = {
-        "project": project,
-        "provider": "local",
-        "registry": dict(registry) if isinstance(registry, Mapping) else str(registry or repo / "data" / "registry.db"),
-        "offline_store": offline,
-        "online_store": dict(online_store),
-        "entity_key_serialization_version": 3,
-        # Feast would copy the whole entity frame to make naive timestamps UTC-aware; the Delta
-        # store reads naive timestamps as UTC itself (features.pit.to_utc), in its one pass.
-        "coerce_tz_aware": False,
-    }
+    offline = {"storage_options": dict(offline_storage_options)} if offline_storage_options else {}
+    config = _store_config(project, registry or str(repo / "data" / "registry.db"), online_store, offline)
     (repo / "data").mkdir(exist_ok=True)
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (repo / DEFINITIONS_FILE).write_text(_render_definitions(project, tables, services))
@@ -250,10 +278,79 @@ def write_feature_repo(
     return repo
 
 
-def load_feature_definitions(repo_dir: str | Path) -> list[Any]:
-    """Import the generated definitions module (under a unique name) and return its Feast objects."""
+def key_index_dir(repo_dir: str | Path) -> Path:
+    """Where the Delta store of the repo generated in ``repo_dir`` keeps its key indexes
+    (its default, ``<repo>/data/key_index``): stores over the same tables share them."""
+    return Path(repo_dir).resolve() / "data" / "key_index"
+
+
+def _feast_objects(namespace: Mapping[str, Any]) -> list[Any]:
     from feast import Entity, FeatureService, FeatureView
 
+    wanted = (Entity, FeatureView, FeatureService)
+    return [obj for obj in namespace.values() if isinstance(obj, wanted)]
+
+
+def feature_objects(
+    project: str,
+    tables: Sequence[FeatureTableSpec],
+    feature_services: Mapping[str, Sequence[str]] | None = None,
+) -> list[Any]:
+    """The entities, feature views and services that :func:`write_feature_repo` would declare.
+
+    Executes the very text the definitions module would hold, without writing it, so the
+    objects a temporary store registers cannot differ from the ones ``feast apply`` reads.
+    """
+    services = _checked_services(project, tables, feature_services)
+    source = _render_definitions(project, tables, services)
+    namespace: dict[str, Any] = {"__name__": f"_hybrid_feast_defs_{uuid.uuid4().hex}"}
+    # the same generated text, whose literals were checked, that feast apply would import
+    exec(compile(source, f"<{DEFINITIONS_FILE} for {project}>", "exec"), namespace)  # noqa: S102
+    return _feast_objects(namespace)
+
+
+@contextlib.contextmanager
+def temporary_feature_store(
+    project: str,
+    tables: Sequence[FeatureTableSpec],
+    *,
+    feature_services: Mapping[str, Sequence[str]] | None = None,
+    key_index_dir: str | Path | None = None,
+    offline_storage_options: Mapping[str, str] | None = None,
+) -> Iterator[Any]:
+    """A ``feast.FeatureStore`` over ``tables`` whose registry and online store live in a
+    temporary directory, removed on exit; nothing else is written.
+
+    Why: retrieving at pinned table versions (each spec's ``version``) through the generated
+    repo would mean rewriting and re-applying it, and everything reading that repo meanwhile
+    (the ``feast`` CLI, online materialization, checks) would see the pinned definitions.
+    Here the objects come from :func:`feature_objects` and are applied to a registry of
+    their own. ``key_index_dir``: the key indexes to use (and where
+    ``DeltaOfflineStore.build_key_index`` writes); ``None`` switches them off. Collect
+    retrieval results before leaving the block.
+    """
+    from feast import FeatureStore, RepoConfig
+
+    objects = feature_objects(project, tables, feature_services)
+    offline: dict[str, Any] = {"key_index": key_index_dir is not None}
+    if key_index_dir is not None:
+        offline["key_index_path"] = str(Path(key_index_dir).resolve())
+    if offline_storage_options:
+        offline["storage_options"] = dict(offline_storage_options)
+    tmp = Path(tempfile.mkdtemp(prefix="hp-feast-"))
+    try:
+        config = RepoConfig(**_store_config(project, str(tmp / "registry.db"),
+                                            {"type": "sqlite", "path": str(tmp / "online.db")}, offline))
+        config.repo_path = tmp
+        store = FeatureStore(repo_path=str(tmp), config=config)
+        store.apply(objects)
+        yield store
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_feature_definitions(repo_dir: str | Path) -> list[Any]:
+    """Import the generated definitions module (under a unique name) and return its Feast objects."""
     path = Path(repo_dir) / DEFINITIONS_FILE
     module_name = f"_hybrid_feast_defs_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -264,8 +361,7 @@ def load_feature_definitions(repo_dir: str | Path) -> list[Any]:
         spec.loader.exec_module(module)
     finally:
         sys.modules.pop(module_name, None)
-    wanted = (Entity, FeatureView, FeatureService)
-    return [obj for obj in vars(module).values() if isinstance(obj, wanted)]
+    return _feast_objects(vars(module))
 
 
 def apply_feature_repo(repo_dir: str | Path):

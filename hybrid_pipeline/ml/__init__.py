@@ -6,10 +6,12 @@ until a name is used: torch, mlflow and matplotlib are heavy.
 
 Modules: ``device`` (pick_device), ``tabular`` (streaming Delta -> tensors,
 standardisation), ``metrics`` (AUC, log loss, ECE in numpy), ``training``
-(seeds, determinism, the shared epoch loop ``fit``, TrainResult), ``purchase_model`` (MLP),
-``digit_model`` (CNN on the image manifest; its hyperparameters in ``digit_config``), ``architectures`` (spec ->
-module), ``plots`` (PNG / markdown), ``registry`` (MLflow runs + model
-registry), ``drift`` (PSI).
+(seeds, determinism, the shared epoch loop ``fit``, TrainResult), ``purchase_model``
+(MLP; its hyperparameters in ``purchase_config``), ``digit_model`` (CNN on the image
+manifest; its hyperparameters in ``digit_config``), ``architectures`` (spec -> module),
+``plots`` (PNG / markdown), ``registry`` (MLflow runs + model registry), ``drift`` (PSI),
+``training_set`` (the purchase training set at pinned Delta versions, through Feast),
+``reproduce`` (the purchase recipe and rebuilding a registered version).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _LAZY = {
     "roc_auc": "metrics",
     "TrainResult": "training",
     "PurchaseMLP": "purchase_model",
-    "PurchaseTrainConfig": "purchase_model",
+    "PurchaseTrainConfig": "purchase_config",
     "predict_proba": "purchase_model",
     "train_purchase_model": "purchase_model",
     "DigitCNN": "digit_model",

@@ -26,6 +26,7 @@ from hybrid_pipeline.ml.metrics import expected_calibration_error
 from hybrid_pipeline.ml.training import TrainResult, deterministic_mode, fit, seed_everything, torch_threads
 
 ARCHITECTURE = "digit_cnn"
+_DEFAULTS = DigitTrainConfig()
 
 
 class DigitCNN(nn.Module):
@@ -37,9 +38,9 @@ class DigitCNN(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
-        channels: Sequence[int] = (16, 32),
-        hidden: int = 64,
-        dropout: float = 0.25,
+        channels: Sequence[int] = _DEFAULTS.channels,
+        hidden: int = _DEFAULTS.hidden,
+        dropout: float = _DEFAULTS.dropout,
         in_channels: int = 1,
         image_size: Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,

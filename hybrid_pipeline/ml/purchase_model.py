@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
@@ -20,10 +20,12 @@ from torch import nn
 
 from hybrid_pipeline.ml.device import DeviceSettings, pick_device
 from hybrid_pipeline.ml.metrics import binary_metrics
+from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
 from hybrid_pipeline.ml.tabular import RunningMoments, Standardizer, TensorBatch
 from hybrid_pipeline.ml.training import TrainResult, deterministic_mode, fit, seed_everything, torch_threads
 
 ARCHITECTURE = "purchase_mlp"
+_DEFAULTS = PurchaseTrainConfig()
 
 
 class PurchaseMLP(nn.Module):
@@ -35,8 +37,8 @@ class PurchaseMLP(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        hidden_sizes: Sequence[int] = (64, 32),
-        dropout: float = 0.1,
+        hidden_sizes: Sequence[int] = _DEFAULTS.hidden_sizes,
+        dropout: float = _DEFAULTS.dropout,
         feature_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -82,35 +84,6 @@ class PurchaseMLP(nn.Module):
             "kwargs": {"input_dim": self.input_dim, "hidden_sizes": list(self.hidden_sizes),
                        "dropout": self.dropout, "feature_names": self.feature_names},
         }
-
-
-@dataclass(frozen=True)
-class PurchaseTrainConfig:
-    """Hyperparameters; all of them are recorded with the run."""
-
-    hidden_sizes: tuple[int, ...] = (64, 32)
-    dropout: float = 0.1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 512
-    max_epochs: int = 20
-    patience: int = 3
-    min_delta: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    standardize: bool = True
-    shuffle: bool = True
-    deterministic: bool = True
-    num_threads: int | None = None  # CPU intra-op threads for this call (None: torch's default)
-    pos_weight: float | None = None
-    feature_names: tuple[str, ...] | None = None
-    eval_batch_size: int = 65_536
-
-    def to_params(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        d["feature_names"] = list(self.feature_names) if self.feature_names else None
-        return d
 
 
 ValidData = TensorBatch | tuple[torch.Tensor, torch.Tensor]

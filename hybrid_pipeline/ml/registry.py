@@ -75,8 +75,12 @@ def default_artifact_location(tracking_uri: str) -> str:
     return ""
 
 
-def _mlflow_client(tracking_uri: str) -> MlflowClient:
-    # set at call time (never at import); a value already in the environment wins
+def mlflow_client(tracking_uri: str) -> MlflowClient:
+    """An MLflow client for tracking and registry at ``tracking_uri`` (a SQLite file's folder is created).
+
+    Telemetry and artifact progress bars are switched off here, at call time, never at
+    import; a value already in the environment wins.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
@@ -215,7 +219,7 @@ def log_training_run(
     """
     from mlflow.entities import Metric, Param, RunTag
 
-    client = _mlflow_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp_id = _experiment_id(client, experiment, artifact_location)
     code = code_version or detect_code_version()
     all_params: dict[str, str] = _flatten(params)
@@ -335,7 +339,7 @@ def register_model(
     """Register the run's ``model/`` folder as a new version of ``name`` (created if needed)."""
     from mlflow.exceptions import MlflowException
 
-    client = _mlflow_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
@@ -359,7 +363,8 @@ class LoadedModel:
     config: dict[str, Any]
 
 
-def _resolve_version(client: MlflowClient, name: str, version: int | str) -> Any:
+def resolve_version(client: MlflowClient, name: str, version: int | str) -> Any:
+    """The ``ModelVersion`` of ``name`` that ``version`` names: a number, or an alias such as ``production``."""
     if isinstance(version, int) or str(version).isdigit():
         return client.get_model_version(name, str(version))
     return client.get_model_version_by_alias(name, str(version))
@@ -374,8 +379,8 @@ def load_model_version(
     """Download a registered version's files and rebuild the module; ``version`` may be an alias."""
     import mlflow.artifacts
 
-    client = _mlflow_client(tracking_uri)
-    mv = _resolve_version(client, name, version)
+    client = mlflow_client(tracking_uri)
+    mv = resolve_version(client, name, version)
     with tempfile.TemporaryDirectory(prefix="hp-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=tmp,
                                                     tracking_uri=tracking_uri)
@@ -385,7 +390,7 @@ def load_model_version(
 
 def set_production(tracking_uri: str, name: str, version: int, alias: str = PRODUCTION_ALIAS) -> None:
     """Point ``alias`` (default ``production``) at ``version``; the previous holder loses it."""
-    _mlflow_client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+    mlflow_client(tracking_uri).set_registered_model_alias(name, alias, str(version))
 
 
 def get_production(tracking_uri: str, name: str, alias: str = PRODUCTION_ALIAS) -> int | None:
@@ -393,7 +398,7 @@ def get_production(tracking_uri: str, name: str, alias: str = PRODUCTION_ALIAS) 
     from mlflow.exceptions import MlflowException
 
     try:
-        return int(_mlflow_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+        return int(mlflow_client(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -402,7 +407,7 @@ def get_production(tracking_uri: str, name: str, alias: str = PRODUCTION_ALIAS) 
 
 def get_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
     """A run's params, metrics (latest values) and tags as plain dicts."""
-    run = _mlflow_client(tracking_uri).get_run(run_id)
+    run = mlflow_client(tracking_uri).get_run(run_id)
     return {"run_id": run.info.run_id, "status": run.info.status, "artifact_uri": run.info.artifact_uri,
             "params": dict(run.data.params), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
 
@@ -466,7 +471,9 @@ __all__ = [
     "load_model_version",
     "log_train_result",
     "log_training_run",
+    "mlflow_client",
     "register_model",
+    "resolve_version",
     "save_model_dir",
     "set_production",
 ]

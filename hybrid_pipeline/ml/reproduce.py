@@ -7,15 +7,18 @@ reproduces it cannot drift apart:
   the string features one-hot / counted, nulls made explicit), which users form the
   train/validation/test holdout (:func:`split_of`: a hash of the user id, so the
   holdout never changes with new data or reruns), and the hyperparameters
-  (:class:`PurchaseRecipe`); :func:`train_recipe` trains from rows sorted by
-  ``(user_id, event_timestamp)`` so the minibatch order only depends on the content.
+  (:class:`~hybrid_pipeline.ml.purchase_config.PurchaseTrainConfig`); :func:`train_recipe`
+  trains from rows sorted by ``(user_id, event_timestamp)`` so the minibatch order only
+  depends on the content.
 * **reproduction**: :func:`reproduce` reads a registered version's run record (the
   Delta versions of ``gold/user_labels`` and ``gold/user_features`` the training set
   was built from, the training set's content hash, seed and hyperparameters),
-  rebuilds the training set by Delta time travel with the same point-in-time join the
-  feature store ran (:func:`rebuild_training_set`: labels@v, features@v, 30-day TTL),
-  checks the rebuilt rows hash to the recorded ``content_sha256``, retrains with the
-  recorded recipe and compares the metrics with the recorded ones.
+  rebuilds the training set by Delta time travel with the very function the
+  ``features/training_set`` asset ran
+  (:func:`~hybrid_pipeline.ml.training_set.build_training_set`: labels@v, features@v
+  through a Feast store pinned at v, 30-day TTL), checks the rebuilt rows hash to the
+  recorded ``content_sha256``, retrains with the recorded config and compares the
+  metrics with the recorded ones.
 
 Tolerance (stated): on CPU with deterministic algorithms, the same thread count and
 the same torch build, a retrain is bit-identical, so metrics must agree within
@@ -38,29 +41,32 @@ import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import polars as pl
 
+from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
+from hybrid_pipeline.ml.training_set import (
+    FEATURES_TABLE,
+    KEYS,
+    LABEL,
+    LABELS_TABLE,
+    TRAINING_SET_TABLE,
+    build_training_set,
+    content_sha256,
+)
 from hybrid_pipeline.transforms.features import FEATURE_COLUMNS, FEATURES_SCHEMA
 
 if TYPE_CHECKING:
-    import torch
-
     from hybrid_pipeline.lakehouse import Lakehouse
     from hybrid_pipeline.ml.device import DeviceSettings
     from hybrid_pipeline.ml.training import TrainResult
 
 MODEL_NAME: Final = "purchase_model"
 EXPERIMENT: Final = "purchase_model"
-LABEL: Final = "purchased_next_7d"
-KEYS: Final = ("user_id", "event_timestamp")
-TRAINING_SET_TABLE: Final = "features/training_set"
-LABELS_TABLE: Final = "gold/user_labels"
-FEATURES_TABLE: Final = "gold/user_features"
 CPU_TOLERANCE: Final = 1e-6
 CROSS_DEVICE_TOLERANCE: Final = 0.02
 COMPARED_METRICS: Final = ("test_auc", "test_log_loss", "test_ece", "test_accuracy", "valid_auc", "valid_log_loss")
@@ -183,63 +189,7 @@ def split_of(user_id: str, salt: str, valid_fraction: float, test_fraction: floa
     return "train"
 
 
-# --------------------------------------------------------------------------- recipe
-
-
-@dataclass(frozen=True)
-class PurchaseRecipe:
-    """Every knob of a purchase-model training run; all of it is recorded with the run."""
-
-    hidden_sizes: tuple[int, ...] = (32, 16)
-    dropout: float = 0.1
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 60
-    patience: int = 8
-    min_delta: float = 1e-4
-    seed: int = 0
-    split_salt: str = "purchase_model/v1"
-    valid_fraction: float = 0.15
-    test_fraction: float = 0.2
-
-    def train_config(self, device: str = "cpu", num_threads: int | None = None):  # noqa: ANN201 - PurchaseTrainConfig
-        from hybrid_pipeline.ml.purchase_model import PurchaseTrainConfig
-
-        return PurchaseTrainConfig(
-            hidden_sizes=tuple(self.hidden_sizes), dropout=self.dropout, learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay, batch_size=self.batch_size, max_epochs=self.max_epochs,
-            patience=self.patience, min_delta=self.min_delta, seed=self.seed, device=device,
-            standardize=True, shuffle=True, deterministic=True, num_threads=num_threads,
-            feature_names=tuple(encoded_columns()),
-        )
-
-    def to_params(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        return d
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> PurchaseRecipe:
-        """From :meth:`to_params` output, or from MLflow's flattened string params (extra keys ignored)."""
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in params:
-                continue
-            value = params[f.name]
-            default = f.default
-            if f.name == "hidden_sizes":
-                value = tuple(int(v) for v in (json.loads(value) if isinstance(value, str) else value))
-            elif isinstance(default, bool):
-                value = value if isinstance(value, bool) else str(value).lower() == "true"
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            else:
-                value = str(value)
-            kwargs[f.name] = value
-        return cls(**kwargs)
+# --------------------------------------------------------------------------- training
 
 
 @dataclass
@@ -258,14 +208,14 @@ class PreparedData:
         return {s: int((self.rows["split"] == s).sum()) for s in SPLITS}
 
 
-def prepare(rows: pl.DataFrame, recipe: PurchaseRecipe = PurchaseRecipe()) -> PreparedData:
+def prepare(rows: pl.DataFrame, config: PurchaseTrainConfig = PurchaseTrainConfig()) -> PreparedData:
     """Labelled training-set rows -> encoded matrix, labels and split, sorted by ``(user_id, event_timestamp)``."""
     missing = [c for c in (*KEYS, LABEL) if c not in rows.columns]
     if missing:
         raise ValueError(f"training rows lack {missing}")
     labelled = rows.filter(pl.col(LABEL).is_not_null()).sort(list(KEYS))
     users = labelled["user_id"].unique().to_list()
-    splits = {u: split_of(u, recipe.split_salt, recipe.valid_fraction, recipe.test_fraction) for u in users}
+    splits = {u: split_of(u, config.split_salt, config.valid_fraction, config.test_fraction) for u in users}
     labelled = labelled.with_columns(pl.col("user_id").replace_strict(splits, return_dtype=pl.String).alias("split"))
     X = encode_features(labelled)
     y = labelled[LABEL].cast(pl.Float32).to_numpy().astype(np.float32)
@@ -274,38 +224,39 @@ def prepare(rows: pl.DataFrame, recipe: PurchaseRecipe = PurchaseRecipe()) -> Pr
 
 def train_recipe(
     rows: pl.DataFrame,
-    recipe: PurchaseRecipe = PurchaseRecipe(),
+    config: PurchaseTrainConfig = PurchaseTrainConfig(),
     *,
     device: DeviceSettings | None = None,
-    num_threads: int | None = None,
 ) -> tuple[TrainResult, PreparedData]:
-    """Train the purchase MLP on the train users, early-stop on the valid users, score the test users."""
+    """Train the purchase MLP on the train users, early-stop on the valid users, score the test users.
+
+    ``device`` (default: ``config.device``) is where it runs; the run's params are the config
+    it ran with (that device, the encoded column names), so they rebuild it.
+    """
     import torch
 
     from hybrid_pipeline.ml.device import pick_device
     from hybrid_pipeline.ml.purchase_model import train_purchase_model
     from hybrid_pipeline.ml.tabular import tensor_batches
 
-    data = prepare(rows, recipe)
+    data = prepare(rows, config)
     counts = data.counts()
     for split, n in counts.items():
         if n == 0:
             raise ValueError(f"the {split} split is empty ({counts}); the training set is too small")
-    settings = device or pick_device("cpu")
-    config = recipe.train_config(settings.device, num_threads)
+    settings = device or pick_device(config.device)
+    config = replace(config, device=settings.device, feature_names=tuple(encoded_columns()))
     Xtr, ytr = (torch.from_numpy(a) for a in data.part("train"))
     valid = tuple(torch.from_numpy(a) for a in data.part("valid"))
     test = tuple(torch.from_numpy(a) for a in data.part("test"))
     # one chunk = the whole (small) train split; the trainer shuffles it with the seeded generator
     result = train_purchase_model(tensor_batches(Xtr, ytr, max(1, Xtr.shape[0])), valid, config,  # type: ignore[arg-type]
                                   test=test, device=settings)  # type: ignore[arg-type]
-    result.params.update({f"recipe.{k}": v for k, v in recipe.to_params().items()})
-    result.params["label"] = LABEL
-    result.params["split_rows"] = counts
+    result.extra["label"] = LABEL
     result.extra["encoding"] = encoding_spec()
     result.extra["raw_feature_columns"] = list(FEATURE_COLUMNS)
-    result.extra["split"] = {"salt": recipe.split_salt, "valid_fraction": recipe.valid_fraction,
-                             "test_fraction": recipe.test_fraction, "rows": counts}
+    result.extra["split"] = {"salt": config.split_salt, "valid_fraction": config.valid_fraction,
+                             "test_fraction": config.test_fraction, "rows": counts}
     return result, data
 
 
@@ -315,9 +266,14 @@ def feature_definition(definitions_hash: str | None = None) -> dict[str, Any]:
             "encoding": encoding_spec(), "label": LABEL, "keys": list(KEYS)}
 
 
-def recipe_from_run_params(params: Mapping[str, Any]) -> PurchaseRecipe:
-    """The recipe from a run record's params (``recipe.<field>`` keys)."""
-    return PurchaseRecipe.from_params({k.removeprefix("recipe."): v for k, v in params.items() if k.startswith("recipe.")})
+def config_from_run_params(params: Mapping[str, Any]) -> PurchaseTrainConfig:
+    """The config a run trained with, from its recorded params.
+
+    Runs recorded while the holdout had a config of its own keep it (and a copy of the
+    hyperparameters) under ``recipe.<field>`` keys; those win, so such runs rebuild too.
+    """
+    recorded = {**params, **{k.removeprefix("recipe."): v for k, v in params.items() if k.startswith("recipe.")}}
+    return PurchaseTrainConfig.from_params(recorded)
 
 
 def record_training_run(
@@ -360,53 +316,13 @@ def record_training_run(
     return run_id, version
 
 
-# --------------------------------------------------------------------------- rebuilding the training set
-
-
-def content_sha256(df: pl.DataFrame) -> str:
-    """The training set's content hash exactly as the ``features/training_set`` asset records it."""
-    from hybrid_pipeline.defs.feature_store import frame_hash
-
-    return frame_hash(df, list(KEYS))
+# --------------------------------------------------------------------------- reproduction
 
 
 def _lakehouse(lakehouse: Lakehouse | str) -> Lakehouse:
     from hybrid_pipeline.lakehouse import Lakehouse
 
     return lakehouse if isinstance(lakehouse, Lakehouse) else Lakehouse(str(lakehouse))
-
-
-def rebuild_training_set(lakehouse: Lakehouse | str, labels_version: int, features_version: int) -> pl.DataFrame:
-    """``gold/user_labels@labels_version`` joined point-in-time to ``gold/user_features@features_version``.
-
-    The same computation ``features/training_set`` runs through Feast's
-    ``get_historical_features`` on the Delta offline store: entity rows
-    (user_id, event_timestamp, label) through a pandas round trip (Feast's entity_df),
-    a backward as-of join per user with the feature view's 30-day TTL, sorted by
-    ``(user_id, event_timestamp)``.
-    """
-    from hybrid_pipeline.features.catalog import USER_FEATURE_TTL
-    from hybrid_pipeline.features.pit import FeatureSourceSpec, point_in_time_join_lazy, to_utc
-
-    lh = _lakehouse(lakehouse)
-    labels = lh.read(LABELS_TABLE, version=labels_version).select("user_id", "event_timestamp", LABEL)
-    if labels.height == 0:
-        return labels.with_columns(pl.lit(None, FEATURES_SCHEMA[c]).alias(c) for c in FEATURE_COLUMNS)
-    entities = pl.from_pandas(labels.to_pandas())  # what Feast hands the offline store
-    entities = entities.with_columns(to_utc(pl.col("event_timestamp"), entities.schema["event_timestamp"]))
-    source = FeatureSourceSpec(
-        name="user_features",
-        frame=pl.scan_delta(lh.uri(FEATURES_TABLE), version=features_version, storage_options=lh.storage_options or None),
-        join_keys=["user_id"],
-        timestamp_field="event_timestamp",
-        feature_columns=list(FEATURE_COLUMNS),
-        ttl=USER_FEATURE_TTL,
-    )
-    rows = point_in_time_join_lazy(entities, [source]).collect(engine="streaming")
-    return rows.sort(list(KEYS))
-
-
-# --------------------------------------------------------------------------- reproduction
 
 
 class ReproduceError(RuntimeError):
@@ -503,7 +419,7 @@ def reproduce(
 
     ``version`` is a number or an alias (``production``). The rebuilt rows must hash to
     the recorded ``content_sha256`` (byte-identical) and, when the training set's own
-    recorded version is still readable, equal it. With ``retrain``, the recorded recipe
+    recorded version is still readable, equal it. With ``retrain``, the recorded config
     (seed, hyperparameters, split) is trained again on ``device`` with the recorded
     thread count (unless ``num_threads`` is given) and the validation/test metrics are
     compared within ``tolerance`` (default :data:`CPU_TOLERANCE` when both runs are on
@@ -511,12 +427,12 @@ def reproduce(
     record is incomplete or a recorded version can no longer be read.
     """
     from hybrid_pipeline.ml.device import pick_device
-    from hybrid_pipeline.ml.registry import _mlflow_client, _resolve_version
+    from hybrid_pipeline.ml.registry import mlflow_client, resolve_version
 
     started = time.perf_counter()
-    client = _mlflow_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
-        mv = _resolve_version(client, model_name, version)
+        mv = resolve_version(client, model_name, version)
     except Exception as exc:  # noqa: BLE001 - MlflowException for unknown names/versions/aliases
         raise ReproduceError(f"no version {version!r} of model {model_name!r} in {tracking_uri}: {exc}") from exc
     run_id = str(mv.run_id)
@@ -534,7 +450,7 @@ def reproduce(
 
     lh = _lakehouse(lakehouse)
     try:
-        rows = rebuild_training_set(lh, inputs[LABELS_TABLE], inputs[FEATURES_TABLE])
+        rows = build_training_set(lh, inputs[LABELS_TABLE], inputs[FEATURES_TABLE]).rows
     except Exception as exc:  # noqa: BLE001 - delta-rs/polars errors for missing versions or vacuumed files
         raise ReproduceError(
             f"cannot read {LABELS_TABLE}@v{inputs[LABELS_TABLE]} / {FEATURES_TABLE}@v{inputs[FEATURES_TABLE]} "
@@ -559,12 +475,12 @@ def reproduce(
         matches_stored_snapshot=stored_equal, retrained=retrain, recorded_device=recorded_device, notes=notes,
     )
     if retrain:
-        recipe = recipe_from_run_params(params)
-        if "seed" in record and record["seed"] is not None and int(record["seed"]) != recipe.seed:
-            raise ReproduceError(f"run {run_id}: recorded seed {record['seed']} differs from recipe seed {recipe.seed}")
-        threads = num_threads if num_threads is not None else params.get("num_threads")
-        settings = pick_device(device)
-        result, _ = train_recipe(rows, recipe, device=settings, num_threads=int(threads) if threads else None)
+        config = config_from_run_params(params)
+        if "seed" in record and record["seed"] is not None and int(record["seed"]) != config.seed:
+            raise ReproduceError(f"run {run_id}: recorded seed {record['seed']} differs from config seed {config.seed}")
+        if num_threads is not None:
+            config = replace(config, num_threads=num_threads)
+        result, _ = train_recipe(rows, config, device=pick_device(device))
         recorded = {k: float(v) for k, v in run.data.metrics.items() if k in COMPARED_METRICS}
         report.recorded_metrics = recorded
         report.reproduced_metrics = {k: float(result.metrics[k]) for k in recorded if k in result.metrics}
@@ -585,11 +501,10 @@ __all__ = [
     "LABEL",
     "MODEL_NAME",
     "PreparedData",
-    "PurchaseRecipe",
     "ReproduceError",
     "ReproduceReport",
     "SEGMENTS",
-    "content_sha256",
+    "config_from_run_params",
     "encode_features",
     "encode_frame",
     "encoded_columns",
@@ -598,8 +513,6 @@ __all__ = [
     "prepare",
     "raw_feature_frame",
     "record_training_run",
-    "rebuild_training_set",
-    "recipe_from_run_params",
     "reproduce",
     "split_of",
     "train_recipe",

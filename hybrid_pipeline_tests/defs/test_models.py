@@ -7,6 +7,7 @@ automation conditions (drift check after each features update, retraining, promo
 """
 
 
+import dataclasses
 import warnings
 from datetime import date, timedelta
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from hybrid_pipeline.defs.keys import TRAINING_SET
 from hybrid_pipeline.defs.models import (
     DIGIT_CLASSIFIER,
     DIGIT_TRAINING_JOB,
+    DigitModelConfig,
     DRIFT_CHECK,
     DRIFT_CHECK_KEY,
     DRIFT_COLUMNS,
@@ -35,18 +37,22 @@ from hybrid_pipeline.defs.models import (
     PURCHASE_MODEL,
     PURCHASE_TRAINING_JOB,
     ModelPolicyResource,
+    PurchaseModelConfig,
     TorchDeviceResource,
     model_resources,
     purchase_predictor,
 )
+from hybrid_pipeline.ml.digit_config import DigitTrainConfig
+from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
 from hybrid_pipeline.ml.registry import default_tracking_uri, get_production, get_run
-from hybrid_pipeline.ml.reproduce import MODEL_NAME, reproduce
+from hybrid_pipeline.ml.reproduce import MODEL_NAME, config_from_run_params, encoded_columns, reproduce
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline.transforms.features import FEATURE_COLUMNS
 from hybrid_pipeline_tests.conftest import make_env
 
 pytestmark = pytest.mark.integration
 DAYS = 14
+DIGIT_EPOCHS = 5  # the digit run's one override of its defaults, for time
 LAST_DAY = f"2024-01-{DAYS:02d}"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -102,7 +108,7 @@ def built(tmp_path_factory):
                 "media": run_job(defs, MEDIA_JOB, instance),
                 "train": run_job(defs, PURCHASE_TRAINING_JOB, instance),
                 "digits": run_job(defs, DIGIT_TRAINING_JOB, instance,
-                                  config={"ops": {"models__digit_classifier": {"config": {"max_epochs": 5}}}}),
+                                  config={"ops": {"models__digit_classifier": {"config": {"max_epochs": DIGIT_EPOCHS}}}}),
                 "predict": run_job(defs, PREDICTIONS_JOB, instance, partition_key=LAST_DAY),
                 "drift": run_drift_check(defs, instance, LAST_DAY),
             }
@@ -152,12 +158,35 @@ def test_the_registry_records_inputs_code_seed_and_hyperparameters(built):
     assert params["input_version.features/training_set"] == str(built.training_set["delta_version"])
     assert params["input_version.gold/user_features"] == str(versions["gold/user_features"])
     assert params["input_version.gold/user_labels"] == str(versions["gold/user_labels"])
-    assert params["seed"] == "0" and params["recipe.learning_rate"] == "0.003" and params["num_threads"] == "1"
+    assert params["seed"] == "0" and params["learning_rate"] == "0.003" and params["num_threads"] == "1"
     assert len(params["feature_definition_hash"]) == 64 and params["code_version"]
     assert tags["training_set.content_sha256"] == built.training_set["content_sha256"]
     assert tags["training_set.definitions_hash"] == built.training_set["definitions_hash"]
     assert tags["device"] == "cpu" and tags["dagster.asset"] == "models/purchase_model"
     assert run["metrics"]["test_auc"] == pytest.approx(built.model["test_auc"])
+
+
+@pytest.mark.parametrize("launchpad, library", [(PurchaseModelConfig, PurchaseTrainConfig),
+                                                (DigitModelConfig, DigitTrainConfig)])
+def test_the_run_config_takes_every_default_from_the_library_config(launchpad, library):
+    defaults = library()
+    launchpad_defaults = launchpad().model_dump()
+    assert launchpad_defaults  # the launchpad shows the model's hyperparameters
+    for name, value in launchpad_defaults.items():
+        expected = getattr(defaults, name)
+        assert value == (list(expected) if isinstance(expected, tuple) else expected), name
+    # what the launchpad does not show (where it runs) keeps the library's defaults as well
+    assert launchpad().train_config(device=defaults.device, num_threads=defaults.num_threads) == defaults
+
+
+def test_a_run_with_the_default_config_records_exactly_the_default_hyperparameters(built):
+    ran_with = {"device": "cpu", "num_threads": 1}  # from the torch_device resource of these tests
+    purchase = dataclasses.replace(PurchaseTrainConfig(), **ran_with, feature_names=tuple(encoded_columns()))
+    run = get_run(built.uri, built.model["mlflow_run_id"])
+    assert config_from_run_params(run["params"]) == purchase
+    assert built.model["hyperparameters"] == purchase.to_params()
+    digits = dataclasses.replace(DigitTrainConfig(), **ran_with, max_epochs=DIGIT_EPOCHS)
+    assert materialization(built.runs["digits"], DIGIT_CLASSIFIER)["hyperparameters"] == digits.to_params()
 
 
 def test_checks_pass_and_the_version_is_promoted(built):

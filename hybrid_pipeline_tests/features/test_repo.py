@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
+import pandas as pd
+import polars as pl
 import pytest
 import yaml
 from feast import Entity, FeatureService, FeatureView
@@ -12,11 +17,14 @@ from hybrid_pipeline.features.delta_offline_store import DeltaSource
 from hybrid_pipeline.features.repo import (
     DEFINITIONS_FILE,
     FeatureTableSpec,
+    apply_feature_repo,
+    feature_objects,
     load_feature_definitions,
+    temporary_feature_store,
     write_feature_repo,
 )
 
-from .data import ACTIVITY_TTL, PROFILE_TTL, table_specs
+from .data import ACTIVITY_TTL, PROFILE_TTL, T0, hours, table_specs
 
 
 def test_repo_declares_one_entity_two_views_and_a_service(tmp_path):
@@ -68,3 +76,45 @@ def test_services_must_name_known_views(tmp_path):
     spec = FeatureTableSpec("v", "/x", "user_id", "ts", {"a": "Int64"})
     with pytest.raises(ValueError, match="unknown"):
         write_feature_repo(tmp_path, "demo", [spec], {"type": "sqlite"}, feature_services={"svc": ["w"]})
+
+
+def test_in_memory_objects_are_the_ones_the_generated_module_declares(tmp_path):
+    specs = table_specs("/lake/a", "/lake/p", activity_version=3)
+    services = {"activity_only": ["user_activity"]}
+    repo = write_feature_repo(tmp_path / "repo", "demo", specs, {"type": "sqlite"}, feature_services=services)
+
+    def by_name(objects):
+        return {(type(o).__name__, o.name): o for o in objects}
+
+    in_memory = by_name(feature_objects("demo", specs, services))
+    assert in_memory == by_name(load_feature_definitions(repo))
+    assert in_memory[("FeatureView", "user_activity")].batch_source.version == 3
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_temporary_store_reads_its_pinned_version_and_leaves_the_generated_repo_alone(tmp_path):
+    uri = str(tmp_path / "lake" / "scores")
+    pl.DataFrame({"user_id": ["a", "b"], "event_timestamp": [T0, T0], "score": [1.0, 2.0]}).write_delta(uri)
+    spec = FeatureTableSpec("scores", uri, "user_id", "event_timestamp", {"score": "Float64"}, ttl=timedelta(days=1))
+    online = {"type": "sqlite", "path": str(tmp_path / "repo" / "data" / "online.db")}
+    repo = write_feature_repo(tmp_path / "repo", "demo", [spec], online)
+    latest = apply_feature_repo(repo)
+    before = _file_hashes(repo)
+    entities = pd.DataFrame({"user_id": ["a", "b"], "event_timestamp": pd.to_datetime([hours(2)] * 2, utc=True)})
+
+    def scores(store) -> list[float]:
+        return store.get_historical_features(entity_df=entities, features=["scores:score"]).to_df()["score"].tolist()
+
+    with temporary_feature_store("demo", [replace(spec, version=0)]) as pinned:
+        assert scores(pinned) == [1.0, 2.0]
+        pl.DataFrame({"user_id": ["a", "b"], "event_timestamp": [hours(1)] * 2, "score": [10.0, 20.0]}).write_delta(
+            uri, mode="append")
+        assert scores(pinned) == [1.0, 2.0]  # a newer version landed: the pinned store still reads version 0
+        registry_dir = Path(pinned.config.registry.path).parent
+    assert scores(latest) == [10.0, 20.0]  # the generated repo follows the latest version
+    assert not registry_dir.exists() and not registry_dir.is_relative_to(repo)
+    assert _file_hashes(repo) == before

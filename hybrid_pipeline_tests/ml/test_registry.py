@@ -15,7 +15,6 @@ pytest.importorskip("matplotlib", reason="matplotlib is not installed")
 from hybrid_pipeline.ml.purchase_model import PurchaseTrainConfig, predict_proba, train_purchase_model
 from hybrid_pipeline.ml.registry import (
     ModelRegistry,
-    _mlflow_client,
     default_tracking_uri,
     feature_definition_hash,
     get_production,
@@ -23,6 +22,7 @@ from hybrid_pipeline.ml.registry import (
     load_model_version,
     log_train_result,
     log_training_run,
+    mlflow_client,
     register_model,
     set_production,
 )
@@ -103,7 +103,7 @@ def test_failed_logging_marks_the_run_failed(tracking_uri: str) -> None:
     with pytest.raises(ValueError, match="escapes"):
         log_training_run(tracking_uri, "purchase", {"lr": 1}, {"auc": 0.5}, artifacts={"../x": b"no"},
                          run_name="bad-artifact")
-    client = _mlflow_client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     exp = client.get_experiment_by_name("purchase")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'bad-artifact'")

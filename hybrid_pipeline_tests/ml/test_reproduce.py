@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date, timedelta
+from dataclasses import replace
+from datetime import timedelta
 
 import polars as pl
 import pytest
@@ -17,6 +18,7 @@ import pytest
 pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
 
 from hybrid_pipeline.lakehouse import Lakehouse
+from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
 from hybrid_pipeline.ml.registry import default_tracking_uri, get_run, set_production
 from hybrid_pipeline.ml.reproduce import (
     CPU_TOLERANCE,
@@ -24,43 +26,23 @@ from hybrid_pipeline.ml.reproduce import (
     LABELS_TABLE,
     MODEL_NAME,
     TRAINING_SET_TABLE,
-    PurchaseRecipe,
     ReproduceError,
-    content_sha256,
+    config_from_run_params,
     encode_features,
     encode_frame,
     encoded_columns,
-    rebuild_training_set,
     record_training_run,
-    recipe_from_run_params,
     reproduce,
     split_of,
     train_recipe,
 )
-from hybrid_pipeline.sources.generator import EventGenerator, GeneratorConfig
-from hybrid_pipeline.engines.shared import run_on
+from hybrid_pipeline.ml.training_set import build_training_set, content_sha256
 from hybrid_pipeline.transforms import features as ft
 
+from .purchase_data import START, land, silver_events
+
 DAYS = 13  # 12 landed at training time, the 13th arrives afterwards
-START = date(2024, 1, 1)
-RECIPE = PurchaseRecipe(seed=3)
-
-
-def _silver(days: int) -> pl.DataFrame:
-    gen = EventGenerator(GeneratorConfig(days=days, events_per_day=1500, seed=11, dirty_rate=0.0, start_date=START))
-    events = pl.concat([d.events for d in gen.days()])
-    return events.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC")).with_columns(
-        pl.col("timestamp").dt.date().alias("event_date"))
-
-
-def _land(lh: Lakehouse, silver: pl.DataFrame, through: date) -> None:
-    """Write features for every day up to ``through`` and the labels they allow (one commit each)."""
-    seen = silver.filter(pl.col("event_date") <= through).lazy()
-    first = silver["event_date"].min()
-    feats = run_on("polars", "user_features", seen, start=first, end=through)
-    lh.replace_where(FEATURES_TABLE, feats, "true")
-    labels = ft.user_labels(feats, seen, through)
-    lh.replace_where(LABELS_TABLE, labels, "true")
+CONFIG = PurchaseTrainConfig(seed=3, device="cpu", num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +51,19 @@ def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
     lh = Lakehouse(str(root / "lakehouse"))
     uri = default_tracking_uri(root / "mlflow")
-    silver = _silver(DAYS)
-    _land(lh, silver, START + timedelta(days=DAYS - 2))
+    silver = silver_events(DAYS)
+    land(lh, silver, START + timedelta(days=DAYS - 2))
     versions = {LABELS_TABLE: lh.version(LABELS_TABLE), FEATURES_TABLE: lh.version(FEATURES_TABLE)}
-    rows = rebuild_training_set(lh, versions[LABELS_TABLE], versions[FEATURES_TABLE])
+    rows = build_training_set(lh, versions[LABELS_TABLE], versions[FEATURES_TABLE]).rows
     ts_version = lh.replace_where(TRAINING_SET_TABLE, rows, "true")
     sha = content_sha256(rows)
-    result, data = train_recipe(rows, RECIPE, num_threads=1)
+    result, data = train_recipe(rows, CONFIG)
     run_id, version = record_training_run(uri, result, training_set_version=ts_version, source_versions=versions,
                                           content_sha256=sha, definitions_hash="test-definitions")
     set_production(uri, MODEL_NAME, version)
 
     # the sources move on: one more landed day (features and labels rewritten), compaction, vacuum
-    _land(lh, silver, START + timedelta(days=DAYS - 1))
+    land(lh, silver, START + timedelta(days=DAYS - 1))
     compacted = {t: lh.optimize(t, ["user_id", "event_date"]) for t in (FEATURES_TABLE, LABELS_TABLE)}
     vacuumed = {t: lh.vacuum(t, timedelta(hours=168)) for t in (FEATURES_TABLE, LABELS_TABLE)}
     return {"root": root, "lh": lh, "uri": uri, "run_id": run_id, "version": version, "versions": versions,
@@ -93,10 +75,11 @@ def test_the_recorded_run_has_what_a_rebuild_needs(recorded) -> None:
     versions = json.loads(run["tags"]["input_versions"])
     assert versions == {TRAINING_SET_TABLE: 0, **recorded["versions"]}
     assert run["tags"]["training_set.content_sha256"] == recorded["sha"]
-    assert run["params"]["seed"] == "3" and run["params"]["recipe.seed"] == "3"
+    assert run["params"]["seed"] == "3"
     assert len(run["params"]["feature_definition_hash"]) == 64
     assert run["params"]["code_version"]
-    assert recipe_from_run_params(run["params"]) == RECIPE  # the flattened MLflow strings round-trip
+    # every field of the config it ran with, as MLflow's flattened strings, reads back as that config
+    assert config_from_run_params(run["params"]) == replace(CONFIG, feature_names=tuple(encoded_columns()))
     assert recorded["data"].counts()["test"] > 20 and recorded["result"].metrics["test_auc"] > 0.7
 
 
@@ -105,7 +88,7 @@ def test_reproduce_after_new_data_optimize_and_vacuum(recorded) -> None:
     # the sources really moved on: newer versions, compacted files, and today's join differs
     assert lh.version(LABELS_TABLE) > recorded["versions"][LABELS_TABLE]
     assert all(m["numFilesAdded"] >= 1 for m in recorded["compacted"].values())
-    current = rebuild_training_set(lh, lh.version(LABELS_TABLE), lh.version(FEATURES_TABLE))
+    current = build_training_set(lh, lh.version(LABELS_TABLE), lh.version(FEATURES_TABLE)).rows
     assert current.height > recorded["rows"].height and content_sha256(current) != recorded["sha"]
 
     report = reproduce(MODEL_NAME, recorded["version"], lh, recorded["uri"])
@@ -155,6 +138,16 @@ def test_a_run_without_source_versions_cannot_be_reproduced(recorded) -> None:
 
 
 # --------------------------------------------------------------------------- recipe units
+
+
+def test_a_run_recorded_with_a_separate_holdout_config_reads_back_whole() -> None:
+    # how runs were recorded while the holdout had a config class of its own: trainer params plus recipe.<field>
+    old = {"hidden_sizes": "[32, 16]", "learning_rate": "0.003", "seed": "3", "device": "cpu", "num_threads": "1",
+           "recipe.seed": "3", "recipe.split_salt": "purchase_model/v0", "recipe.test_fraction": "0.25",
+           "label": "purchased_next_7d", "split_rows.train": "10"}
+    assert config_from_run_params(old) == PurchaseTrainConfig(
+        hidden_sizes=(32, 16), learning_rate=0.003, seed=3, device="cpu", num_threads=1,
+        split_salt="purchase_model/v0", test_fraction=0.25)
 
 
 def test_encoding_of_dicts_matches_frames_and_makes_nulls_explicit() -> None:
