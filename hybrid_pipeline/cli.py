@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -496,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Dagster flags APIs this project relies on as "preview"; that is for developers, not for
     # someone running the pipeline from a shell.
     warnings.filterwarnings("ignore", message=r".*(is currently in preview|is currently in beta).*")
+    # MLflow's SQLAlchemy store announces its schema set-up and a deprecation of its own;
+    # neither is something the person running the pipeline can act on.
+    warnings.filterwarnings("ignore", message=r".*noload.*loader strategy is deprecated.*")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
