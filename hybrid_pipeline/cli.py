@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import signal
@@ -500,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # MLflow's SQLAlchemy store announces its schema set-up and a deprecation of its own;
     # neither is something the person running the pipeline can act on.
     warnings.filterwarnings("ignore", message=r".*noload.*loader strategy is deprecated.*")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
