@@ -1,41 +1,40 @@
-"""Table maintenance: compaction, Z-ordering and vacuum, as a job with a weekly schedule."""
+"""Table maintenance: compaction, Z-ordering and vacuum, as a job with a weekly schedule.
 
+What is maintained, and how, is read off the lakehouse catalog: every declared table is
+compacted, Z-ordered on its declared columns (so compaction keeps the clustering its readers
+rely on) and vacuumed with its own retention.
+"""
 
-from datetime import timedelta
 
 import dagster as dg
 
-from hybrid_pipeline.defs.keys import DELTA_TABLES, ZORDER_BY, table_of
-from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
-
-ZORDER = {table_of(key): columns for key, columns in ZORDER_BY.items()}
-ALL_TABLES = [table_of(key) for key in DELTA_TABLES]
+from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.lakehouse import catalog
 
 
-@dg.op(description="Compact every table; Z-order the large ones on their lookup keys.")
+@dg.op(description="Compact every catalog table; Z-order the ones that declare Z-order columns.")
 def optimize_tables(context: dg.OpExecutionContext, lakehouse: LakehouseResource) -> list[str]:
     lh = lakehouse.lakehouse()
     done = []
-    for table in ALL_TABLES:
-        if not lh.exists(table):
+    for table in catalog.TABLES:
+        if not lh.exists(table.name):  # not written yet: nothing to compact
             continue
-        metrics = lh.optimize(table, ZORDER.get(table))
-        context.log.info(f"optimized {table}: +{metrics.get('numFilesAdded')} -{metrics.get('numFilesRemoved')} files")
-        done.append(table)
+        metrics = lh.optimize(table.name, list(table.zorder_by) or None)
+        context.log.info(f"optimized {table.name}: +{metrics.get('numFilesAdded')} -{metrics.get('numFilesRemoved')} files")
+        done.append(table.name)
     return done
 
 
-@dg.op(description="Delete files older than the retention that no table version inside it still uses.")
-def vacuum_tables(
-    context: dg.OpExecutionContext, tables: list[str], lakehouse: LakehouseResource, policy: DataPolicyResource
-) -> dict[str, int]:
+@dg.op(description="Delete files older than each table's retention that no table version inside it still uses.")
+def vacuum_tables(context: dg.OpExecutionContext, tables: list[str], lakehouse: LakehouseResource) -> dict[str, int]:
     lh = lakehouse.lakehouse()
-    retention = timedelta(hours=policy.vacuum_retention_hours)
+    retention_of = {table.name: table.retention for table in catalog.TABLES}
     removed_by_table = {}
-    for table in tables:
-        removed = lh.vacuum(table, retention)
-        context.log.info(f"vacuumed {table}: {len(removed)} files removed (retention {retention})")
-        removed_by_table[table] = len(removed)
+    for name in tables:
+        retention = retention_of[name]
+        removed = lh.vacuum(name, retention)
+        context.log.info(f"vacuumed {name}: {len(removed)} files removed (retention {retention})")
+        removed_by_table[name] = len(removed)
     return removed_by_table
 
 

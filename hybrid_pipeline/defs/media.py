@@ -23,6 +23,7 @@ from hybrid_pipeline.defs.keys import (
 )
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.extract import describe_many
 from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_collection_stats
 from hybrid_pipeline.media.store import ingest_landing_media, load_labels, resolve_bronze_path, unique_records
@@ -119,7 +120,7 @@ def silver_media(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
         lh.uri(meta_t), metadata.schema, lh.scan_or_empty(meta_t, {}).select(pl.len()).collect().item(), v_meta,
         described_now=len(records)))
     yield dg.MaterializeResult(asset_key=SILVER_DOCUMENT_TEXT, metadata=table_metadata(
-        lh.uri(text_t), {"sha256": pl.String(), "title": pl.String(), "text": pl.String()},
+        lh.uri(text_t), catalog.SILVER_DOCUMENT_TEXT.schema,
         lh.scan_or_empty(text_t, {}).select(pl.len()).collect().item(), v_text))
     yield dg.MaterializeResult(asset_key=SILVER_MEDIA_QUARANTINE, metadata=table_metadata(
         lh.uri(quar_t), mt.QUARANTINE_SCHEMA, lh.scan_or_empty(quar_t, {}).select(pl.len()).collect().item(), v_quar,

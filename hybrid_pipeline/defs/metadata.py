@@ -2,28 +2,53 @@
 
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 import polars as pl
+
+from hybrid_pipeline.lakehouse.catalog import Table
 
 
 def column_schema(schema: Mapping[str, pl.DataType]) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name=n, type=str(t)) for n, t in schema.items()])
 
 
+def catalog_metadata(table: Table) -> dict[str, Any]:
+    """What the catalog declares about ``table``, as metadata: its name, owner, PII class and retention.
+
+    Recorded with each materialization so the UI shows who owns a table, how sensitive it is and
+    how far back it can be time-travelled, from the same declaration that maintenance applies.
+    """
+    return {
+        "dagster/table_name": table.name,
+        "catalog/owner": table.owner,
+        "catalog/pii": table.pii,
+        "catalog/retention_days": table.retention / timedelta(days=1),
+    }
+
+
 def table_metadata(
     uri: str,
-    schema: Mapping[str, pl.DataType],
+    schema: Mapping[str, pl.DataType] | Table,
     rows: int,
     version: int | None,
     **extra: Any,
 ) -> dict[str, Any]:
+    """Column schema, row count, location, Delta version and size of a table materialization.
+
+    Given the catalog :class:`Table`, the column schema is the declared one and the catalog's
+    entries (:func:`catalog_metadata`) come along; given a plain schema, just that schema.
+    """
+    columns: Mapping[str, pl.DataType] = schema.schema if isinstance(schema, Table) else schema
+    declared = catalog_metadata(schema) if isinstance(schema, Table) else {}
     meta: dict[str, Any] = {
-        "dagster/column_schema": column_schema(schema),
+        "dagster/column_schema": column_schema(columns),
         "dagster/row_count": rows,
         "dagster/uri": uri,
         "delta_version": version if version is not None else -1,
+        **declared,
     }
     meta.update(table_size(uri, version))
     meta.update(extra)

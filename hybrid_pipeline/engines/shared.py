@@ -58,8 +58,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import narwhals as nw
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.transforms.features import FEATURES_SCHEMA, HORIZON_DAYS, SEQUENCE_LENGTH, WINDOWS
-from hybrid_pipeline.transforms.contract import silver_schema
 from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, user_keys
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -289,30 +289,8 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
 # star schema: fact_events, dim_user
 # ---------------------------------------------------------------------------------------------
 
-_SILVER = silver_schema()
-FACT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(),
-    "event_date": pl.Date(),
-    "date_key": pl.Int32(),
-    "user_key": pl.Int64(),
-    "session_id": pl.String(),
-    "event_type": pl.String(),
-    "product_id": pl.String(),
-    "timestamp": _SILVER["timestamp"],
-    "hour": pl.Int8(),
-    "session_duration": pl.Float64(),
-    "revenue": pl.Float64(),
-    "landing_date": pl.String(),
-}
-DIM_USER_SCHEMA: dict[str, pl.DataType] = {
-    "user_key": pl.Int64(),
-    "user_id": pl.String(),
-    "user_segment": pl.String(),
-    "email_hash": pl.String(),
-    "first_seen": _SILVER["timestamp"],
-    "last_seen": _SILVER["timestamp"],
-    "lifetime_events": pl.Int64(),
-}
+FACT_EVENTS_SCHEMA = catalog.GOLD_FACT_EVENTS.schema
+DIM_USER_SCHEMA = catalog.GOLD_DIM_USER.schema
 USER_KEYS_SCHEMA: dict[str, pl.DataType] = {"user_id": pl.String(), "user_key": pl.Int64()}
 
 
@@ -352,18 +330,7 @@ def fact_events(silver: nw.LazyFrame, engine: Engine) -> nw.LazyFrame:
     )
 
 
-USER_LANDING_SUMMARY_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "landing_date": pl.String(),
-    "events": pl.Int64(),
-    "first_seen": _SILVER["timestamp"],
-    "last_seen": _SILVER["timestamp"],
-    "last_event_id": pl.String(),
-    "user_segment": pl.String(),
-    "email_hash": pl.String(),
-    "email_seen": _SILVER["timestamp"],
-    "email_event_id": pl.String(),
-}
+USER_LANDING_SUMMARY_SCHEMA = catalog.GOLD_USER_LANDING_SUMMARY.schema
 
 
 def _from_last(at: str, event_id: str, *by: str) -> nw.Expr:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from hybrid_pipeline.lakehouse.catalog import GOLD_IMAGE_TRAINING_MANIFEST
 from hybrid_pipeline.media.store import MediaRecord, resolve_bronze_path, unique_records
 
 Split = Literal["train", "validation", "test"]
@@ -97,8 +98,7 @@ def build_image_manifest(
             "label_name": [r[2] for r in rows],
             "split": [split_for(r[0]) for r in rows],
         },
-        schema={"sha256": pl.String, "bronze_path": pl.String, "label": pl.Int64,
-                "label_name": pl.String, "split": pl.String},
+        schema=GOLD_IMAGE_TRAINING_MANIFEST.schema,
     )
 
 

@@ -13,52 +13,25 @@ from typing import Any, Final
 
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.extract import Description
 from hybrid_pipeline.media.store import MediaRecord
 
-MEDIA_FILES_SCHEMA: Final = pl.Schema(
-    {  # type: ignore[arg-type]
-        "sha256": pl.String,
-        "size_bytes": pl.Int64,
-        "detected_type": pl.String,
-        "original_name": pl.String,
-        "landing_subdir": pl.String,
-        "landing_date": pl.Date,
-        "ingested_at": pl.Datetime("us", "UTC"),
-        "bronze_path": pl.String,
-        "extension_mismatch": pl.Boolean,
-        "duplicate_of": pl.String,
-        "already_in_bronze": pl.Boolean,
-    }
-)
+MEDIA_FILES_SCHEMA: Final = catalog.BRONZE_MEDIA_FILES.schema
 
+# A description beside its outcome: the silver/media_metadata columns it fills, whether the file is
+# ok (else quarantined with a reason and detail) and the text it yields (silver/document_text).
 MEDIA_METADATA_SCHEMA: Final = pl.Schema(
     {
-        "sha256": pl.String,
-        "bronze_path": pl.String,
-        "landing_date": pl.Date,
-        "ok": pl.Boolean,
-        "reason": pl.String,
-        "detail": pl.String,
-        "detected_type": pl.String,
-        "size_bytes": pl.Int64,
-        "extension_mismatch": pl.Boolean,
-        "width": pl.Int64,
-        "height": pl.Int64,
-        "mode": pl.String,
-        "format": pl.String,
-        "perceptual_hash": pl.String,
-        "exif_orientation": pl.Int64,
-        "page_count": pl.Int64,
-        "text_length": pl.Int64,
-        "title": pl.String,
-        "text": pl.String,
+        **{c: t for c, t in catalog.SILVER_MEDIA_METADATA.schema.items() if c not in ("original_name", "label")},
+        "ok": pl.Boolean(),
+        "reason": catalog.SILVER_MEDIA_QUARANTINE.schema["reason"],
+        "detail": catalog.SILVER_MEDIA_QUARANTINE.schema["detail"],
+        "text": catalog.SILVER_DOCUMENT_TEXT.schema["text"],
     }
 )
 
-COLLECTION_STATS_SCHEMA: Final = pl.Schema(
-    {"dimension": pl.String, "value": pl.String, "files": pl.Int64, "bytes": pl.Int64}
-)
+COLLECTION_STATS_SCHEMA: Final = catalog.GOLD_MEDIA_COLLECTION_STATS.schema
 
 #: (upper bound exclusive in bytes, label); the last bucket is open-ended.
 SIZE_BUCKETS: Final[tuple[tuple[int | None, str], ...]] = (

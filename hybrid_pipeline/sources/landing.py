@@ -16,6 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
+
 EVENT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -149,26 +151,8 @@ def _read_tabular(path: Path, fmt: str) -> pl.DataFrame:
     )
 
 
-BRONZE_SCHEMA: dict[str, pl.DataType] = {
-    "landing_date": pl.String(),
-    "source_file": pl.String(),
-    "source_format": pl.String(),
-    "line_number": pl.Int64(),
-    "file_sha256": pl.String(),
-    "ingested_at": pl.Datetime("us", "UTC"),
-    "payload": pl.String(),
-}
-LANDED_FILES_SCHEMA: dict[str, pl.DataType] = {
-    "landing_date": pl.String(),
-    "source_file": pl.String(),
-    "file_sha256": pl.String(),
-    "size_bytes": pl.Int64(),
-    "source_format": pl.String(),
-    "status": pl.String(),  # ingested | already_ingested | rejected
-    "reason": pl.String(),
-    "records": pl.Int64(),
-    "ingested_at": pl.Datetime("us", "UTC"),
-}
+BRONZE_SCHEMA = catalog.BRONZE_EVENTS.schema
+LANDED_FILES_SCHEMA = catalog.BRONZE_LANDED_FILES.schema
 
 
 @dataclass

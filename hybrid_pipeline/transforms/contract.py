@@ -9,6 +9,8 @@ from __future__ import annotations
 import polars as pl
 import pandera.polars as pa
 
+from hybrid_pipeline.lakehouse import catalog
+
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 STRING_FIELDS = ("event_id", "user_id", "session_id", "event_type", "product_id", "user_segment", "email")
 NUMERIC_FIELDS = ("session_duration", "revenue")
@@ -78,21 +80,5 @@ def reason_for(check: str, column: str | None) -> str:
 
 
 def silver_schema() -> dict[str, pl.DataType]:
-    """Column order and types of ``silver/events``."""
-    return {
-        "event_id": pl.String(),
-        "user_id": pl.String(),
-        "session_id": pl.String(),
-        "event_type": pl.String(),
-        "timestamp": pl.Datetime("us", "UTC"),
-        "event_date": pl.Date(),
-        "hour": pl.Int8(),
-        "product_id": pl.String(),
-        "session_duration": pl.Float64(),
-        "revenue": pl.Float64(),
-        "user_segment": pl.String(),
-        "email_hash": pl.String(),
-        "landing_date": pl.String(),
-        "source_file": pl.String(),
-        "line_number": pl.Int64(),
-    }
+    """Column order and types of ``silver/events``, as the catalog declares them (a fresh copy)."""
+    return dict(catalog.SILVER_EVENTS.schema)

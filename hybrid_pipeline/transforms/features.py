@@ -14,6 +14,8 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
+
 WINDOWS = (1, 7, 30)
 HORIZON_DAYS = 30  # rows continue this long after a user's last event
 LABEL_DAYS = 7
@@ -29,30 +31,8 @@ FEATURE_COLUMNS = [
     "recent_event_types",
     "user_segment",
 ]
-FEATURES_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "event_date": pl.Date(),
-    "event_timestamp": pl.Datetime("us", "UTC"),
-    "total_events": pl.Int64(),
-    "events_1d": pl.Int64(),
-    "events_7d": pl.Int64(),
-    "events_30d": pl.Int64(),
-    "revenue_1d": pl.Float64(),
-    "revenue_7d": pl.Float64(),
-    "revenue_30d": pl.Float64(),
-    "purchases_30d": pl.Int64(),
-    "add_to_carts_7d": pl.Int64(),
-    "avg_session_duration": pl.Float64(),
-    "days_since_last_purchase": pl.Int64(),
-    "recent_event_types": pl.String(),
-    "user_segment": pl.String(),
-}
-LABELS_SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(),
-    "event_date": pl.Date(),
-    "event_timestamp": pl.Datetime("us", "UTC"),
-    "purchased_next_7d": pl.Int8(),
-}
+FEATURES_SCHEMA = catalog.GOLD_USER_FEATURES.schema
+LABELS_SCHEMA = catalog.GOLD_USER_LABELS.schema
 
 
 def _sampled(user_id: str, day: date, rate: float, seed: int) -> bool:

@@ -11,16 +11,9 @@ import hashlib
 
 import polars as pl
 
-DAILY_METRICS_SCHEMA: dict[str, pl.DataType] = {
-    "event_date": pl.Date(),
-    "user_segment": pl.String(),
-    "events": pl.Int64(),
-    "unique_users": pl.Int64(),
-    "purchases": pl.Int64(),
-    "purchasing_users": pl.Int64(),
-    "total_revenue": pl.Float64(),
-    "conversion_rate": pl.Float64(),
-}
+from hybrid_pipeline.lakehouse import catalog
+
+DAILY_METRICS_SCHEMA = catalog.GOLD_DAILY_METRICS.schema
 
 
 def date_key(col: str | pl.Expr) -> pl.Expr:

@@ -11,27 +11,16 @@ from datetime import date
 
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.extract import Description
-from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, MEDIA_METADATA_SCHEMA, media_metadata_frame, records_to_frame
+from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_metadata_frame, records_to_frame
 from hybrid_pipeline.media.store import MediaRecord, RejectedFile
 
-LANDED_SCHEMA: dict[str, pl.DataType] = {
-    "original_name": pl.String(),
-    "landing_subdir": pl.String(),
-    "sha256": pl.String(),
-    "status": pl.String(),  # stored | duplicate | already_in_bronze | rejected
-    "reason": pl.String(),
-}
-LABELS_SCHEMA: dict[str, pl.DataType] = {"original_name": pl.String(), "label": pl.String()}
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "sha256": pl.String(),
-    "original_name": pl.String(),
-    "bronze_path": pl.String(),
-    "stage": pl.String(),  # landing | extraction
-    "reason": pl.String(),
-    "detail": pl.String(),
-}
-METADATA_COLUMNS = [c for c in MEDIA_METADATA_SCHEMA.names() if c not in ("ok", "reason", "detail", "text")]
+LANDED_SCHEMA = catalog.BRONZE_MEDIA_LANDED.schema
+LABELS_SCHEMA = catalog.BRONZE_MEDIA_LABELS.schema
+QUARANTINE_SCHEMA = catalog.SILVER_MEDIA_QUARANTINE.schema
+# silver/media_metadata's columns that come from the description (the name and label are joined on).
+METADATA_COLUMNS = [c for c in catalog.SILVER_MEDIA_METADATA.schema if c not in ("original_name", "label")]
 
 
 def files_frame(records: Iterable[MediaRecord]) -> pl.DataFrame:

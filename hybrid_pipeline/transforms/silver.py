@@ -22,6 +22,7 @@ import numpy as np
 import pandera.errors
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.transforms.contract import (
     CONTRACT_FIELDS,
     NUMERIC_FIELDS,
@@ -37,25 +38,8 @@ OWNERSHIP_ORDER = ("landing_date", "source_file", "line_number")
 _TS_FORMATS_WITH_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
 _TS_FORMATS_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
 
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "landing_date": pl.String(),
-    "source_file": pl.String(),
-    "line_number": pl.Int64(),
-    "file_sha256": pl.String(),
-    "payload": pl.String(),
-    "reason": pl.String(),
-    "details": pl.String(),
-}
-DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(),
-    "landing_date": pl.String(),
-    "source_file": pl.String(),
-    "line_number": pl.Int64(),
-    "file_sha256": pl.String(),
-    "kept_landing_date": pl.String(),
-    "kept_source_file": pl.String(),
-    "kept_line_number": pl.Int64(),
-}
+QUARANTINE_SCHEMA = catalog.SILVER_EVENTS_QUARANTINE.schema
+DUPLICATES_SCHEMA = catalog.SILVER_EVENTS_DUPLICATES.schema
 # A silver row of a later landing day that an earlier day, processed after it, takes over.
 DISPLACED_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
