@@ -7,8 +7,6 @@ import dagster as dg
 
 from hybrid_pipeline.defs.automation import alerts_resource, build_automation
 from hybrid_pipeline.defs.bronze import build_bronze
-from hybrid_pipeline.defs.compute import apply_compute_policy
-from hybrid_pipeline.defs.engine import apply_engine_policy
 from hybrid_pipeline.defs.gold_analytics import build_gold_analytics
 from hybrid_pipeline.defs.feature_store import FeatureStoreResource, build_feature_store
 from hybrid_pipeline.defs.gold_features import build_gold_features
@@ -81,9 +79,10 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
     )
     merged = dg.Definitions.merge(
         build_bronze(partitions),
-        build_silver(partitions),
-        build_gold_analytics(partitions),
-        build_gold_features(partitions),
+        # The engine-backed assets declare the engine's pool and kind (defs/engine.py).
+        build_silver(partitions, settings.engine),
+        build_gold_analytics(partitions, settings.engine),
+        build_gold_features(partitions, settings.engine),
         build_maintenance(),
         build_media(),
         build_feature_store(),
@@ -108,10 +107,12 @@ def build_definitions(settings: Settings, resource_overrides: dict | None = None
             ],
             resources={**resources(settings), **(resource_overrides or {})}),
     )
-    return apply_compute_policy(apply_engine_policy(merged.map_asset_specs(func=_with_layer_policy), settings.engine))
+    return merged.map_asset_specs(func=_with_layer_policy)
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Loaded by ``dagster dev`` / the webserver; settings are read now, not at import."""
+    """The code location's entry point (``[tool.dg]`` and ``[tool.dagster]`` in pyproject.toml,
+    workspace.yaml): ``dg dev``, ``dg check defs``, ``dg launch`` and ``dagster dev`` call it when
+    they load the location, so the environment is read then, never at import."""
     return build_definitions(Settings.from_env())

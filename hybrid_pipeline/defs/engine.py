@@ -9,11 +9,24 @@ from :class:`~hybrid_pipeline.engines.spark_session.SparkSettings` (``HYBRID_SPA
 only, so a polars deployment never starts a JVM; it lives as long as the step's process (the
 in-process executor reuses it across steps; the multiprocess executor starts one JVM per step).
 
-Pools: the Spark-backed assets carry the tag ``engine: configurable``; :func:`apply_engine_policy`
-puts them into the ``spark`` pool (one Spark step at a time, dagster.yaml) and gives them the
-``spark`` kind when the engine is Spark. An op has one pool: ``silver/events`` keeps its
-``silver_writer`` pool (it serialises silver writers, which also keeps Spark silver steps one
-at a time).
+Pools and kinds of the engine-backed assets are declared where the assets are: the factories
+(``build_silver``, ``build_gold_analytics``, ``build_gold_features``) take the engine name, which
+``definitions.py`` reads from the settings when it builds the code location, and pass
+:func:`engine_pool` and :func:`engine_kinds` to ``@dg.asset``/``@dg.multi_asset``. Dagster fixes
+an op's pool when the asset is defined (there is no documented way to move it afterwards), and
+the kinds say what computes the table, so both follow the engine at that point:
+
+* ``polars``: kind ``polars``, no pool of the engine's own (the steps run side by side, as any
+  in-process step).
+* ``spark``: kind ``spark`` instead of ``polars``, pool ``spark`` (limit 1 through
+  ``default_limit`` in dagster.yaml: one Spark step at a time shares the cluster).
+
+The other documented option, one pool for every engine-backed step at all times with its limit
+set per deployment in dagster.yaml, was not taken: the kinds must follow the engine anyway, so
+the engine is known where the assets are declared, and a limit kept in the instance's
+dagster.yaml would be a second setting that has to agree with ``HYBRID_ENGINE``. An op has one pool: ``silver/events`` keeps its
+``silver_writer`` pool on both engines (it serialises silver writers, which also keeps Spark
+silver steps one at a time). Engine-backed assets carry the tag ``engine: configurable``.
 """
 
 from __future__ import annotations
@@ -26,10 +39,11 @@ import dagster as dg
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 
-from hybrid_pipeline.defs.compute import map_assets, with_op_placement
 from hybrid_pipeline.engines.compute import ComputeEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 
+EngineName = Literal["polars", "spark"]
+ENGINES: tuple[EngineName, ...] = ("polars", "spark")
 SPARK_POOL = "spark"
 ENGINE_TAG = {"engine": "configurable"}
 
@@ -37,7 +51,7 @@ ENGINE_TAG = {"engine": "configurable"}
 class EngineResource(dg.ConfigurableResource):
     """The compute engine of the silver and gold assets: ``polars`` or ``spark``."""
 
-    engine: Literal["polars", "spark"] = "polars"
+    engine: EngineName = "polars"
     pyspark: LazyPySparkResource = Field(
         default_factory=lambda: LazyPySparkResource(spark_config=SparkSettings().conf()),
         description="Spark session (created on first use, only by the spark engine).",
@@ -69,29 +83,26 @@ def engine_resource(engine: str, spark: SparkSettings | None = None) -> EngineRe
 
 
 # ---------------------------------------------------------------------------------------------
-# pool and kinds of the engine-backed assets
+# pool and kinds of the engine-backed assets, passed to their decorators
 # ---------------------------------------------------------------------------------------------
 
 
+def _known(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be 'polars' or 'spark', got {engine!r}")
+    return engine
+
+
+def engine_kinds(engine: str, *kinds: str) -> set[str]:
+    """``kinds`` plus the engine's own kind (``polars`` or ``spark``): what computes the table."""
+    return {*kinds, _known(engine)}
+
+
+def engine_pool(engine: str) -> str | None:
+    """The pool of an engine-backed step: ``spark`` (one Spark step at a time) or none on polars."""
+    return SPARK_POOL if _known(engine) == "spark" else None
+
+
 def on_engine(spec: dg.AssetSpec) -> bool:
+    """Whether the asset's table is computed by the configured engine (its kinds follow the engine)."""
     return spec.tags.get("engine") == ENGINE_TAG["engine"]
-
-
-def runs_on_engine(assets_def: dg.AssetsDefinition) -> bool:
-    return any(on_engine(spec) for spec in assets_def.specs)
-
-
-def with_spark_policy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    """The same asset with its op in the ``spark`` pool (unless it has a pool already) and kind ``spark``."""
-    return with_op_placement(
-        assets_def,
-        pool=assets_def.node_def.pool or SPARK_POOL,
-        spec=lambda s: s.replace_attributes(kinds=(set(s.kinds) - {"polars"}) | {"spark"}) if on_engine(s) else s,
-    )
-
-
-def apply_engine_policy(defs: dg.Definitions, engine: str) -> dg.Definitions:
-    """For ``engine == "spark"``: every engine-backed asset in the ``spark`` pool, kind ``spark``."""
-    if engine != "spark":
-        return defs
-    return map_assets(defs, runs_on_engine, with_spark_policy)

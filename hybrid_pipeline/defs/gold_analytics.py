@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
+from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
 from hybrid_pipeline.defs.keys import (
     DAILY_METRICS,
     DIM_DATE,
@@ -53,7 +53,7 @@ from hybrid_pipeline.transforms.contract import silver_schema
 GROUP = "gold_analytics"
 _OWNERS = ["team:analytics"]
 _TAGS = {"layer": "gold"}
-# Tables whose work runs on the compute engine (their kinds follow the engine: defs/engine.py).
+# Tables whose work runs on the compute engine (their kinds and pool follow it: defs/engine.py).
 _ON_ENGINE_TAGS = {**_TAGS, **ENGINE_TAG}
 # Worker threads for one day's gold tables: this machine class has two cores.
 GOLD_THREADS = 2
@@ -336,7 +336,16 @@ def build_day(
                 errors.append(exc)
                 continue
             meta = {**(result.metadata or {}), "run/table_wall_s": round(time.perf_counter() - began, 3)}
-            done.append(result._replace(metadata=meta))
+            done.append(
+                dg.MaterializeResult(
+                    asset_key=result.asset_key,
+                    metadata=meta,
+                    check_results=result.check_results,
+                    data_version=result.data_version,
+                    tags=result.tags,
+                    value=result.value,
+                )
+            )
         return done, errors
 
     chains = [c for c in CHAINS if any(k in selected for k, _ in c)]
@@ -349,14 +358,16 @@ def build_day(
         raise errors[0]
 
 
-def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
+def build_gold_analytics(partitions: dg.PartitionsDefinition, engine: str) -> dg.Definitions:
+    """The gold analytics multi-asset on ``engine``; dim_date is computed on the driver (kind polars)."""
+
     def spec(key: dg.AssetKey, description: str, deps: list[dg.AssetKey], on_engine: bool = True) -> dg.AssetSpec:
         return dg.AssetSpec(
             key,
             deps=deps,
             description=description,
             group_name=GROUP,
-            kinds={"delta", "polars"},
+            kinds=engine_kinds(engine, "delta") if on_engine else {"delta", "polars"},
             owners=_OWNERS,
             tags=_ON_ENGINE_TAGS if on_engine else _TAGS,
             skippable=True,
@@ -397,6 +408,7 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         ],
         partitions_def=partitions,
         can_subset=True,
+        pool=engine_pool(engine),
     )
     @measured
     def gold_analytics(

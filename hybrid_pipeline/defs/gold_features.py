@@ -12,7 +12,7 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource
+from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
 from hybrid_pipeline.defs.gold_analytics import affected_dates, rehomed_since
 from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
 from hybrid_pipeline.defs.metadata import column_lineage, measured, table_metadata
@@ -35,7 +35,9 @@ def _dates(context: dg.AssetExecutionContext, lh: Lakehouse, key: dg.AssetKey) -
     return sorted(set(affected_dates(lh, day)) | set(rehomed.event_dates))
 
 
-def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
+def build_gold_features(partitions: dg.PartitionsDefinition, engine: str) -> dg.Definitions:
+    """user_features computed by ``engine`` (its kind and pool follow it) and user_labels in process."""
+
     @dg.asset(
         key=USER_FEATURES,
         deps=[SILVER_EVENTS],
@@ -43,7 +45,8 @@ def build_gold_features(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         description="One row per user per day as of the end of that day: lifetime and 1/7/30-day events and revenue, "
         "purchases, carts, average session duration, days since last purchase, recent event types, segment. "
         "Z-ordered by (user_id, event_date).",
-        **{**_SPEC, "tags": {**_SPEC["tags"], **ENGINE_TAG}},
+        **{**_SPEC, "tags": {**_SPEC["tags"], **ENGINE_TAG}, "kinds": engine_kinds(engine, "delta")},
+        pool=engine_pool(engine),
     )
     @measured
     def user_features(

@@ -32,8 +32,8 @@ gold/image_training_manifest ─> models/digit_classifier
   asset is being materialized) -> its blocking gate runs in the same run -> the promotion
   follows once the gate passed (:func:`promotion_condition`).
 
-The assets declare ``kinds={"pytorch", ...}``; the GPU pool/tags are applied by
-``hybrid_pipeline.defs.compute`` in ``definitions.py``, not here.
+The torch assets are declared with :func:`~hybrid_pipeline.defs.compute.torch_asset`, which
+gives them the ``pytorch`` kind, the ``gpu`` pool, the GPU tags and the k8s GPU request.
 """
 
 import json
@@ -47,9 +47,11 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from hybrid_pipeline.defs.compute import torch_asset
 from hybrid_pipeline.defs.keys import IMAGE_TRAINING_MANIFEST, PREDICTIONS, TRAINING_SET, USER_FEATURES, table_of
 from hybrid_pipeline.defs.metadata import measured, table_metadata
 from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.lakehouse.catalog import GOLD_PREDICTIONS
 from hybrid_pipeline.ml import reproduce as recipe_mod
 from hybrid_pipeline.ml.digit_config import DigitTrainConfig
 from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
@@ -78,16 +80,7 @@ _PURCHASE_DEFAULTS = PurchaseTrainConfig()
 _DIGIT_DEFAULTS = DigitTrainConfig()
 _OWNERS = ["team:ml-platform"]
 _GROUP = "models"
-PREDICTIONS_SCHEMA: dict[str, pl.DataType] = {
-    "prediction_date": pl.Date(),
-    "user_id": pl.String(),
-    "feature_date": pl.Date(),
-    "score": pl.Float64(),
-    "model_name": pl.String(),
-    "model_version": pl.Int64(),
-    "model_run_id": pl.String(),
-    "scored_at": pl.Datetime("us", "UTC"),
-}
+PREDICTIONS_SCHEMA = GOLD_PREDICTIONS.schema
 
 
 # --------------------------------------------------------------------------- resources
@@ -424,11 +417,11 @@ DRIFT_COLUMNS: Final = [c for c in _DRIFT_CANDIDATES if c not in LIFETIME_FEATUR
 def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
     """Model assets and checks; resources from :func:`model_resources` (plus ``lakehouse``)."""
 
-    @dg.asset(
+    @torch_asset(
         key=PURCHASE_MODEL,
         deps=[TRAINING_SET, USER_FEATURES],
         group_name=_GROUP,
-        kinds={"pytorch", "mlflow"},
+        kinds={"mlflow"},
         owners=_OWNERS,
         automation_condition=purchase_retrain_condition(),
         check_specs=[dg.AssetCheckSpec(CONVERGENCE_CHECK, asset=PURCHASE_MODEL,
@@ -630,12 +623,12 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             "alias": "production",
         })
 
-    @dg.asset(
+    @torch_asset(
         key=PREDICTIONS,
         deps=[PRODUCTION_PURCHASE_MODEL, USER_FEATURES],
         partitions_def=partitions,
         group_name=_GROUP,
-        kinds={"pytorch", "delta"},
+        kinds={"delta"},
         owners=_OWNERS,
         tags={"layer": "gold"},
         description="Daily batch scores: P(purchase in the next 7 days) from the production purchase model for every "
@@ -697,11 +690,11 @@ def build_models(partitions: dg.PartitionsDefinition) -> dg.Definitions:
             device=settings.description(),
         ))
 
-    @dg.asset(
+    @torch_asset(
         key=DIGIT_CLASSIFIER,
         deps=[IMAGE_TRAINING_MANIFEST],
         group_name=_GROUP,
-        kinds={"pytorch", "mlflow"},
+        kinds={"mlflow"},
         owners=_OWNERS,
         check_specs=[dg.AssetCheckSpec(DIGIT_ACCURACY_CHECK, asset=DIGIT_CLASSIFIER,
                                        description="Test accuracy at or above the floor (0.95 by default).")],

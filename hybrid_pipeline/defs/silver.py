@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import EngineResource
+from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds
 from hybrid_pipeline.defs.keys import BRONZE_EVENTS, SILVER_DUPLICATES, SILVER_EVENTS, SILVER_QUARANTINE, table_of
 from hybrid_pipeline.defs.metadata import check_result, measured, table_metadata
 from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
@@ -34,7 +34,9 @@ def _count(lf: pl.LazyFrame) -> int:
     return int(lf.select(pl.len()).collect().item())
 
 
-def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
+def build_silver(partitions: dg.PartitionsDefinition, engine: str) -> dg.Definitions:
+    """Silver assets and checks; the three tables are computed by ``engine`` (their kind says which)."""
+
     @dg.multi_asset(
         specs=[
             dg.AssetSpec(
@@ -43,31 +45,32 @@ def build_silver(partitions: dg.PartitionsDefinition) -> dg.Definitions:
                 description="Events typed against the contract (pandera), deduplicated on event_id across "
                 "all days, email replaced by a salted hash; physically partitioned by event_date.",
                 group_name="silver",
-                kinds={"delta", "polars", "pandera"},
+                kinds=engine_kinds(engine, "delta", "pandera"),
                 owners=_OWNERS,
-                tags={"layer": "silver", "pii": "hashed"},
+                tags={"layer": "silver", "pii": "hashed", **ENGINE_TAG},
             ),
             dg.AssetSpec(
                 SILVER_QUARANTINE,
                 deps=[BRONZE_EVENTS],
                 description="Rejected bronze records with the raw payload, the reason and the source file and line.",
                 group_name="silver",
-                kinds={"delta", "polars"},
+                kinds=engine_kinds(engine, "delta"),
                 owners=_OWNERS,
-                tags={"layer": "silver", "pii": "raw"},
+                tags={"layer": "silver", "pii": "raw", **ENGINE_TAG},
             ),
             dg.AssetSpec(
                 SILVER_DUPLICATES,
                 deps=[BRONZE_EVENTS],
                 description="Valid records removed as duplicates, pointing at the record that was kept.",
                 group_name="silver",
-                kinds={"delta", "polars"},
+                kinds=engine_kinds(engine, "delta"),
                 owners=_OWNERS,
-                tags={"layer": "silver"},
+                tags={"layer": "silver", **ENGINE_TAG},
             ),
         ],
         partitions_def=partitions,
-        # One silver writer at a time: cross-day dedup reads what other partitions kept.
+        # One silver writer at a time: cross-day dedup reads what other partitions kept. On Spark
+        # too (not the spark pool: an op has one pool, and this one already runs one at a time).
         pool="silver_writer",
     )
     @measured

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from hybrid_pipeline.defs.compute import torch_asset
 from hybrid_pipeline.defs.keys import SILVER_EVENTS
 from hybrid_pipeline.definitions import build_definitions
 from hybrid_pipeline.settings import Settings
@@ -149,14 +150,20 @@ def test_project_instance_config_queues_runs_and_limits_pools(tmp_path, monkeypa
         instance.dispose()
 
 
-def test_every_pytorch_asset_and_only_those_get_the_gpu_pool_tag_and_k8s_request(repo):
+@pytest.fixture(scope="module", params=["polars", "spark"])
+def repo_on_engine(request):
+    settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": "/tmp/unused-lakehouse", "HYBRID_ENGINE": request.param})
+    return build_definitions(settings).get_repository_def()
+
+
+def test_on_both_engines_every_pytorch_asset_and_only_those_get_the_gpu_pool_tag_and_k8s_request(repo_on_engine):
     torch_assets = set()
-    for key, assets_def in repo.assets_defs_by_key.items():
+    for key, assets_def in repo_on_engine.assets_defs_by_key.items():
         spec = assets_def.specs_by_key[key]
         if not assets_def.is_executable:  # written outside Dagster (the stream consumer): no op to place
             assert "pytorch" not in spec.kinds and "compute" not in spec.tags, key
             continue
-        op = assets_def.node_def
+        op = assets_def.op
         if "pytorch" in spec.kinds:
             torch_assets.add(key.to_user_string())
             assert op.pool == "gpu", key
@@ -168,3 +175,8 @@ def test_every_pytorch_asset_and_only_those_get_the_gpu_pool_tag_and_k8s_request
         else:
             assert op.pool != "gpu" and "compute" not in spec.tags and "dagster-k8s/config" not in op.tags, key
     assert torch_assets == {"models/purchase_model", "models/digit_classifier", "gold/predictions"}
+
+
+def test_a_torch_asset_cannot_be_placed_outside_the_gpu_pool():
+    with pytest.raises(TypeError, match="gpu pool"):
+        torch_asset(key="models/x", pool="other")

@@ -1,5 +1,5 @@
 """The engine resource: HYBRID_ENGINE picks the engine, the default never starts Spark, and the
-engine policy puts the engine-backed assets into the spark pool only when the engine is Spark."""
+engine-backed assets are declared in the spark pool with kind spark only when the engine is Spark."""
 
 from __future__ import annotations
 
@@ -7,18 +7,30 @@ import dagster as dg
 import pytest
 
 from hybrid_pipeline.definitions import build_definitions, resources
-from hybrid_pipeline.defs.engine import SPARK_POOL, EngineResource, apply_engine_policy, engine_resource, on_engine
+from hybrid_pipeline.defs.engine import (
+    SPARK_POOL,
+    EngineResource,
+    engine_kinds,
+    engine_pool,
+    engine_resource,
+    on_engine,
+)
 from hybrid_pipeline.engines.compute import ComputeEngine, PolarsEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 from hybrid_pipeline.settings import Settings
 
 ENGINE_ASSETS = {
+    ("silver", "events"),
+    ("silver", "events_quarantine"),
+    ("silver", "events_duplicates"),
     ("gold", "daily_metrics"),
     ("gold", "fact_events"),
     ("gold", "user_landing_summary"),
     ("gold", "dim_user"),
     ("gold", "user_features"),
 }
+# The silver tables are one op in the silver_writer pool on either engine.
+SILVER_POOL_BY_KEY = {key: "silver_writer" for key in ENGINE_ASSETS if key[0] == "silver"}
 
 
 def test_default_engine_is_polars_and_starts_no_spark() -> None:
@@ -63,28 +75,43 @@ def _kinds(defs: dg.Definitions, key: tuple[str, ...]) -> set[str]:
     return set(defs.get_assets_def(dg.AssetKey(list(key))).specs_by_key[dg.AssetKey(list(key))].kinds)
 
 
-def test_engine_backed_assets_join_the_spark_pool_only_on_spark(tmp_path) -> None:
-    settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"), "DAGSTER_HOME": str(tmp_path)})
-    defs = build_definitions(settings)
+def _definitions(tmp_path, engine: str) -> dg.Definitions:
+    return build_definitions(
+        Settings.from_env(
+            {"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"), "DAGSTER_HOME": str(tmp_path), "HYBRID_ENGINE": engine}
+        )
+    )
+
+
+def test_on_polars_engine_backed_assets_have_kind_polars_and_no_pool_of_the_engine(tmp_path) -> None:
+    defs = _definitions(tmp_path, "polars")
     on_polars = _engine_assets(defs)
     assert set(on_polars) == ENGINE_ASSETS
     for key, a in on_polars.items():
-        assert a.node_def.pool is None and "polars" in _kinds(defs, key), key
+        assert a.op.pool == SILVER_POOL_BY_KEY.get(key), key
+        assert "polars" in _kinds(defs, key) and "spark" not in _kinds(defs, key), key
         assert a.required_resource_keys >= {"engine"}
 
-    spark_defs = apply_engine_policy(defs, "spark")
-    on_spark = _engine_assets(spark_defs)
+
+def test_on_spark_engine_backed_assets_join_the_spark_pool_with_kind_spark(tmp_path) -> None:
+    defs = _definitions(tmp_path, "spark")
+    on_spark = _engine_assets(defs)
     assert set(on_spark) == ENGINE_ASSETS
     for key, a in on_spark.items():
-        assert a.node_def.pool == SPARK_POOL, key
-        assert _kinds(spark_defs, key) == {"delta", "spark"}, key
+        # silver keeps its own pool (an op has one), which runs one silver step at a time already
+        assert a.op.pool == SILVER_POOL_BY_KEY.get(key, SPARK_POOL), key
+        assert "spark" in _kinds(defs, key) and "polars" not in _kinds(defs, key), key
+    assert _kinds(defs, ("gold", "daily_metrics")) == {"delta", "spark"}
+    assert _kinds(defs, ("silver", "events")) == {"delta", "spark", "pandera"}
     # dim_date shares the gold op (so the spark pool) but is computed on the driver: it keeps its kinds
-    assert _kinds(spark_defs, ("gold", "dim_date")) == {"delta", "polars"}
-    assert apply_engine_policy(defs, "polars") is defs
-    apply_engine_policy(defs, "spark").get_repository_def()  # still one valid code location
+    assert _kinds(defs, ("gold", "dim_date")) == {"delta", "polars"}
+    defs.get_repository_def()  # still one valid code location
 
-    # build_definitions applies the policy from the setting
-    spark_settings = Settings.from_env({**{"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / "lake"), "DAGSTER_HOME": str(tmp_path)},
-                                        "HYBRID_ENGINE": "spark"})
-    built = _engine_assets(build_definitions(spark_settings))
-    assert {key: a.node_def.pool for key, a in built.items()} == {key: SPARK_POOL for key in ENGINE_ASSETS}
+
+def test_engine_pool_and_kinds_refuse_an_unknown_engine() -> None:
+    assert engine_pool("spark") == SPARK_POOL and engine_pool("polars") is None
+    assert engine_kinds("spark", "delta") == {"delta", "spark"}
+    with pytest.raises(ValueError, match="polars' or 'spark"):
+        engine_pool("duckdb")
+    with pytest.raises(ValueError, match="polars' or 'spark"):
+        engine_kinds("duckdb", "delta")
