@@ -27,9 +27,10 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# `dg dev` reads [tool.dg] in pyproject.toml; VIRTUAL_ENV tells it the project's .venv is the active one.
 dev: install
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml || true
-	$(BIN)/dagster dev -w workspace.yaml
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev
 
 bench: install
 	$(BIN)/python bench/pipeline.py
