@@ -30,6 +30,9 @@ PiiClass = Literal["none", "pseudonymised", "raw"]
 # Vacuum keeps every file a version inside this window still uses, so time travel (and the
 # reproduction of a model from the table versions it recorded) works for that long.
 DEFAULT_RETENTION = timedelta(days=7)
+# Tables a registered model's inputs are rebuilt from by time travel (`hybrid-pipeline
+# reproduce`): kept for as long as a model is expected to stay reproducible.
+MODEL_INPUT_RETENTION = timedelta(days=90)
 
 DATA_PLATFORM = "team:data-platform"
 ANALYTICS = "team:analytics"
@@ -413,6 +416,7 @@ GOLD_USER_FEATURES = Table(
     owner=ML_PLATFORM,
     pii="none",
     zorder_by=("user_id", "event_date"),
+    retention=MODEL_INPUT_RETENTION,
 )
 GOLD_USER_LABELS = Table(
     name="gold/user_labels",
@@ -428,6 +432,7 @@ GOLD_USER_LABELS = Table(
     description="Sampled (user, end-of-day timestamp) pairs and whether the user purchases in the next 7 days.",
     owner=ML_PLATFORM,
     pii="none",
+    retention=MODEL_INPUT_RETENTION,
 )
 GOLD_IMAGE_TRAINING_MANIFEST = Table(
     name="gold/image_training_manifest",
@@ -444,6 +449,7 @@ GOLD_IMAGE_TRAINING_MANIFEST = Table(
     description="Labelled, valid images for training with a split derived from the content hash.",
     owner=ML_PLATFORM,
     pii="none",
+    retention=MODEL_INPUT_RETENTION,
 )
 GOLD_PREDICTIONS = Table(
     name="gold/predictions",
@@ -483,6 +489,7 @@ FEATURES_TRAINING_SET = Table(
     description="Labels joined point-in-time to the purchase model's features at pinned table versions.",
     owner=ML_PLATFORM,
     pii="none",
+    retention=MODEL_INPUT_RETENTION,
 )
 
 TABLES: tuple[Table, ...] = (

@@ -157,3 +157,13 @@ def test_the_training_set_as_built_through_feast_and_stored_has_the_catalogs_col
     assert TRAINING_SET_TABLE == catalog.FEATURES_TRAINING_SET.name
     lh.replace_where(TRAINING_SET_TABLE, built.rows, "true")  # as the features/training_set asset writes it
     assert dict(lh.scan(TRAINING_SET_TABLE).collect_schema()) == dict(catalog.FEATURES_TRAINING_SET.schema)
+
+
+def test_the_tables_a_model_is_reproduced_from_keep_their_versions_longer_than_the_rest():
+    from hybrid_pipeline.lakehouse import catalog
+
+    model_inputs = {catalog.GOLD_USER_FEATURES, catalog.GOLD_USER_LABELS, catalog.FEATURES_TRAINING_SET,
+                    catalog.GOLD_IMAGE_TRAINING_MANIFEST}
+    assert all(t.retention == catalog.MODEL_INPUT_RETENTION for t in model_inputs)
+    assert catalog.MODEL_INPUT_RETENTION > catalog.DEFAULT_RETENTION
+    assert all(t.retention == catalog.DEFAULT_RETENTION for t in catalog.TABLES if t not in model_inputs)
