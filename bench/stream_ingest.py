@@ -105,7 +105,7 @@ def bench_settings(root: Path, online: str) -> Settings:
 def _reader(repo_dir: str, online: str, users: list[str], counts: list[int], poll_ms: float,
             ready, go, stop, out) -> None:
     """Independent reader: when does each sampled event become visible through the serving read path?"""
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
     from hybrid_pipeline.features.streaming import CombinedReader
 
     reader = CombinedReader(FeatureStoreResource(repo_dir=repo_dir, online_store=online).reader())
@@ -157,7 +157,7 @@ def fill_window(settings: Settings, users: set[str]) -> None:
     """Give every user of the run the online record of an hour of streaming: 59 minute buckets
     (with 0 events, so the counts the reader waits for stay those of this run) and 50 merged
     batch ids, built by the merge itself (so in the form it stores)."""
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
     from hybrid_pipeline.features.streaming import VIEW, merge_window
 
     now = datetime.now(timezone.utc)
@@ -173,7 +173,7 @@ def fill_window(settings: Settings, users: set[str]) -> None:
 
 
 def _delete_online_records(settings: Settings, users: set[str]) -> None:
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
     from hybrid_pipeline.features.streaming import VIEW
     from hybrid_pipeline.online import RedisBackend
 
@@ -191,7 +191,7 @@ def _delete_online_records(settings: Settings, users: set[str]) -> None:
 
 
 def run_scenario(args, root: Path, label: str, rate: float | None, n: int) -> dict:
-    from hybrid_pipeline.defs.streaming import push_streaming_features
+    from hybrid_pipeline.defs.streaming.sensors import push_streaming_features
 
     client = redis.Redis.from_url(args.redis_url)
     stream = f"bench:stream:{uuid.uuid4().hex}"

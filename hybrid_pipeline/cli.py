@@ -179,7 +179,7 @@ MIN_TRAINING_ROWS = 100
 
 def _model_runs(defs, settings, newest: str) -> list:  # noqa: ANN001
     """Model training (and the newest day's predictions) once there is data to learn from."""
-    from hybrid_pipeline.defs.models import DIGIT_TRAINING_JOB, PREDICTIONS_JOB, PURCHASE_TRAINING_JOB
+    from hybrid_pipeline.defs.models.names import DIGIT_TRAINING_JOB, PREDICTIONS_JOB, PURCHASE_TRAINING_JOB
     from hybrid_pipeline.lakehouse import Lakehouse
 
     lh = Lakehouse(settings.lakehouse_root)
@@ -360,7 +360,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if not args.no_online:
         import dagster as dg
 
-        from hybrid_pipeline.defs.streaming import ActivityReporter, OnlinePush
+        from hybrid_pipeline.defs.streaming.sensors import ActivityReporter, OnlinePush
 
         ensure_dagster_home()
         reporter = ActivityReporter(dg.DagsterInstance.get())
@@ -406,7 +406,7 @@ def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a mode
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         print("no model registry yet: POST /predict is off")  # and neither MLflow nor Dagster is imported
         return None
-    from hybrid_pipeline.defs.models import purchase_predictor  # imports Dagster (see the models module)
+    from hybrid_pipeline.ml.predictor import purchase_predictor  # no Dagster import
 
     try:
         return purchase_predictor(uri, version="production")
@@ -418,12 +418,11 @@ def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a mode
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import json
 
-    from hybrid_pipeline.defs.models import default_registry_uri
     from hybrid_pipeline.ml.reproduce import ReproduceError, reproduce
     from hybrid_pipeline.settings import Settings
 
     settings = Settings.from_env()
-    tracking_uri = args.tracking_uri or default_registry_uri(settings)
+    tracking_uri = args.tracking_uri or settings.model_registry_uri
     try:
         report = reproduce(args.model, args.version, settings.lakehouse_root, tracking_uri, device=args.device,
                            num_threads=args.threads, retrain=not args.no_retrain, tolerance=args.tolerance)

@@ -154,7 +154,7 @@ def test_an_unknown_online_store_is_rejected_naming_the_variable(raw: str) -> No
 
 def test_every_reader_of_plain_sqlite_opens_the_same_file(tmp_path: Path) -> None:
     """Settings, the feature catalog (Feast repo) and the Dagster feature-store resource agree on the default file."""
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
     from hybrid_pipeline.features import catalog
     from hybrid_pipeline.online import DEFAULT_SQLITE_PATH, BackendSpec, parse_online_url
 
@@ -174,10 +174,10 @@ def test_every_reader_of_plain_sqlite_opens_the_same_file(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("root", ["lake", "s3://bucket/lake"])
 def test_the_model_registry_is_where_the_model_assets_register(tmp_path: Path, root: str) -> None:
-    from hybrid_pipeline.defs.models import default_registry_uri
+    from hybrid_pipeline.defs.resources import model_resources
 
     settings = Settings.from_env({"HYBRID_LAKEHOUSE_ROOT": str(tmp_path / root) if "://" not in root else root,
                                   "DAGSTER_HOME": str(tmp_path / "home")})
 
-    assert settings.model_registry_uri == default_registry_uri(settings)
+    assert model_resources(settings)["model_registry"].tracking_uri == settings.model_registry_uri
     assert settings.model_registry_uri.startswith(f"sqlite:///{tmp_path}/")

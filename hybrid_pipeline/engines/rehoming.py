@@ -34,7 +34,7 @@ What it costs
 
 What gold must then recompute (reported by the silver step as ``rehomed_landing_days`` and
 ``rehomed_event_dates``): the per-landing-day tables of the days that lost rows, and the
-per-date tables on the event dates of those rows (see ``hybrid_pipeline.defs.gold_analytics``).
+per-date tables on the event dates of those rows (see ``hybrid_pipeline.defs.gold_analytics.assets``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A table's name, columns and types, physical layout (partitioning, Z-order), how long old
 versions stay readable (vacuum retention), the team that owns it and how much personal data it
 holds are facts about the table, not about the code that happens to write it. They are declared
-here so that everything else derives from one place: asset keys (``defs/keys.py``), the column
-schema in materialization metadata (``defs/metadata.py``), maintenance (``defs/maintenance.py``)
+here so that everything else derives from one place: asset keys (``dagster_support/keys.py``), the column
+schema in materialization metadata (``dagster_support/metadata.py``), maintenance (``defs/maintenance/jobs.py``)
 and the frames the transforms build (the ``*_SCHEMA`` names in the transform modules are these
 schemas, re-exported). Tests hold the tables on disk to these declarations.
 
@@ -57,7 +57,7 @@ class Table:
 
     @property
     def key_path(self) -> tuple[str, ...]:
-        """The asset key's path (``("silver", "events")``); Dagster keys are built from it in ``defs/keys.py``."""
+        """The asset key's path (``("silver", "events")``); Dagster keys are built from it in ``dagster_support/keys.py``."""
         return tuple(self.name.split("/"))
 
 

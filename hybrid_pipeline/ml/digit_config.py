@@ -11,7 +11,7 @@ class DigitTrainConfig:
     """Hyperparameters and run settings of :func:`~hybrid_pipeline.ml.digit_model.train_digit_classifier`.
 
     The one place their defaults live: ``models/digit_classifier``'s run config
-    (``DigitModelConfig`` in ``hybrid_pipeline.defs.models``) takes its defaults from here.
+    (``DigitModelConfig`` in ``hybrid_pipeline.defs.models.config``) takes its defaults from here.
     """
 
     image_size: tuple[int, int] | None = None  # None: the files' own size (32x32 for the demo digits)

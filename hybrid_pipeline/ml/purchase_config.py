@@ -1,6 +1,6 @@
 """The purchase model's hyperparameters, without torch: the one place their defaults live.
 
-``models/purchase_model``'s run config (``PurchaseModelConfig`` in ``hybrid_pipeline.defs.models``)
+``models/purchase_model``'s run config (``PurchaseModelConfig`` in ``hybrid_pipeline.defs.models.config``)
 takes its defaults from here, the trainer (:func:`~hybrid_pipeline.ml.purchase_model.train_purchase_model`)
 runs with it, and reproduction reads it back from a run record (:meth:`PurchaseTrainConfig.from_params`).
 """

@@ -10,10 +10,12 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
+from hybrid_pipeline.dagster_support.keys import TRAINING_SET, USER_FEATURES, USER_LABELS
+from hybrid_pipeline.dagster_support.resources import AlertsResource
+from hybrid_pipeline.dagster_support.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.definitions import PIPELINE_JOB
-from hybrid_pipeline.defs.automation import AlertsResource
-from hybrid_pipeline.defs.keys import TRAINING_SET, USER_FEATURES, USER_LABELS
-from hybrid_pipeline.defs.models import (
+from hybrid_pipeline.definitions import build_definitions
+from hybrid_pipeline.defs.models.names import (
     AUTOMATION_SENSOR,
     DRIFT_CHECK,
     DRIFT_CHECK_KEY,
@@ -22,8 +24,6 @@ from hybrid_pipeline.defs.models import (
     PRODUCTION_PURCHASE_MODEL,
     PURCHASE_MODEL,
 )
-from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
-from hybrid_pipeline.definitions import build_definitions
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 
 

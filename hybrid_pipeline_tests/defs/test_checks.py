@@ -10,8 +10,8 @@ import pytest
 from deltalake import write_deltalake
 
 from hybrid_pipeline.cli import materialize
-from hybrid_pipeline.defs.keys import DAILY_METRICS, SILVER_EVENTS
-from hybrid_pipeline.defs.resources import DataPolicyResource
+from hybrid_pipeline.dagster_support.keys import DAILY_METRICS, SILVER_EVENTS
+from hybrid_pipeline.dagster_support.resources import DataPolicyResource
 from hybrid_pipeline.definitions import build_definitions, daily_partitions
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline_tests.conftest import TEST_SALT, make_env

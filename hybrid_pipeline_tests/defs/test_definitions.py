@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from hybrid_pipeline.defs.compute import torch_asset
-from hybrid_pipeline.defs.keys import SILVER_EVENTS
+from hybrid_pipeline.dagster_support.compute import torch_asset
+from hybrid_pipeline.dagster_support.keys import SILVER_EVENTS
 from hybrid_pipeline.definitions import build_definitions
 from hybrid_pipeline.settings import Settings
 

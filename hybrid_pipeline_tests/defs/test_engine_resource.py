@@ -6,8 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from hybrid_pipeline.definitions import build_definitions, resources
-from hybrid_pipeline.defs.engine import (
+from hybrid_pipeline.dagster_support.engine import (
     SPARK_POOL,
     EngineResource,
     engine_kinds,
@@ -15,6 +14,8 @@ from hybrid_pipeline.defs.engine import (
     engine_resource,
     on_engine,
 )
+from hybrid_pipeline.definitions import build_definitions
+from hybrid_pipeline.defs.resources import project_resources
 from hybrid_pipeline.engines.compute import ComputeEngine, PolarsEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 from hybrid_pipeline.settings import Settings
@@ -34,7 +35,7 @@ SILVER_POOL_BY_KEY = {key: "silver_writer" for key in ENGINE_ASSETS if key[0] ==
 
 
 def test_default_engine_is_polars_and_starts_no_spark() -> None:
-    res = resources(Settings.from_env({}))["engine"]
+    res = project_resources(Settings.from_env({}))["engine"]
     assert isinstance(res, EngineResource) and res.engine == "polars"
     engine = res.compute()
     assert isinstance(engine, PolarsEngine) and isinstance(engine, ComputeEngine)
@@ -42,7 +43,7 @@ def test_default_engine_is_polars_and_starts_no_spark() -> None:
 
 
 def test_hybrid_engine_spark_configures_the_session_from_spark_settings() -> None:
-    res = resources(Settings.from_env({"HYBRID_ENGINE": "spark"}))["engine"]
+    res = project_resources(Settings.from_env({"HYBRID_ENGINE": "spark"}))["engine"]
     assert res.engine == "spark"
     conf = res.pyspark.spark_config
     assert conf["spark.master"] == "local[*]" and conf["spark.sql.session.timeZone"] == "UTC"

@@ -134,7 +134,7 @@ def test_feast_cli_lists_the_generated_feature_views(built):
 
 
 def _resources(root):
-    from hybrid_pipeline.defs.feature_store import FeatureStoreResource
+    from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
 
     return FeatureStoreResource(repo_dir=str(root / "feature_repo"))
 

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from hybrid_pipeline.defs.gold_analytics import Rehomed, build_day, rehomed_since
-from hybrid_pipeline.defs.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, SILVER_EVENTS, USER_LANDING_SUMMARY
+from hybrid_pipeline.cli import materialize
+from hybrid_pipeline.dagster_support.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, SILVER_EVENTS, USER_LANDING_SUMMARY
+from hybrid_pipeline.defs.gold_analytics.assets import Rehomed, build_day, rehomed_since
 from hybrid_pipeline.engines.compute import PolarsEngine, Written
 from hybrid_pipeline.engines.shared import DIM_USER_SCHEMA
 from hybrid_pipeline.lakehouse import Lakehouse
-from hybrid_pipeline.cli import materialize
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline.transforms.gold import DAILY_METRICS_SCHEMA, dim_date
 from hybrid_pipeline_tests.conftest import make_env

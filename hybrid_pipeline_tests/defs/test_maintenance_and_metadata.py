@@ -17,9 +17,9 @@ import polars as pl
 import pytest
 
 from hybrid_pipeline.cli import materialize
+from hybrid_pipeline.dagster_support.keys import DELTA_VIEWS, key_of
+from hybrid_pipeline.dagster_support.metadata import table_metadata
 from hybrid_pipeline.definitions import build_definitions
-from hybrid_pipeline.defs.keys import DELTA_VIEWS, key_of
-from hybrid_pipeline.defs.metadata import table_metadata
 from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.demo import write_broken_media, write_demo_media
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate

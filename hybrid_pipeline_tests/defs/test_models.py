@@ -19,31 +19,27 @@ import pytest
 pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
 
 from hybrid_pipeline.cli import materialize
+from hybrid_pipeline.dagster_support.compute import GPU_POOL
+from hybrid_pipeline.dagster_support.keys import PREDICTIONS, TRAINING_SET
+from hybrid_pipeline.dagster_support.resources import ModelPolicyResource, TorchDeviceResource
 from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, build_definitions
-from hybrid_pipeline.defs.compute import GPU_POOL
-from hybrid_pipeline.defs.keys import TRAINING_SET
-from hybrid_pipeline.defs.models import (
+from hybrid_pipeline.defs.models.config import DigitModelConfig, PurchaseModelConfig
+from hybrid_pipeline.defs.models.names import (
     DIGIT_CLASSIFIER,
     DIGIT_TRAINING_JOB,
-    DigitModelConfig,
     DRIFT_CHECK,
     DRIFT_CHECK_KEY,
-    DRIFT_COLUMNS,
     GATE_CHECK,
-    LIFETIME_FEATURES,
-    PREDICTIONS,
     PREDICTIONS_JOB,
     PRODUCTION_PURCHASE_MODEL,
     PURCHASE_MODEL,
     PURCHASE_TRAINING_JOB,
-    ModelPolicyResource,
-    PurchaseModelConfig,
-    TorchDeviceResource,
-    model_resources,
-    purchase_predictor,
 )
+from hybrid_pipeline.defs.resources import model_resources
 from hybrid_pipeline.ml.digit_config import DigitTrainConfig
+from hybrid_pipeline.ml.predictor import purchase_predictor
 from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
+from hybrid_pipeline.ml.purchase_drift import DRIFT_COLUMNS, LIFETIME_FEATURES
 from hybrid_pipeline.ml.registry import default_tracking_uri, get_production, get_run
 from hybrid_pipeline.ml.reproduce import MODEL_NAME, config_from_run_params, encoded_columns, reproduce
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate

@@ -7,8 +7,8 @@ import os
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.metadata import table_size
-from hybrid_pipeline.defs.monitoring import PIPELINE_RUNS, build_monitoring, observe_runs
+from hybrid_pipeline.dagster_support.metadata import table_size
+from hybrid_pipeline.defs.monitoring.sensors import PIPELINE_RUNS, observe_runs, pipeline_run_monitor
 from hybrid_pipeline.lakehouse import Lakehouse
 
 
@@ -35,7 +35,7 @@ def bad_job() -> None:
 def test_the_run_monitor_observes_successes_and_failures_per_job(instance):
     for job in (good_job, good_job, bad_job):
         job.execute_in_process(instance=instance, raise_on_error=False)
-    sensor = build_monitoring().resolve_sensor_def("pipeline_run_monitor")
+    sensor = pipeline_run_monitor
 
     result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
 

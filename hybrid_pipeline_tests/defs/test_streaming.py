@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 import redis
 
-from hybrid_pipeline.defs.feature_store import FeatureStoreResource
-from hybrid_pipeline.defs.streaming import push_streaming_features
+from hybrid_pipeline.dagster_support.resources import FeatureStoreResource
+from hybrid_pipeline.defs.streaming.sensors import push_streaming_features
 from hybrid_pipeline.features.streaming import CombinedReader, merge_window
 from hybrid_pipeline.sources.stream import StreamConsumer, produce
 
@@ -78,8 +78,8 @@ def test_a_replayed_batch_is_not_counted_twice_and_old_buckets_fall_off():
 
 
 def test_the_stream_sensor_consumes_and_reports_the_streaming_features_asset(pipeline_env, stream_name, instance):
-    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
-    from hybrid_pipeline.defs.streaming import build_streaming
+    from hybrid_pipeline.dagster_support.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.defs.streaming.sensors import build_streaming
 
     now = datetime.now(timezone.utc)
     assert produce(REDIS, stream_name, [_event(i, f"u{i % 2}", now) for i in range(5)]) == 5
@@ -96,8 +96,8 @@ def test_the_stream_sensor_consumes_and_reports_the_streaming_features_asset(pip
 
 
 def test_the_cli_reporter_batches_streaming_materializations(instance):
-    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
-    from hybrid_pipeline.defs.streaming import ActivityReporter
+    from hybrid_pipeline.dagster_support.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.defs.streaming.sensors import ActivityReporter
 
     reporter = ActivityReporter(instance, every_s=3600)
     rows = pl.DataFrame({"event_id": ["a", "b", "c"]})
@@ -113,7 +113,7 @@ def test_the_cli_reporter_batches_streaming_materializations(instance):
 
 
 def test_streaming_features_are_fresh_within_minutes_not_hours():
-    from hybrid_pipeline.defs.keys import STREAMING_USER_ACTIVITY
+    from hybrid_pipeline.dagster_support.keys import STREAMING_USER_ACTIVITY
     from hybrid_pipeline.definitions import build_definitions
     from hybrid_pipeline.settings import Settings
 
@@ -123,7 +123,7 @@ def test_streaming_features_are_fresh_within_minutes_not_hours():
 
 
 def test_one_online_push_serves_many_batches_and_a_replayed_batch_is_not_counted_twice(pipeline_env, stream_name):
-    from hybrid_pipeline.defs.streaming import OnlinePush
+    from hybrid_pipeline.defs.streaming.sensors import OnlinePush
 
     now = datetime.now(timezone.utc) - timedelta(minutes=1)
     settings = pipeline_env.settings

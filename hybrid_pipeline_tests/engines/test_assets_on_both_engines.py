@@ -17,12 +17,12 @@ import pytest
 from dagster_pyspark import LazyPySparkResource
 from polars.testing import assert_frame_equal
 
+from hybrid_pipeline.dagster_support.engine import EngineResource
 from hybrid_pipeline.definitions import PIPELINE_JOB, build_definitions
-from hybrid_pipeline.defs.engine import EngineResource
 from hybrid_pipeline.engines.spark_session import SparkSettings
+from hybrid_pipeline.settings import Settings
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
 from hybrid_pipeline.sources.landing import landed_dates
-from hybrid_pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
 

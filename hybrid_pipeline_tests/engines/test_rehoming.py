@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from hybrid_pipeline.defs.gold_analytics import Rehomed, affected_dates, build_day
-from hybrid_pipeline.defs.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, USER_LANDING_SUMMARY
+from hybrid_pipeline.dagster_support.keys import DAILY_METRICS, DIM_DATE, DIM_USER, FACT_EVENTS, USER_LANDING_SUMMARY
+from hybrid_pipeline.defs.gold_analytics.assets import Rehomed, affected_dates, build_day
 from hybrid_pipeline.engines.compute import ComputeEngine, PolarsEngine, SilverWritten
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA

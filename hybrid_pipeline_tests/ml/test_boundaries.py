@@ -29,7 +29,7 @@ def test_no_ml_module_imports_dagster_or_the_defs_package():
         f"{path.name}: {module}"
         for path in ML_DIR.glob("*.py")
         for module, _ in imports_of(path)
-        if module.split(".")[0] == "dagster" or module.startswith("hybrid_pipeline.defs")
+        if module.split(".")[0] == "dagster" or module.startswith(("hybrid_pipeline.defs", "hybrid_pipeline.dagster_support"))
     }
     assert not offending
 
@@ -53,6 +53,20 @@ def test_importing_reproduce_and_hashing_a_training_set_loads_neither_dagster_no
         "import hybrid_pipeline.ml.reproduce as r\n"
         "r.content_sha256(pl.DataFrame({'user_id': ['a'], 'event_timestamp': [1]}))\n"
         "loaded = [m for m in sys.modules if m == 'dagster' or m.startswith(('dagster.', 'hybrid_pipeline.defs'))]\n"
+        "print(json.dumps(sorted(loaded)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_importing_the_serving_predictor_loads_neither_dagster_nor_defs():
+    """``hybrid-pipeline serve`` loads the production model through it, without Dagster."""
+    code = (
+        "import json, sys\n"
+        "from hybrid_pipeline.ml.predictor import PurchasePredictor, purchase_predictor\n"
+        "import hybrid_pipeline.ml.gate, hybrid_pipeline.ml.purchase_drift\n"
+        "loaded = [m for m in sys.modules if m == 'dagster' or m.startswith(('dagster.', 'hybrid_pipeline.defs',"
+        " 'hybrid_pipeline.dagster_support'))]\n"
         "print(json.dumps(sorted(loaded)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

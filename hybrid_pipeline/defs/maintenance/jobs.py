@@ -8,7 +8,7 @@ rely on) and vacuumed with its own retention.
 
 import dagster as dg
 
-from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.dagster_support.resources import LakehouseResource
 from hybrid_pipeline.lakehouse import catalog
 
 
@@ -49,7 +49,3 @@ maintenance_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-
-
-def build_maintenance() -> dg.Definitions:
-    return dg.Definitions(jobs=[lakehouse_maintenance], schedules=[maintenance_schedule])

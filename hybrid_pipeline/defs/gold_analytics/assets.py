@@ -2,7 +2,7 @@
 
 A landing day's run recomputes every event date that day's silver rows touch, so late
 events are counted on their true date and earlier dates are corrected in place. The work runs
-on the configured compute engine (:class:`~hybrid_pipeline.defs.engine.EngineResource`,
+on the configured compute engine (:class:`~hybrid_pipeline.dagster_support.engine.EngineResource`,
 ``HYBRID_ENGINE``); dim_date is a handful of rows computed here.
 
 Re-homed rows: when the day's silver step took events back from later landing days (the day
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
-from hybrid_pipeline.defs.keys import (
+from hybrid_pipeline.dagster_support.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
+from hybrid_pipeline.dagster_support.keys import (
     DAILY_METRICS,
     DIM_DATE,
     DIM_USER,
@@ -42,8 +42,9 @@ from hybrid_pipeline.defs.keys import (
     USER_LANDING_SUMMARY,
     table_of,
 )
-from hybrid_pipeline.defs.metadata import check_result, column_lineage, measured, table_metadata
-from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
+from hybrid_pipeline.dagster_support.metadata import check_result, column_lineage, measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import LakehouseResource
 from hybrid_pipeline.engines.compute import ComputeEngine
 from hybrid_pipeline.engines.shared import USER_LANDING_SUMMARY_SCHEMA
 from hybrid_pipeline.lakehouse import Lakehouse
@@ -53,7 +54,7 @@ from hybrid_pipeline.transforms.contract import silver_schema
 GROUP = "gold_analytics"
 _OWNERS = ["team:analytics"]
 _TAGS = {"layer": "gold"}
-# Tables whose work runs on the compute engine (their kinds and pool follow it: defs/engine.py).
+# Tables whose work runs on the compute engine (their kinds and pool follow it: dagster_support/engine.py).
 _ON_ENGINE_TAGS = {**_TAGS, **ENGINE_TAG}
 # Worker threads for one day's gold tables: this machine class has two cores.
 GOLD_THREADS = 2
@@ -440,3 +441,10 @@ def build_gold_analytics(partitions: dg.PartitionsDefinition, engine: str) -> dg
         )
 
     return dg.Definitions(assets=[gold_analytics], asset_checks=[reconciles_with_silver])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Gold analytics under the load's settings: partitions from ``HYBRID_START_DATE``, kinds and pool from ``HYBRID_ENGINE``."""
+    settings = current_settings()
+    return build_gold_analytics(daily_partitions(settings), settings.engine)

@@ -4,7 +4,7 @@ A landing day keeps the events it owns (the first record of an event_id in landi
 and line order), whatever order the days are processed in: processed after a later day, it
 takes its events back and that day's rows become duplicates. The materialization records those
 days and the moved rows' event dates (``rehomed_landing_days``, ``rehomed_event_dates``), which
-the gold assets of the same day read to recompute them (``defs.gold_analytics.rehomed_since``).
+the gold assets of the same day read to recompute them (``defs.gold_analytics.assets.rehomed_since``).
 """
 
 
@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds
-from hybrid_pipeline.defs.keys import BRONZE_EVENTS, SILVER_DUPLICATES, SILVER_EVENTS, SILVER_QUARANTINE, table_of
-from hybrid_pipeline.defs.metadata import check_result, measured, table_metadata
-from hybrid_pipeline.defs.resources import DataPolicyResource, LakehouseResource
+from hybrid_pipeline.dagster_support.engine import ENGINE_TAG, EngineResource, engine_kinds
+from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS, SILVER_DUPLICATES, SILVER_EVENTS, SILVER_QUARANTINE, table_of
+from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
+from hybrid_pipeline.dagster_support.metadata import check_result, measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import DataPolicyResource, LakehouseResource
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
 from hybrid_pipeline.transforms import quality
@@ -173,3 +174,10 @@ def build_silver(partitions: dg.PartitionsDefinition, engine: str) -> dg.Definit
         assets=[silver_events],
         asset_checks=[silver_checks],
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Silver under the load's settings: partitions from ``HYBRID_START_DATE``, kinds and pool from ``HYBRID_ENGINE``."""
+    settings = current_settings()
+    return build_silver(daily_partitions(settings), settings.engine)

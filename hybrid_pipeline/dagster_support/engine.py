@@ -11,7 +11,7 @@ in-process executor reuses it across steps; the multiprocess executor starts one
 
 Pools and kinds of the engine-backed assets are declared where the assets are: the factories
 (``build_silver``, ``build_gold_analytics``, ``build_gold_features``) take the engine name, which
-``definitions.py`` reads from the settings when it builds the code location, and pass
+their domain's ``@dg.definitions`` function reads from the settings when the code location loads, and pass
 :func:`engine_pool` and :func:`engine_kinds` to ``@dg.asset``/``@dg.multi_asset``. Dagster fixes
 an op's pool when the asset is defined (there is no documented way to move it afterwards), and
 the kinds say what computes the table, so both follow the engine at that point:

@@ -2,9 +2,9 @@
 
 A landing day can change feature rows from its earliest event date to the newest day, so
 each run rewrites exactly that date range (late events included, and the event dates of rows
-its silver step took back from later landing days: ``defs.gold_analytics.rehomed_since``);
+its silver step took back from later landing days: ``defs.gold_analytics.assets.rehomed_since``);
 earlier rows stay. The feature rows are computed and written by the configured compute engine
-(:class:`~hybrid_pipeline.defs.engine.EngineResource`, ``HYBRID_ENGINE``).
+(:class:`~hybrid_pipeline.dagster_support.engine.EngineResource`, ``HYBRID_ENGINE``).
 """
 
 from datetime import date, timedelta
@@ -12,11 +12,12 @@ from datetime import date, timedelta
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
-from hybrid_pipeline.defs.gold_analytics import affected_dates, rehomed_since
-from hybrid_pipeline.defs.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
-from hybrid_pipeline.defs.metadata import column_lineage, measured, table_metadata
-from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.dagster_support.engine import ENGINE_TAG, EngineResource, engine_kinds, engine_pool
+from hybrid_pipeline.dagster_support.keys import SILVER_EVENTS, USER_FEATURES, USER_LABELS, table_of
+from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
+from hybrid_pipeline.dagster_support.metadata import column_lineage, measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import LakehouseResource
+from hybrid_pipeline.defs.gold_analytics.assets import affected_dates, rehomed_since
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import features
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -121,3 +122,10 @@ def build_gold_features(partitions: dg.PartitionsDefinition, engine: str) -> dg.
         )
 
     return dg.Definitions(assets=[user_features, user_labels])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Gold features under the load's settings: partitions from ``HYBRID_START_DATE``, kinds and pool from ``HYBRID_ENGINE``."""
+    settings = current_settings()
+    return build_gold_features(daily_partitions(settings), settings.engine)

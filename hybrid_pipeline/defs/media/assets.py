@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.keys import (
+from hybrid_pipeline.dagster_support.keys import (
     BRONZE_MEDIA_FILES,
     BRONZE_MEDIA_LABELS,
     BRONZE_MEDIA_LANDED,
@@ -21,8 +21,8 @@ from hybrid_pipeline.defs.keys import (
     SILVER_MEDIA_QUARANTINE,
     table_of,
 )
-from hybrid_pipeline.defs.metadata import measured, table_metadata
-from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
+from hybrid_pipeline.dagster_support.metadata import measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.extract import describe_many
 from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_collection_stats
@@ -162,9 +162,10 @@ def media_collection_stats_asset(lakehouse: LakehouseResource) -> dg.Materialize
 MEDIA_ASSETS = [bronze_media, silver_media, image_training_manifest, media_collection_stats_asset]
 
 
-def build_media() -> dg.Definitions:
-    return dg.Definitions(
-        assets=MEDIA_ASSETS,
-        jobs=[dg.define_asset_job("media_pipeline", selection=dg.AssetSelection.assets(*MEDIA_ASSETS),
-                                  description="Landed media -> bronze files -> silver descriptions -> gold manifest and stats.")],
-    )
+MEDIA_JOB = "media_pipeline"
+
+media_pipeline = dg.define_asset_job(
+    MEDIA_JOB,
+    selection=dg.AssetSelection.assets(*MEDIA_ASSETS),
+    description="Landed media -> bronze files -> silver descriptions -> gold manifest and stats.",
+)

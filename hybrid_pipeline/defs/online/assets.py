@@ -11,11 +11,11 @@ import random
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.feature_store import FeatureStoreResource
-from hybrid_pipeline.defs.gold_analytics import affected_dates
-from hybrid_pipeline.defs.keys import FEAST_REGISTRY, ONLINE_USER_FEATURES, USER_FEATURES, USER_FEATURES_VIEW, table_of
-from hybrid_pipeline.defs.metadata import check_result, measured
-from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.dagster_support.keys import FEAST_REGISTRY, ONLINE_USER_FEATURES, USER_FEATURES, USER_FEATURES_VIEW, table_of
+from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
+from hybrid_pipeline.dagster_support.metadata import check_result, measured
+from hybrid_pipeline.dagster_support.resources import FeatureStoreResource, LakehouseResource
+from hybrid_pipeline.defs.gold_analytics.assets import affected_dates
 from hybrid_pipeline.transforms.features import FEATURE_COLUMNS
 from hybrid_pipeline.transforms.quality import Outcome
 
@@ -122,3 +122,10 @@ def build_online(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         return check_result(compare_online_offline(online, offline, sample))
 
     return dg.Definitions(assets=[online_user_features], asset_checks=[online_matches_offline])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Online features under the load's settings (the daily partitions start at ``HYBRID_START_DATE``)."""
+    settings = current_settings()
+    return build_online(daily_partitions(settings))

@@ -1,7 +1,7 @@
 """Pipeline monitoring in the graph: run outcomes per job, observed on a schedule of their own.
 
 Per-asset volume, throughput and resource use ride on every materialization (see
-:func:`hybrid_pipeline.defs.metadata.measured`); quality figures on the check results. What no
+:func:`hybrid_pipeline.dagster_support.metadata.measured`); quality figures on the check results. What no
 single asset sees is how the jobs fare, so a sensor observes ``monitoring/pipeline_runs``
 with the last 24 hours' successes and failures per job, and the UI plots them over time.
 """
@@ -35,14 +35,11 @@ def observe_runs(instance: dg.DagsterInstance, now: datetime | None = None) -> d
     return dg.AssetObservation(PIPELINE_RUNS, metadata={**outcomes, "window_hours": WINDOW.total_seconds() / 3600})
 
 
-def build_monitoring() -> dg.Definitions:
-    @dg.sensor(
-        minimum_interval_seconds=300,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Every 5 minutes: run successes and failures per job over the last 24 hours, observed on "
-        "monitoring/pipeline_runs.",
-    )
-    def pipeline_run_monitor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return dg.SensorResult(asset_events=[observe_runs(context.instance)])
-
-    return dg.Definitions(assets=[pipeline_runs], sensors=[pipeline_run_monitor])
+@dg.sensor(
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every 5 minutes: run successes and failures per job over the last 24 hours, observed on "
+    "monitoring/pipeline_runs.",
+)
+def pipeline_run_monitor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    return dg.SensorResult(asset_events=[observe_runs(context.instance)])

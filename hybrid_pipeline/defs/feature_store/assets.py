@@ -8,59 +8,13 @@ never by rewriting that repo.
 
 import dagster as dg
 
-from hybrid_pipeline.defs.keys import FEAST_REGISTRY, TRAINING_SET, USER_FEATURES, USER_FEATURES_VIEW, USER_LABELS, table_of
-from hybrid_pipeline.defs.metadata import measured, table_metadata
-from hybrid_pipeline.defs.resources import LakehouseResource
+from hybrid_pipeline.dagster_support.keys import FEAST_REGISTRY, TRAINING_SET, USER_FEATURES, USER_FEATURES_VIEW, USER_LABELS, table_of
+from hybrid_pipeline.dagster_support.metadata import measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import FeatureStoreResource, LakehouseResource
 from hybrid_pipeline.features import catalog
-from hybrid_pipeline.ml.training_set import build_training_set, feature_services
+from hybrid_pipeline.ml.training_set import build_training_set
 
 _OWNERS = ["team:ml-platform"]
-
-
-class FeatureStoreResource(dg.ConfigurableResource):
-    """The generated Feast repo (offline store: Delta; online store: SQLite or Redis)."""
-
-    repo_dir: str
-    online_store: str = "sqlite"
-
-    def write_repo(self, user_features_uri: str) -> None:
-        """(Re)generate the repo over the latest version of each table."""
-        from hybrid_pipeline.features.repo import write_feature_repo
-
-        write_feature_repo(
-            self.repo_dir,
-            catalog.PROJECT,
-            catalog.feature_tables(user_features_uri),
-            catalog.online_store_config(self.online_store, self.repo_dir),
-            feature_services=feature_services(),
-        )
-
-    def key_index_dir(self) -> str:
-        """Where stores over this repo's tables keep their key indexes (shared by pinned stores)."""
-        from hybrid_pipeline.features.repo import key_index_dir
-
-        return str(key_index_dir(self.repo_dir))
-
-    def online_url(self) -> str:
-        """The online store as the direct clients address it (same data Feast reads)."""
-        if self.online_store.strip().lower() in ("", "sqlite"):
-            return f"sqlite://{catalog.online_sqlite_path(self.repo_dir)}"
-        return self.online_store
-
-    def writer(self):  # noqa: ANN201
-        from hybrid_pipeline.online import OnlineWriter
-
-        return OnlineWriter.from_url(self.online_url(), catalog.PROJECT)
-
-    def reader(self):  # noqa: ANN201
-        from hybrid_pipeline.online import OnlineReader
-
-        return OnlineReader.from_url(self.online_url(), catalog.PROJECT)
-
-    def store(self):  # noqa: ANN201 - feast.FeatureStore, imported lazily (slow import)
-        from feast import FeatureStore
-
-        return FeatureStore(repo_path=self.repo_dir)
 
 
 @dg.multi_asset(
@@ -149,7 +103,3 @@ def training_set(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
         key_index=dg.MetadataValue.json(built.key_index),
         null_feature_rows=int(rows["total_events"].null_count()) if rows.height else 0,
     ))
-
-
-def build_feature_store() -> dg.Definitions:
-    return dg.Definitions(assets=[feast_registry, training_set])

@@ -6,9 +6,10 @@ from datetime import datetime, timezone
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.keys import BRONZE_EVENTS, BRONZE_LANDED_FILES, table_of
-from hybrid_pipeline.defs.metadata import measured, table_metadata
-from hybrid_pipeline.defs.resources import LakehouseResource, LandingZoneResource
+from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS, BRONZE_LANDED_FILES, table_of
+from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
+from hybrid_pipeline.dagster_support.metadata import measured, table_metadata
+from hybrid_pipeline.dagster_support.resources import LakehouseResource, LandingZoneResource
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA, LANDED_FILES_SCHEMA, collect_landing, ingested_files
 
 
@@ -80,3 +81,9 @@ def build_bronze(partitions: dg.PartitionsDefinition) -> dg.Definitions:
 
     return dg.Definitions(assets=[bronze_events])
 
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Bronze under the load's settings (the daily partitions start at ``HYBRID_START_DATE``)."""
+    settings = current_settings()
+    return build_bronze(daily_partitions(settings))

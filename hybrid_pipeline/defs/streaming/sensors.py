@@ -11,7 +11,8 @@ import time
 import dagster as dg
 import polars as pl
 
-from hybrid_pipeline.defs.keys import BRONZE_EVENTS, STREAMING_USER_ACTIVITY
+from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS, STREAMING_USER_ACTIVITY
+from hybrid_pipeline.dagster_support.loading import current_settings
 from hybrid_pipeline.features import streaming
 from hybrid_pipeline.settings import Settings
 
@@ -133,3 +134,9 @@ def build_streaming(settings: Settings, stream: str = STREAM) -> dg.Definitions:
         )
 
     return dg.Definitions(assets=[streaming_user_activity], sensors=[event_stream_sensor])
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The stream sensor under the load's settings (Redis URL, lakehouse and online store)."""
+    return build_streaming(current_settings())

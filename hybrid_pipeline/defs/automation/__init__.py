@@ -1,0 +1,5 @@
+"""Automation: the cross-layer jobs, the daily schedule, the landing sensor and alerts.
+
+No re-exports here: ``dg.load_from_defs_folder`` scans this ``__init__`` too, and a definition
+imported into it would be registered twice.
+"""

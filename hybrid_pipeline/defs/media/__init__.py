@@ -1,0 +1,5 @@
+"""Media: images and documents from landing to a training manifest.
+
+No re-exports here: ``dg.load_from_defs_folder`` scans this ``__init__`` too, and a definition
+imported into it would be registered twice.
+"""

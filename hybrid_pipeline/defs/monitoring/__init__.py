@@ -1,0 +1,5 @@
+"""Monitoring: run outcomes per job, observed on a schedule of their own.
+
+No re-exports here: ``dg.load_from_defs_folder`` scans this ``__init__`` too, and a definition
+imported into it would be registered twice.
+"""
