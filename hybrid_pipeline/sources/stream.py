@@ -39,7 +39,7 @@ makes the write idempotent:
 Why per consumer and not per group: entries of one group are split between its consumers,
 so their ids interleave; a single group-wide watermark would make consumer B skip entries
 below consumer A's watermark that B had never written. With one consumer per group (the
-sensor deployment) "per consumer" *is* "per group". Limits: entries claimed from another
+``hybrid-pipeline stream`` deployment) "per consumer" *is* "per group". Limits: entries claimed from another
 consumer (XCLAIM/XAUTOCLAIM) are not covered by the new owner's watermark, so recover a
 dead consumer by restarting it under its own name; a stream that is deleted and recreated
 restarts ids at 0, so give it a new group name (otherwise its entries count as replays).
@@ -99,9 +99,19 @@ def line_number_of(entry_id: str | bytes | StreamId) -> int:
     return ms * LINE_NUMBER_SEQ_BASE + seq
 
 
+def entry_id_of_line_number(line_number: int) -> str:
+    """The stream entry id a bronze row came from: the inverse of :func:`line_number_of`."""
+    return format_id(divmod(line_number, LINE_NUMBER_SEQ_BASE))
+
+
 def publish_ms_of_line_number(line_number: int) -> int:
     """The entry's timestamp (ms since the epoch, Redis server clock) from its line number."""
     return line_number // LINE_NUMBER_SEQ_BASE
+
+
+def app_id_of(stream: str, group: str, consumer: str) -> str:
+    """The Delta application id of one consumer: its commits carry it, its watermark is kept under it."""
+    return f"hybrid_pipeline.stream/{stream}/{group}/{consumer}"
 
 
 def batch_id_of(stream: str, entry_ids: Iterable[str]) -> str:
@@ -239,7 +249,9 @@ class StreamConsumer:
     ``start_id``: where a newly created group starts (``"0"`` = the whole stream, ``"$"`` =
     only entries added from now on). ``on_batch(rows_df)`` is called with the committed bronze
     rows after the commit and the XACK (see :func:`streaming_features`); an exception from it
-    propagates but the batch stays committed and acknowledged.
+    propagates but the batch stays committed and acknowledged. ``on_commit(result, rows_df)``
+    is called just before it with the batch's :class:`BatchResult` (offsets, seq, Delta
+    version), so the commit can be reported as a materialization of the table.
     ``_after_commit(result)`` is a test hook run between the commit and the XACK (raise from
     it, or ``os._exit``, to simulate a crash there).
     """
@@ -257,6 +269,7 @@ class StreamConsumer:
         on_batch: Callable[[pl.DataFrame], Any] | None = None,
         *,
         linger_ms: int = 0,
+        on_commit: Callable[[BatchResult, pl.DataFrame], Any] | None = None,
         start_id: str = "0",
         partition_by: list[str] | None = None,
         client: redis.Redis | None = None,
@@ -276,10 +289,11 @@ class StreamConsumer:
         self.start_id = start_id
         self.partition_by = ["landing_date"] if partition_by is None else partition_by
         self.on_batch = on_batch
+        self.on_commit = on_commit
         self._after_commit = _after_commit
         self._own_client = client is None
         self.redis = client or redis.Redis.from_url(redis_url)
-        self.app_id = f"hybrid_pipeline.stream/{stream}/{group}/{consumer}"
+        self.app_id = app_id_of(stream, group, consumer)
         self._group_ready = False
         self._dt: DeltaTable | None = None
         # Recovered from the table on first use and after any failure.
@@ -537,6 +551,8 @@ class StreamConsumer:
             self._after_commit(result)  # test hook: a crash between commit and XACK
         acked = self._ack([e.entry_id for e in entries])
         result = replace(result, acked=acked)
+        if rows is not None and self.on_commit is not None:
+            self.on_commit(result, rows)
         if rows is not None and self.on_batch is not None:
             self.on_batch(rows)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -77,22 +78,82 @@ def test_a_replayed_batch_is_not_counted_twice_and_old_buckets_fall_off():
     assert later["events_1h"] == 1
 
 
-def test_the_stream_sensor_consumes_and_reports_the_streaming_features_asset(pipeline_env, stream_name, instance):
-    from hybrid_pipeline.dagster_support.keys import STREAMING_USER_ACTIVITY
-    from hybrid_pipeline.defs.streaming.sensors import build_streaming
+DAY_1, DAY_2 = datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2024, 1, 2, tzinfo=timezone.utc)
 
-    now = datetime.now(timezone.utc)
-    assert produce(REDIS, stream_name, [_event(i, f"u{i % 2}", now) for i in range(5)]) == 5
+
+def _publish_at(stream: str, day: datetime, count: int) -> list[str]:
+    """``count`` entries whose ids (hence landing days) fall on ``day``."""
+    client = redis.Redis.from_url(REDIS)
+    ms = int(day.timestamp() * 1000)
+    try:
+        return [client.xadd(stream, {"payload": json.dumps(_event(i, "u", day))}, id=f"{ms}-{i}").decode() for i in range(count)]
+    finally:
+        client.close()
+
+
+def test_the_stream_command_records_every_commit_as_a_bronze_events_materialization_of_its_landing_day(
+    pipeline_env, stream_name
+):
+    from hybrid_pipeline import cli
+    from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS
+
+    day_1_ids = _publish_at(stream_name, DAY_1, 3)
+    day_2_ids = _publish_at(stream_name, DAY_2, 2)
+    args = ["stream", "--stream", stream_name, "--group", "g", "--consumer", "c1", "--batch-size", "2", "--block-ms", "0",
+            "--max-idle-polls", "1", "--no-online"]
+    assert cli.main(args) == 0  # batches [d1 d1] [d1 d2] [d2]: three commits, one spanning both days
+
+    table_version = pipeline_env.lakehouse.version("bronze/events")
+    with dg.DagsterInstance.get() as instance:  # the instance in DAGSTER_HOME, where the command reported
+        records = instance.fetch_materializations(BRONZE_EVENTS, limit=100, ascending=True).records
+        latest = instance.get_latest_materialization_event(BRONZE_EVENTS)
+    by_day: dict[str, list[dict]] = {}
+    for record in records:
+        event = record.asset_materialization
+        by_day.setdefault(event.partition, []).append({k: v.value for k, v in event.metadata.items()})
+
+    bronze = pipeline_env.lakehouse.read("bronze/events")
+    assert sorted(by_day) == ["2024-01-01", "2024-01-02"]
+    for day, ids in (("2024-01-01", day_1_ids), ("2024-01-02", day_2_ids)):
+        reports = by_day[day]
+        # Every committed row reported once, under the day it landed in.
+        assert sum(r["new_records"] for r in reports) == bronze.filter(pl.col("landing_date") == day).height == len(ids)
+        assert (reports[0]["first_id"], reports[-1]["last_id"]) == (ids[0], ids[-1])
+        assert all(r["stream_app_id"] == f"hybrid_pipeline.stream/{stream_name}/g/c1" for r in reports)
+    assert by_day["2024-01-02"][-1]["delta_version"] == table_version
+    assert by_day["2024-01-02"][-1]["last_seq"] == 3
+    assert latest.asset_materialization.partition == "2024-01-02"
+    assert latest.asset_materialization.metadata["last_id"].value == day_2_ids[-1]
+
+    # Consuming again commits nothing and reports nothing.
+    assert cli.main(args) == 0
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.fetch_materializations(BRONZE_EVENTS, limit=100).records) == len(records)
+
+
+def test_a_stream_sensor_tick_commits_nothing_and_observes_the_consumer_group(pipeline_env, stream_name, instance):
+    from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS
+    from hybrid_pipeline.defs.streaming.sensors import GROUP, build_streaming
+
+    _publish_at(stream_name, DAY_1, 3)
+    with StreamConsumer(REDIS, stream_name, GROUP, "c1", pipeline_env.lakehouse, block_ms=0) as consumer:
+        consumer.run(max_idle_polls=1)
+    published_after = _publish_at(stream_name, DAY_2, 2)
+    version = pipeline_env.lakehouse.version("bronze/events")
     sensor = build_streaming(pipeline_env.settings, stream=stream_name).resolve_sensor_def("event_stream_sensor")
 
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-    [event] = first.asset_events
-    assert event.asset_key == STREAMING_USER_ACTIVITY
-    assert event.metadata["events"].value == 5 and event.metadata["users_updated"].value == 2
-    assert pipeline_env.lakehouse.read("bronze/events").height == 5
+    assert first.run_requests == []
+    assert pipeline_env.lakehouse.version("bronze/events") == version  # no data work in a tick
+    assert pipeline_env.lakehouse.read("bronze/events").height == 3
+    [observation] = first.asset_events
+    assert isinstance(observation, dg.AssetObservation) and observation.asset_key == BRONZE_EVENTS
+    assert observation.metadata["lag"].value == len(published_after)  # what the consumer has yet to read
+    assert observation.metadata["pending"].value == 0
 
-    second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-    assert second.asset_events == [] and "no new events" in second.skip_message
+    second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert second.asset_events == [] and "unchanged" in second.skip_message
+    assert pipeline_env.lakehouse.version("bronze/events") == version
 
 
 def test_the_cli_reporter_batches_streaming_materializations(instance):
