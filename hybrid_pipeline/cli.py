@@ -52,6 +52,7 @@ class RunSummary:
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, passed, severity)
     failed_steps: list[str] = field(default_factory=list)
     drift: dict[str, int] = field(default_factory=dict)  # unknown field -> records carrying it (silver metadata)
+    skipped: dict[str, str] = field(default_factory=dict)  # asset -> why it materialized nothing (the asset's own verdict)
 
     @property
     def error_checks(self) -> list[str]:
@@ -87,11 +88,14 @@ def materialize(  # noqa: ANN001
     """Run the pipeline in-process against the DAGSTER_HOME instance.
 
     Media first (when media landed), then each landing day, then the feature store and the
-    newest day's online features, then model training and the newest day's predictions once
-    there are labels (``models=False`` skips them); ``select`` or ``daily_only`` run just the
-    landing days. Every run is tagged with this process, so that a later CLI can release it
-    if this process dies (:mod:`hybrid_pipeline.runs_recovery`). ``on_run(summary, done, planned)``
-    is called as each run finishes (the CLI prints progress with it).
+    newest day's online features, then the model jobs: purchase model training (gate and
+    promotion included), the newest day's predictions and the digit classifier
+    (``models=False`` leaves them out). Whether a model trains is the graph's decision (too few
+    rows: the asset records why and materializes nothing); the summary reports it as a skip.
+    ``select`` or ``daily_only`` run just the landing days. Every run is tagged with this
+    process, so that a later CLI can release it if this process dies
+    (:mod:`hybrid_pipeline.runs_recovery`). ``on_run(summary, done, planned)`` is called as each
+    run finishes (the CLI prints progress with it).
     """
     import dagster as dg
 
@@ -103,6 +107,7 @@ def materialize(  # noqa: ANN001
         build_definitions,
         daily_partitions,
     )
+    from hybrid_pipeline.defs.models.names import DIGIT_TRAINING_JOB, PREDICTIONS_JOB, PURCHASE_TRAINING_JOB, SKIPPED
     from hybrid_pipeline.runs_recovery import process_tags
     from hybrid_pipeline.settings import Settings
 
@@ -139,14 +144,12 @@ def materialize(  # noqa: ANN001
         runs.append(("features", defs.resolve_job_def(FEATURES_JOB), None))
         runs.append((f"online {max(partitions)}", defs.resolve_job_def(ONLINE_JOB), max(partitions)))
         if models:
-            runs.append(("models", None, max(partitions)))  # decided after the feature store ran
+            # Unpartitioned training, then the newest day's scores: one partition per run, so two runs.
+            runs.append(("purchase model", defs.resolve_job_def(PURCHASE_TRAINING_JOB), None))
+            runs.append((f"predictions {max(partitions)}", defs.resolve_job_def(PREDICTIONS_JOB), max(partitions)))
+            runs.append(("digit classifier", defs.resolve_job_def(DIGIT_TRAINING_JOB), None))
     summaries = []
-    pending = list(runs)
-    while pending:
-        label, run_job, key = pending.pop(0)
-        if run_job is None:  # expands only now: it depends on what the runs before it wrote
-            pending[:0] = _model_runs(defs, settings, key)
-            continue
+    for label, run_job, key in runs:
         began = time.perf_counter()
         result = run_job.execute_in_process(
             partition_key=key, instance=instance, raise_on_error=False, run_config=_QUIET_LOGS, tags=process_tags()
@@ -160,6 +163,11 @@ def materialize(  # noqa: ANN001
                 drift = mat.metadata.get("schema_drift")
                 for name, count in (drift.value if drift is not None else {}).items():
                     summary.drift[name] = summary.drift.get(name, 0) + int(count)
+            elif event.event_type_value == "ASSET_OBSERVATION":
+                observation = event.event_specific_data.asset_observation
+                reason = observation.metadata.get(SKIPPED)
+                if reason is not None:
+                    summary.skipped[observation.asset_key.to_user_string()] = str(reason.value)
             elif event.event_type_value == "ASSET_CHECK_EVALUATION":
                 ev = event.event_specific_data
                 summary.checks.append(
@@ -169,33 +177,8 @@ def materialize(  # noqa: ANN001
                 summary.failed_steps.append(event.step_key or "?")
         summaries.append(summary)
         if on_run is not None:
-            # Model runs are counted once they are decided (after the feature store ran).
-            on_run(summary, len(summaries), len(summaries) + sum(1 for _, j, _ in pending if j is not None))
+            on_run(summary, len(summaries), len(runs))
     return summaries
-
-
-MIN_TRAINING_ROWS = 100
-
-
-def _model_runs(defs, settings, newest: str) -> list:  # noqa: ANN001
-    """Model training (and the newest day's predictions) once there is data to learn from."""
-    from hybrid_pipeline.defs.models.names import DIGIT_TRAINING_JOB, PREDICTIONS_JOB, PURCHASE_TRAINING_JOB
-    from hybrid_pipeline.lakehouse import Lakehouse
-
-    lh = Lakehouse(settings.lakehouse_root)
-
-    def rows(table: str) -> int:
-        return lh.read(table).height if lh.exists(table) else 0
-
-    out = []
-    if rows("features/training_set") >= MIN_TRAINING_ROWS:
-        out.append(("purchase model", defs.resolve_job_def(PURCHASE_TRAINING_JOB), None))
-        out.append((f"predictions {newest}", defs.resolve_job_def(PREDICTIONS_JOB), newest))
-    else:
-        print(f"models: fewer than {MIN_TRAINING_ROWS} labelled rows yet (labels need 7 observed days); not training")
-    if rows("gold/image_training_manifest") >= MIN_TRAINING_ROWS:
-        out.append(("digit classifier", defs.resolve_job_def(DIGIT_TRAINING_JOB), None))
-    return out
 
 
 def print_progress(summary: RunSummary, done: int, planned: int) -> None:
@@ -218,6 +201,8 @@ def print_summary(summaries: Sequence[RunSummary]) -> None:
         print(f"\n{s.partition}  {status}  ({s.seconds:.1f}s, checks {passed}/{len(s.checks)} passed)")
         for asset, rows in sorted(s.rows.items()):
             print(f"  {asset:<28} {rows:>12,} rows")
+        for asset, reason in sorted(s.skipped.items()):
+            print(f"  {asset}: skipped, {reason}")
         for name, ok, severity in s.checks:
             if not ok:
                 print(f"  check {name}: failed ({severity})")
@@ -351,19 +336,22 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from hybrid_pipeline.defs.streaming.sensors import ActivityReporter, BronzeStreamReporter, OnlinePush
     from hybrid_pipeline.lakehouse import Lakehouse
     from hybrid_pipeline.settings import Settings
-    from hybrid_pipeline.sources.stream import StreamConsumer
+    from hybrid_pipeline.sources.stream import StreamConsumer, app_id_of
 
     settings = Settings.from_env()
+    lakehouse = Lakehouse(settings.lakehouse_root)
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    # Every commit is recorded as a bronze/events materialization, online push or not.
+    bronze = BronzeStreamReporter(instance, lakehouse.uri("bronze/events"), app_id_of(args.stream, args.group, args.consumer))
     on_batch = reporter = push = None  # replaced below unless --no-online
     if not args.no_online:
-        import dagster as dg
-
-        from hybrid_pipeline.defs.streaming.sensors import ActivityReporter, OnlinePush
-
-        ensure_dagster_home()
-        reporter = ActivityReporter(dg.DagsterInstance.get())
+        reporter = ActivityReporter(instance)
         push = OnlinePush(settings)
 
         def on_batch(rows):  # noqa: ANN001, ANN202
@@ -372,13 +360,14 @@ def _cmd_stream(args: argparse.Namespace) -> int:
             return users
 
     consumer = StreamConsumer(
-        settings.redis_url, args.stream, args.group, args.consumer, Lakehouse(settings.lakehouse_root),
-        batch_size=args.batch_size, block_ms=args.block_ms, on_batch=on_batch,
+        settings.redis_url, args.stream, args.group, args.consumer, lakehouse,
+        batch_size=args.batch_size, block_ms=args.block_ms, on_batch=on_batch, on_commit=bronze.commit,
     )
     try:
         with consumer:
             stats = consumer.run(max_batches=args.max_batches, max_idle_polls=args.max_idle_polls)
     finally:
+        bronze.flush()
         if reporter is not None:
             reporter.flush()
         if push is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hybrid_pipeline.cli import main
@@ -23,8 +25,21 @@ def test_materialize_prints_a_summary_and_exits_zero_when_all_is_well(pipeline_e
     assert main(["materialize", "--all-landed"]) == 0
     out = capsys.readouterr().out
     assert "2024-02-01  ok" in out and "silver/events" in out
-    # The landing day, then the feature store, then the newest day's online features.
-    assert "features  ok" in out and "online 2024-02-01  ok" in out and "3/3 runs succeeded" in out
+    # The landing day, then the feature store, then the newest day's online features, then the model jobs.
+    assert "features  ok" in out and "online 2024-02-01  ok" in out and "6/6 runs succeeded" in out
+
+
+def test_materialize_launches_the_models_and_prints_why_the_graph_trained_nothing(pipeline_env, capsys):
+    """One landed day has no label with a complete 7-day horizon: the model assets decide not to train."""
+    main(["generate", "--days", "1", "--events-per-day", "400", "--start-date", "2024-02-01", "--no-media"])
+    assert main(["materialize", "--all-landed"]) == 0
+    out = capsys.readouterr().out
+    assert "purchase model  ok" in out and "  models/purchase_model: skipped, 0 labelled rows < 100" in out
+    assert "predictions 2024-02-01  ok" in out and "  gold/predictions: skipped, no production purchase model yet" in out
+    assert "digit classifier  ok" in out and "  models/digit_classifier: skipped, 0 manifest images < 100" in out
+    # The same outcome as a materialization in the UI: no version, no promotion, no scores.
+    assert not pipeline_env.lakehouse.exists("gold/predictions")
+    assert not Path(pipeline_env.settings.model_registry_uri.removeprefix("sqlite:///")).exists()
 
 
 def test_materialize_shows_one_progress_line_per_run_and_reports_schema_drift_once(pipeline_env, capsys):
@@ -34,7 +49,7 @@ def test_materialize_shows_one_progress_line_per_run_and_reports_schema_drift_on
     assert main(["materialize", "--all-landed"]) == 0
     captured = capsys.readouterr()
     progress = [line for line in captured.err.splitlines() if line.startswith("[")]
-    assert [line.split()[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert [line.split()[0] for line in progress] == [f"[{i}/7]" for i in range(1, 8)]
     assert progress[0].split()[1:3] == ["2024-02-01", "ok"] and "rows" in progress[0]
     # The generated dirt carries a field outside the contract: one finding in the summary,
     # not a warning per landing day.

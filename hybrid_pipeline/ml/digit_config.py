@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hybrid_pipeline.ml.readiness import MIN_TRAINING_ROWS
+
 
 @dataclass(frozen=True)
 class DigitTrainConfig:
@@ -30,6 +32,7 @@ class DigitTrainConfig:
     deterministic: bool = True
     num_threads: int | None = None  # CPU intra-op threads for this call (None: torch's default)
     verify_sha256: bool = True
+    min_training_rows: int = MIN_TRAINING_ROWS  # fewer manifest images: no training (hybrid_pipeline.ml.readiness)
 
     def to_params(self) -> dict[str, Any]:
         d = asdict(self)

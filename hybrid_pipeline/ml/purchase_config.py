@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from hybrid_pipeline.ml.readiness import MIN_TRAINING_ROWS
+
 
 @dataclass(frozen=True)
 class PurchaseTrainConfig:
@@ -20,7 +22,8 @@ class PurchaseTrainConfig:
 
     The hyperparameters and the holdout (``split_salt``, ``valid_fraction``, ``test_fraction``:
     which users are held out, see :func:`hybrid_pipeline.ml.reproduce.split_of`) decide the
-    model; ``device`` and ``num_threads`` only decide where it runs.
+    model; ``device`` and ``num_threads`` only decide where it runs. ``min_training_rows``
+    decides whether it trains at all (see :mod:`hybrid_pipeline.ml.readiness`).
     """
 
     hidden_sizes: tuple[int, ...] = (32, 16)
@@ -35,6 +38,7 @@ class PurchaseTrainConfig:
     split_salt: str = "purchase_model/v1"
     valid_fraction: float = 0.15
     test_fraction: float = 0.2
+    min_training_rows: int = MIN_TRAINING_ROWS
     device: str = "auto"
     standardize: bool = True
     shuffle: bool = True

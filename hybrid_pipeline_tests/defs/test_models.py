@@ -21,7 +21,7 @@ pytest.importorskip("mlflow", reason="mlflow-skinny is not installed")
 from hybrid_pipeline.cli import materialize
 from hybrid_pipeline.dagster_support.compute import GPU_POOL
 from hybrid_pipeline.dagster_support.keys import PREDICTIONS, TRAINING_SET
-from hybrid_pipeline.dagster_support.resources import ModelPolicyResource, TorchDeviceResource
+from hybrid_pipeline.dagster_support.resources import ModelPolicyResource, ModelRegistryResource, TorchDeviceResource
 from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, build_definitions
 from hybrid_pipeline.defs.models.config import DigitModelConfig, PurchaseModelConfig
 from hybrid_pipeline.defs.models.names import (
@@ -34,6 +34,7 @@ from hybrid_pipeline.defs.models.names import (
     PRODUCTION_PURCHASE_MODEL,
     PURCHASE_MODEL,
     PURCHASE_TRAINING_JOB,
+    SKIPPED,
 )
 from hybrid_pipeline.defs.resources import model_resources
 from hybrid_pipeline.ml.digit_config import DigitTrainConfig
@@ -74,6 +75,21 @@ def run_drift_check(defs: dg.Definitions, instance, partition_key: str):
                                   run_config=QUIET)
 
 
+def purchase_config(**fields) -> dict:
+    return {"ops": {"models__purchase_model": {"config": fields}}}
+
+
+def materialized_keys(result) -> set[dg.AssetKey]:
+    return {e.event_specific_data.materialization.asset_key for e in result.all_events if e.is_step_materialization}
+
+
+def skip_reasons(result) -> dict[dg.AssetKey, str]:
+    """What each asset that decided not to materialize recorded as its reason."""
+    return {o.asset_key: o.metadata[SKIPPED].value for o in
+            (e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION")
+            if SKIPPED in o.metadata}
+
+
 def materialization(result, key: dg.AssetKey) -> dict:
     [mat] = [e.event_specific_data.materialization for e in result.all_events
              if e.is_step_materialization and e.event_specific_data.materialization.asset_key == key]
@@ -102,6 +118,9 @@ def built(tmp_path_factory):
             runs = {
                 "features": run_job(defs, FEATURES_JOB, instance),
                 "media": run_job(defs, MEDIA_JOB, instance),
+                # Before any training: a minimum above the labelled rows leaves nothing to promote or score with.
+                "too_few": run_job(defs, PURCHASE_TRAINING_JOB, instance, config=purchase_config(min_training_rows=10_000)),
+                "too_few_predict": run_job(defs, PREDICTIONS_JOB, instance, partition_key=LAST_DAY),
                 "train": run_job(defs, PURCHASE_TRAINING_JOB, instance),
                 "digits": run_job(defs, DIGIT_TRAINING_JOB, instance,
                                   config={"ops": {"models__digit_classifier": {"config": {"max_epochs": DIGIT_EPOCHS}}}}),
@@ -132,6 +151,35 @@ def test_purchase_model_learns_the_generated_propensity_and_reports_it(built):
     assert m["training_set_sha256"] == built.training_set["content_sha256"]
     assert m["input_versions"] == {"features/training_set": built.training_set["delta_version"],
                                    **built.training_set["source_versions"]}
+
+
+def test_with_fewer_rows_than_the_minimum_nothing_is_trained_promoted_or_scored(built):
+    labelled = built.training_set["dagster/row_count"]
+    untrained, unscored = built.runs["too_few"], built.runs["too_few_predict"]
+    # The runs succeed: too few rows is a decision of the graph, not an error.
+    assert untrained.success and unscored.success
+    assert skip_reasons(untrained) == {PURCHASE_MODEL: f"{labelled} labelled rows < 10000"}
+    assert materialized_keys(untrained) == set() and not untrained.get_asset_check_evaluations()  # no gate, no promotion
+    assert skip_reasons(unscored) == {PREDICTIONS: "no production purchase model yet"}
+    assert materialized_keys(unscored) == set()
+    # and no version was registered by them: the first training registered version 1
+    assert built.model["model_version"] == 1
+
+
+def test_too_few_labelled_rows_by_default_train_nothing(pipeline_env, tmp_path):
+    """The default minimum (100) is applied by the asset itself, however it is launched."""
+    from hybrid_pipeline.ml.readiness import MIN_TRAINING_ROWS
+
+    pipeline_env.lakehouse.append("features/training_set", pl.DataFrame({"user_id": [f"u{i}" for i in range(42)]}))
+    uri = default_tracking_uri(tmp_path / "mlflow")
+    defs = model_definitions(pipeline_env.settings, uri)
+    with dg.instance_for_test() as instance:
+        result = run_job(defs, PURCHASE_TRAINING_JOB, instance)
+        assert result.success and materialized_keys(result) == set()
+        assert skip_reasons(result) == {PURCHASE_MODEL: f"42 labelled rows < {MIN_TRAINING_ROWS}"}
+        assert instance.get_latest_materialization_event(PURCHASE_MODEL) is None
+    assert MIN_TRAINING_ROWS == 100 and PurchaseModelConfig().min_training_rows == MIN_TRAINING_ROWS
+    assert not ModelRegistryResource(tracking_uri=uri).store_exists()  # nothing registered: the registry was not even created
 
 
 def test_torch_device_resource_on_cpu(built):

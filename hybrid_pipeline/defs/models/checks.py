@@ -1,9 +1,13 @@
-"""Checks of the models: the blocking evaluation gate and the feature drift check.
+"""Checks of the models: convergence, the blocking evaluation gate, the digit accuracy floor and feature drift.
+
+Each judges what the model's latest materialization recorded, apart from the asset: a model
+asset that trains nothing (too few rows) yields no output, and its checks are skipped with it.
 
 The gate's rule is :func:`hybrid_pipeline.ml.gate.gate_verdict` and the drift inputs are framed by
 :mod:`hybrid_pipeline.ml.purchase_drift`; here the models and rows are loaded and the verdicts recorded.
 """
 
+import math
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -15,7 +19,16 @@ from hybrid_pipeline.dagster_support.keys import TRAINING_SET, USER_FEATURES, ta
 from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
 from hybrid_pipeline.dagster_support.resources import LakehouseResource, ModelPolicyResource, ModelRegistryResource
 from hybrid_pipeline.defs.models.conditions import drift_check_condition
-from hybrid_pipeline.defs.models.names import DRIFT_CHECK, GATE_CHECK, GATE_TAG, PURCHASE_MODEL, PURCHASE_MODEL_NAME
+from hybrid_pipeline.defs.models.names import (
+    CONVERGENCE_CHECK,
+    DIGIT_ACCURACY_CHECK,
+    DIGIT_CLASSIFIER,
+    DRIFT_CHECK,
+    GATE_CHECK,
+    GATE_TAG,
+    PURCHASE_MODEL,
+    PURCHASE_MODEL_NAME,
+)
 from hybrid_pipeline.defs.models.records import float_meta, latest_metadata, model_config, run_inputs
 from hybrid_pipeline.ml import reproduce as recipe_mod
 from hybrid_pipeline.ml.gate import gate_verdict
@@ -90,6 +103,39 @@ def evaluation_gate(
     )
 
 
+@dg.asset_check(
+    asset=PURCHASE_MODEL,
+    name=CONVERGENCE_CHECK,
+    description="Training converged: the train loss fell and the best validation loss is below the first epoch's "
+    "(the losses the latest version's materialization recorded).",
+)
+def training_converged(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    losses = latest_metadata(context.instance, PURCHASE_MODEL).get("convergence")
+    if not losses:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                                   description="models/purchase_model recorded no losses to judge")
+    converged = (losses["last_train_loss"] < losses["first_train_loss"]
+                 and losses["best_valid_loss"] < losses["first_valid_loss"])
+    return dg.AssetCheckResult(
+        passed=bool(converged),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={name: float_meta(value) for name, value in losses.items()},
+        description=None if converged else "the loss did not decrease: the model did not learn",
+    )
+
+
+@dg.asset_check(
+    asset=DIGIT_CLASSIFIER,
+    name=DIGIT_ACCURACY_CHECK,
+    description="Test accuracy of the latest version at or above the floor (0.95 by default).",
+)
+def digit_accuracy_floor(context: dg.AssetCheckExecutionContext, model_policy: ModelPolicyResource) -> dg.AssetCheckResult:
+    accuracy = float_meta(latest_metadata(context.instance, DIGIT_CLASSIFIER).get("test_accuracy"))
+    passed = math.isfinite(accuracy) and accuracy >= model_policy.digit_accuracy_floor
+    return dg.AssetCheckResult(passed=bool(passed), severity=dg.AssetCheckSeverity.ERROR,
+                               metadata={"test_accuracy": accuracy, "floor": model_policy.digit_accuracy_floor})
+
+
 def build_feature_drift(partitions: dg.PartitionsDefinition) -> dg.AssetChecksDefinition:
     """The drift check per partition of ``gold/user_features``: partitioned, so built at load time."""
 
@@ -161,4 +207,5 @@ def build_feature_drift(partitions: dg.PartitionsDefinition) -> dg.AssetChecksDe
 @dg.definitions
 def defs() -> dg.Definitions:
     """The model checks; ``feature_drift`` takes the daily partitions of the load's settings."""
-    return dg.Definitions(asset_checks=[evaluation_gate, build_feature_drift(daily_partitions(current_settings()))])
+    return dg.Definitions(asset_checks=[training_converged, evaluation_gate, digit_accuracy_floor,
+                                        build_feature_drift(daily_partitions(current_settings()))])

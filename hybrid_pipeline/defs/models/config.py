@@ -28,6 +28,7 @@ class PurchaseModelConfig(dg.Config):
     split_salt: str = _PURCHASE_DEFAULTS.split_salt
     valid_fraction: float = _PURCHASE_DEFAULTS.valid_fraction
     test_fraction: float = _PURCHASE_DEFAULTS.test_fraction
+    min_training_rows: int = _PURCHASE_DEFAULTS.min_training_rows
 
     def train_config(self, device: str, num_threads: int | None) -> PurchaseTrainConfig:
         d = self.model_dump()
@@ -53,6 +54,7 @@ class DigitModelConfig(dg.Config):
     min_delta: float = _DIGIT_DEFAULTS.min_delta
     seed: int = _DIGIT_DEFAULTS.seed
     verify_sha256: bool = _DIGIT_DEFAULTS.verify_sha256
+    min_training_rows: int = _DIGIT_DEFAULTS.min_training_rows
 
     def train_config(self, device: str, num_threads: int | None) -> DigitTrainConfig:
         d = self.model_dump()

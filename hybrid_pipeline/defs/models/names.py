@@ -23,6 +23,7 @@ GATE_CHECK_KEY = dg.AssetCheckKey(PURCHASE_MODEL, GATE_CHECK)
 RETRAIN_CRON: Final = "0 4 * * 1"  # Monday 04:00 UTC, after the Sunday maintenance and the 02:00 daily run
 DRIFT_LOOKBACK = timedelta(days=2)  # drift found on one of the newest two days' partitions counts
 GATE_TAG: Final = "evaluation_gate"
+SKIPPED: Final = "skipped"  # observation metadata: why a model asset materialized nothing (read by the CLI)
 AUTOMATION_SENSOR: Final = "models_automation_sensor"
 PURCHASE_TRAINING_JOB: Final = "purchase_model_training"
 DIGIT_TRAINING_JOB: Final = "digit_classifier_training"

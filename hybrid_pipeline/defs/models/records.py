@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from hybrid_pipeline.dagster_support.keys import TRAINING_SET, table_of
+from hybrid_pipeline.defs.models.names import SKIPPED
 from hybrid_pipeline.ml import reproduce as recipe_mod
 from hybrid_pipeline.ml.purchase_config import PurchaseTrainConfig
 
@@ -20,6 +21,15 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str,
     if event is None or event.asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+
+
+def skipped(key: dg.AssetKey, reason: str, description: str, partition: str | None = None,
+            **metadata: Any) -> dg.AssetObservation:
+    """What a model asset records when it decides not to materialize: an observation, not a
+    materialization, so nothing downstream counts it as an update, while the asset's events in
+    the UI (and the CLI's summary) say why."""
+    return dg.AssetObservation(asset_key=key, partition=partition, description=description,
+                               metadata={SKIPPED: reason, **metadata})
 
 
 def json_safe(value: Any) -> Any:
