@@ -2,7 +2,7 @@
 
 Every asset, check, job, schedule, sensor and resource comes from ``hybrid_pipeline/defs``, loaded by
 ``dg.load_from_defs_folder``; only what cuts across domains is applied here, once: the freshness
-policy of each layer, read off the asset keys.
+policy of each layer, read off the asset keys, and each table's catalog entry as definition metadata.
 """
 
 from collections.abc import Mapping
@@ -12,9 +12,12 @@ from typing import Any
 
 import dagster as dg
 
+from hybrid_pipeline.dagster_support.keys import key_of
 from hybrid_pipeline.dagster_support.loading import daily_partitions, loading
+from hybrid_pipeline.dagster_support.metadata import catalog_metadata, column_schema
 from hybrid_pipeline.defs.automation.jobs import FEATURES_JOB, ONLINE_JOB, PIPELINE_JOB
 from hybrid_pipeline.defs.media.assets import MEDIA_JOB
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.settings import Settings
 
 # Job names and the partitions, for the CLI and tests that launch from the built Definitions.
@@ -42,13 +45,27 @@ def _with_layer_policy(spec: dg.AssetSpec) -> dg.AssetSpec:
     return spec.replace_attributes(freshness_policy=policy) if policy else spec
 
 
+CATALOG_BY_KEY = {key_of(table): table for table in catalog.TABLES}
+
+
+def _with_catalog(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """A table's asset carries what the catalog declares (columns, name, owner, PII class,
+    retention) as definition metadata, so the UI shows it before the first materialization."""
+    table = CATALOG_BY_KEY.get(spec.key)
+    if table is None:
+        return spec
+    return spec.merge_attributes(
+        metadata={"dagster/column_schema": column_schema(table.schema), **catalog_metadata(table)}
+    )
+
+
 def build_definitions(settings: Settings, resource_overrides: Mapping[str, Any] | None = None) -> dg.Definitions:
     """The code location under ``settings`` instead of the environment; ``resource_overrides``
     replaces resources by key (tests, local tools). The ``defs`` folder's ``@dg.definitions``
     functions read these settings while the folder loads."""
     with loading(settings, resource_overrides):
         loaded = dg.load_from_defs_folder(project_root=PROJECT_ROOT)
-    return loaded.map_asset_specs(func=_with_layer_policy)
+    return loaded.map_asset_specs(func=lambda spec: _with_catalog(_with_layer_policy(spec)))
 
 
 @dg.definitions

@@ -109,6 +109,21 @@ def test_freshness_policy_is_applied_per_layer_from_one_rule(repo):
     }
 
 
+def test_every_table_asset_carries_its_catalog_entry_before_any_run(repo):
+    from hybrid_pipeline.lakehouse import catalog
+
+    specs = _specs(repo)
+    for table in catalog.TABLES:
+        meta = specs[table.name].metadata
+        assert meta["dagster/table_name"] == table.name
+        assert meta["catalog/owner"] == table.owner and meta["catalog/pii"] == table.pii
+        assert meta["catalog/retention_days"] == table.retention.days
+        columns = meta["dagster/column_schema"].columns
+        assert [c.name for c in columns] == list(table.schema.names()), table.name
+    # Assets that write no table carry no catalog entry.
+    assert "dagster/table_name" not in specs["models/purchase_model"].metadata
+
+
 def test_silver_contract_checks_are_blocking(repo):
     specs = {spec.key.name: spec for d in repo.asset_checks_defs_by_key.values() for spec in d.check_specs}
     for name in ("schema_matches_contract", "keys_not_null", "event_id_unique", "event_type_valid", "row_conservation"):
