@@ -214,3 +214,19 @@ def test_time_travel_reads_a_table_as_it_was_before_a_later_landing_day(built):
     early = lh.read("silver/events", version=first_write)
     assert set(early["landing_date"].unique().to_list()) == {"2024-01-01"}
     assert lh.read("silver/events").filter(pl.col("landing_date") == "2024-01-01").height == early.height
+
+
+def test_every_catalog_table_gets_an_optimize_and_a_vacuum_commit_in_its_delta_history(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch)
+    lh = env.lakehouse
+    append_two_small_files_to_every_table(lh)
+    # No retention anywhere, so each vacuum has the compacted-away files to delete and commits.
+    monkeypatch.setattr(catalog, "TABLES", tuple(dataclasses.replace(t, retention=timedelta(0)) for t in catalog.TABLES))
+    with dg.instance_for_test() as instance:
+        job = build_definitions(env.settings).resolve_job_def("lakehouse_maintenance")
+        assert job.execute_in_process(instance=instance).success
+    for table in catalog.TABLES:
+        operations = [h["operation"] for h in lh.history(table.name)]
+        assert "OPTIMIZE" in operations, (table.name, operations)
+        assert {"VACUUM START", "VACUUM END"} <= set(operations), (table.name, operations)
+        assert lh.read(table.name).height == 2, table.name
