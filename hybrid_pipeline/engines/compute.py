@@ -51,6 +51,7 @@ from hybrid_pipeline.engines.shared import (
     run_on,
 )
 from hybrid_pipeline.engines.rehoming import Rehoming, plan_rehoming
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.transforms import features, gold
 from hybrid_pipeline.transforms import silver as polars_silver
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -62,14 +63,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from hybrid_pipeline.engines.delta_commit import SparkLakehouse
     from hybrid_pipeline.lakehouse import Lakehouse
 
-BRONZE_EVENTS = "bronze/events"
-SILVER_EVENTS = "silver/events"
-SILVER_TABLES = {"events": "silver/events", "quarantine": "silver/events_quarantine", "duplicates": "silver/events_duplicates"}
-# events by their true date (late events included), the set-asides by the day that landed them
-SILVER_PARTITIONS = {"events": ["event_date"], "quarantine": ["landing_date"], "duplicates": ["landing_date"]}
-FACT_EVENTS = "gold/fact_events"
-USER_LANDING_SUMMARY = "gold/user_landing_summary"
-USER_FEATURES = "gold/user_features"
+BRONZE_EVENTS = catalog.BRONZE_EVENTS.name
+SILVER_EVENTS = catalog.SILVER_EVENTS.name
+_SILVER = {"events": catalog.SILVER_EVENTS, "quarantine": catalog.SILVER_EVENTS_QUARANTINE,
+           "duplicates": catalog.SILVER_EVENTS_DUPLICATES}
+SILVER_TABLES = {name: table.name for name, table in _SILVER.items()}
+# As the catalog declares: events by their true date (late events included), the set-asides by
+# the day that landed them.
+SILVER_PARTITIONS = {name: list(table.partition_by) for name, table in _SILVER.items()}
+FACT_EVENTS = catalog.GOLD_FACT_EVENTS.name
+FACT_EVENTS_PARTITIONS = list(catalog.GOLD_FACT_EVENTS.partition_by)
+USER_LANDING_SUMMARY = catalog.GOLD_USER_LANDING_SUMMARY.name
+USER_FEATURES = catalog.GOLD_USER_FEATURES.name
 # What dedup reads of other landing days' silver rows (event_date dates the rows it displaces).
 EXISTING_COLUMNS = ("event_id", "landing_date", "source_file", "line_number", "event_date")
 # Commit order of a silver step: a crash between commits is recovered by a rerun (engines.rehoming).
@@ -229,7 +234,7 @@ class PolarsEngine:
     def write_fact_events(self, lh: Lakehouse, landing_day: str) -> Written:
         own = self._silver(lh).filter(pl.col("landing_date") == landing_day)
         facts = run_on("polars", "fact_events", own)
-        version = lh.replace_where(FACT_EVENTS, facts, f"landing_date = '{landing_day}'", partition_by=["event_date"])
+        version = lh.replace_where(FACT_EVENTS, facts, f"landing_date = '{landing_day}'", partition_by=FACT_EVENTS_PARTITIONS)
         return Written(version, facts.height, dict(facts.schema))
 
     def write_user_landing_summary(self, lh: Lakehouse, landing_day: str) -> Written:
@@ -357,7 +362,7 @@ class SparkEngine:
     def write_fact_events(self, lh: Lakehouse, landing_day: str) -> Written:
         where = f"landing_date = '{landing_day}'"
         facts = run_on(self.shared, "fact_events", self._silver(lh, where), collect=False)
-        version = self.lakehouse(lh).replace_where(FACT_EVENTS, facts, where, partition_by=["event_date"])
+        version = self.lakehouse(lh).replace_where(FACT_EVENTS, facts, where, partition_by=FACT_EVENTS_PARTITIONS)
         rows = lh.scan(FACT_EVENTS).filter(pl.col("landing_date") == landing_day).select(pl.len()).collect().item()
         return Written(version, int(rows), dict(FACT_EVENTS_SCHEMA))
 

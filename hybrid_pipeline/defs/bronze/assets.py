@@ -10,6 +10,7 @@ from hybrid_pipeline.dagster_support.keys import BRONZE_EVENTS, BRONZE_LANDED_FI
 from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
 from hybrid_pipeline.dagster_support.metadata import measured, table_metadata
 from hybrid_pipeline.dagster_support.resources import LakehouseResource, LandingZoneResource
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.sources.landing import BRONZE_SCHEMA, LANDED_FILES_SCHEMA, collect_landing, ingested_files
 
 
@@ -47,8 +48,10 @@ def build_bronze(partitions: dg.PartitionsDefinition) -> dg.Definitions:
         batch = collect_landing(landing.root, day, known, datetime.now(timezone.utc))
         version = lh.version(events)
         if batch.records.height:
-            version = lh.append(events, batch.records, partition_by=["landing_date"])
-        files_version = lh.replace_where(files, batch.files, f"landing_date = '{day}'", partition_by=["landing_date"])
+            version = lh.append(events, batch.records, partition_by=list(catalog.BRONZE_EVENTS.partition_by))
+        files_version = lh.replace_where(
+            files, batch.files, f"landing_date = '{day}'", partition_by=list(catalog.BRONZE_LANDED_FILES.partition_by)
+        )
         status = batch.files.group_by("status").len()
         status_counts = dict(zip(status["status"].to_list(), status["len"].to_list(), strict=True))
         partition_rows = lh.scan_or_empty(events, BRONZE_SCHEMA).filter(pl.col("landing_date") == day).select(pl.len()).collect().item()

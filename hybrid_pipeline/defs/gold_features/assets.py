@@ -18,7 +18,7 @@ from hybrid_pipeline.dagster_support.loading import current_settings, daily_part
 from hybrid_pipeline.dagster_support.metadata import column_lineage, measured, table_metadata
 from hybrid_pipeline.dagster_support.resources import LakehouseResource
 from hybrid_pipeline.defs.gold_analytics.assets import affected_dates, rehomed_since
-from hybrid_pipeline.lakehouse import Lakehouse
+from hybrid_pipeline.lakehouse import Lakehouse, catalog
 from hybrid_pipeline.transforms import features
 from hybrid_pipeline.transforms.contract import silver_schema
 
@@ -61,7 +61,7 @@ def build_gold_features(partitions: dg.PartitionsDefinition, engine: str) -> dg.
             return dg.MaterializeResult(metadata=table_metadata(lh.uri(table), features.FEATURES_SCHEMA, 0, lh.version(table)))
         start, end = features.feature_window(dates, _last_event_date(silver))
         written = engine.compute().write_user_features(lh, start, end)
-        lh.optimize(table, ["user_id", "event_date"])
+        lh.optimize(table, list(catalog.GOLD_USER_FEATURES.zorder_by))
         return dg.MaterializeResult(
             metadata=table_metadata(
                 lh.uri(table),

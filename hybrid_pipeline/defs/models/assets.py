@@ -354,7 +354,7 @@ def build_predictions(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinitio
             schema=PREDICTIONS_SCHEMA,
         )
         table = table_of(PREDICTIONS)
-        version = lh.replace_where(table, out, f"prediction_date = '{day.isoformat()}'", partition_by=["prediction_date"])
+        version = lh.replace_where(table, out, f"prediction_date = '{day.isoformat()}'", partition_by=list(GOLD_PREDICTIONS.partition_by))
         yield dg.MaterializeResult(metadata=table_metadata(
             lh.uri(table), PREDICTIONS_SCHEMA, out.height, version,
             model_version=int(loaded.version),
