@@ -31,8 +31,9 @@ class PipelineEnv:
         return self.settings.landing_dir
 
 
-def make_env(root: Path, mp: pytest.MonkeyPatch) -> PipelineEnv:
-    env = {
+def env_vars(root: Path) -> dict[str, str]:
+    """The settings of a pipeline whose landing zone, lakehouse, instance and repo live under ``root``."""
+    return {
         "HYBRID_LANDING_DIR": str(root / "landing"),
         "HYBRID_LAKEHOUSE_ROOT": str(root / "lakehouse"),
         "HYBRID_START_DATE": "2024-01-01",
@@ -41,6 +42,10 @@ def make_env(root: Path, mp: pytest.MonkeyPatch) -> PipelineEnv:
         "HYBRID_FEATURE_REPO": str(root / "feature_repo"),
         "HYBRID_ONLINE_STORE": "sqlite",
     }
+
+
+def make_env(root: Path, mp: pytest.MonkeyPatch) -> PipelineEnv:
+    env = env_vars(root)
     for k, v in env.items():
         mp.setenv(k, v)
     (root / "dagster_home").mkdir(parents=True, exist_ok=True)

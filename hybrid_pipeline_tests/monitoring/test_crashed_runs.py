@@ -27,7 +27,7 @@ import pytest
 
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
-from hybrid_pipeline_tests.conftest import TEST_SALT
+from hybrid_pipeline_tests.conftest import env_vars
 
 pytestmark = pytest.mark.integration
 
@@ -112,16 +112,7 @@ class Home:
 
 
 def _make_home(root: Path) -> Home:
-    env = {
-        **os.environ,
-        "HYBRID_LANDING_DIR": str(root / "landing"),
-        "HYBRID_LAKEHOUSE_ROOT": str(root / "lakehouse"),
-        "HYBRID_START_DATE": "2024-01-01",
-        "HYBRID_PII_SALT": TEST_SALT,
-        "DAGSTER_HOME": str(root / "dagster_home"),
-        "HYBRID_FEATURE_REPO": str(root / "feature_repo"),
-        "HYBRID_ONLINE_STORE": "sqlite",
-    }
+    env = {**os.environ, **env_vars(root)}
     (root / "dagster_home").mkdir(parents=True)
     config = GeneratorConfig(days=len(DAYS), events_per_day=300, seed=11, start_date=date(2024, 1, 1))
     generate(config, root / "landing")
