@@ -77,9 +77,16 @@ def fail_runs_of_this_process(instance: dg.DagsterInstance, message: str) -> lis
     runs = [r.dagster_run for r in records]
     for run in runs:
         instance.report_run_failed(run, message=message)
-        if instance.event_log_storage.supports_global_concurrency_limits:
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    free_slots(instance, [run.run_id for run in runs])
     return runs
+
+
+def free_slots(instance: dg.DagsterInstance, run_ids: list[str]) -> None:
+    """Free every pool slot (claimed or pending) the runs hold."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for run_id in run_ids:
+            storage.free_concurrency_slots_for_run(run_id)
 
 
 def free_slots_of_finished_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -98,8 +105,7 @@ def free_slots_of_finished_runs(instance: dg.DagsterInstance) -> list[str]:
     finished = sorted(
         r.dagster_run.run_id for r in records if r.dagster_run.is_finished and PID_TAG in r.dagster_run.tags
     )
-    for run_id in finished:
-        storage.free_concurrency_slots_for_run(run_id)
+    free_slots(instance, finished)
     return finished
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import dagster as dg
 from dagster_pyspark import LazyPySparkResource
@@ -43,7 +43,7 @@ from hybrid_pipeline.engines.compute import ComputeEngine, make_engine
 from hybrid_pipeline.engines.spark_session import SparkSettings
 
 EngineName = Literal["polars", "spark"]
-ENGINES: tuple[EngineName, ...] = ("polars", "spark")
+ENGINES: tuple[EngineName, ...] = get_args(EngineName)
 SPARK_POOL = "spark"
 ENGINE_TAG = {"engine": "configurable"}
 

@@ -42,7 +42,6 @@ class DataPolicyResource(dg.ConfigurableResource):
     pii_salt: str
     quarantine_warn_rate: float = 0.05
     quarantine_error_rate: float = 0.25
-    vacuum_retention_hours: int = 168
 
 
 class FeatureStoreResource(dg.ConfigurableResource):

@@ -45,13 +45,14 @@ from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
+from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.transforms.silver import DISPLACED_SCHEMA, DUPLICATES_SCHEMA, OWNERSHIP_ORDER
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hybrid_pipeline.lakehouse import Lakehouse
 
-BRONZE_EVENTS = "bronze/events"
-SILVER_DUPLICATES = "silver/events_duplicates"
+BRONZE_EVENTS = catalog.BRONZE_EVENTS.name
+SILVER_DUPLICATES = catalog.SILVER_EVENTS_DUPLICATES.name
 # Predicates are read by delta-rs (DataFusion SQL) on the polars path and by Spark SQL on the
 # Spark path; the two escape a quote in a string literal differently.
 Dialect = Literal["delta-rs", "spark"]

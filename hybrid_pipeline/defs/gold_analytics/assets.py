@@ -45,7 +45,7 @@ from hybrid_pipeline.dagster_support.keys import (
 from hybrid_pipeline.dagster_support.loading import current_settings, daily_partitions
 from hybrid_pipeline.dagster_support.metadata import check_result, column_lineage, measured, table_metadata
 from hybrid_pipeline.dagster_support.resources import LakehouseResource
-from hybrid_pipeline.engines.compute import ComputeEngine
+from hybrid_pipeline.engines.compute import ComputeEngine, in_dates
 from hybrid_pipeline.engines.shared import USER_LANDING_SUMMARY_SCHEMA
 from hybrid_pipeline.lakehouse import Lakehouse
 from hybrid_pipeline.transforms import gold, quality
@@ -159,10 +159,6 @@ def _silver_on(lh: Lakehouse, dates: list[dt.date]) -> pl.LazyFrame:
     return lh.scan(table_of(SILVER_EVENTS)).filter(pl.col("event_date").is_in(dates))
 
 
-def _in_dates(column: str, dates: list[dt.date]) -> str:
-    return f"{column} IN ({', '.join(repr(d.isoformat()) for d in dates)})"
-
-
 def _lineage(source: dg.AssetKey = SILVER_EVENTS, **cols: str | list[str]) -> dg.TableColumnLineage:
     return column_lineage(
         {out: [(source, s) for s in ([src] if isinstance(src, str) else src)] for out, src in cols.items()}
@@ -187,7 +183,7 @@ def _daily_metrics(lh: Lakehouse, engine: ComputeEngine, scope: DayScope) -> dg.
     dates = scope.dates
     metrics = engine.daily_metrics(lh, dates)
     table = table_of(DAILY_METRICS)
-    version = lh.replace_where(table, metrics, _in_dates("event_date", dates) if dates else "false")
+    version = lh.replace_where(table, metrics, in_dates("event_date", dates) if dates else "false")
     lineage = _lineage(
         event_date="event_date",
         user_segment="user_segment",

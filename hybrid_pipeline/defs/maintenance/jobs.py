@@ -28,10 +28,9 @@ def optimize_tables(context: dg.OpExecutionContext, lakehouse: LakehouseResource
 @dg.op(description="Delete files older than each table's retention that no table version inside it still uses.")
 def vacuum_tables(context: dg.OpExecutionContext, tables: list[str], lakehouse: LakehouseResource) -> dict[str, int]:
     lh = lakehouse.lakehouse()
-    retention_of = {table.name: table.retention for table in catalog.TABLES}
     removed_by_table = {}
     for name in tables:
-        retention = retention_of[name]
+        retention = catalog.table(name).retention
         removed = lh.vacuum(name, retention)
         context.log.info(f"vacuumed {name}: {len(removed)} files removed (retention {retention})")
         removed_by_table[name] = len(removed)
