@@ -138,6 +138,13 @@ def test_every_run_succeeds(built):
     assert not failed
 
 
+def test_a_run_of_the_whole_graph_writes_exactly_the_catalog_tables(built):
+    from hybrid_pipeline.lakehouse import catalog
+    from hybrid_pipeline_tests.defs.test_maintenance_and_metadata import stored_tables
+
+    assert stored_tables(built.env) == {table.name for table in catalog.TABLES}
+
+
 def test_purchase_model_learns_the_generated_propensity_and_reports_it(built):
     m = built.model
     assert m["test_auc"] >= 0.75 and m["valid_auc"] >= 0.7  # the data gives ~0.8-0.87 over seeds/salts
