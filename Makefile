@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch first, pinned, so no dependency can pull a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,spark,redis]'
+	$(BIN)/pip install --quiet -e '.[dev,spark,redis,postgres,ui]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -49,11 +49,11 @@ def _undeclared(package_dir: Path, declared: set[str]) -> dict[str, list[str]]:
 
 
 def test_every_package_the_code_imports_is_declared():
-    assert _undeclared(ROOT / "hybrid_pipeline", _declared("spark", "redis")) == {}
+    assert _undeclared(ROOT / "hybrid_pipeline", _declared("spark", "redis", "postgres", "ui")) == {}
 
 
 def test_every_package_the_tests_import_is_declared_with_the_dev_extra():
-    assert _undeclared(ROOT / "hybrid_pipeline_tests", _declared("dev", "spark", "redis")) == {}
+    assert _undeclared(ROOT / "hybrid_pipeline_tests", _declared("dev", "spark", "redis", "postgres", "ui")) == {}
 
 
 @pytest.mark.parametrize("module", ["narwhals", "yaml", "starlette"])
