@@ -6,7 +6,7 @@ DAYS ?= 14
 EVENTS_PER_DAY ?= 100000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install run test dev bench clean
+.PHONY: install run test dev mlflow feast-ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: install
 dev: install
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml || true
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg dev
+
+# MLflow's UI (runs, metrics, the model registry and its aliases) and Feast's UI (entities, feature
+# views, feature services) over the stores `make run` wrote; PORT=... to move one.
+mlflow: install
+	$(BIN)/hybrid-pipeline ui mlflow $(if $(PORT),--port $(PORT))
+
+feast-ui: install
+	$(BIN)/hybrid-pipeline ui feast $(if $(PORT),--port $(PORT))
 
 bench: install
 	$(BIN)/python bench/pipeline.py
