@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -68,7 +69,7 @@ def check_postgres_url(url: str | None, setting: str) -> None:
     import psycopg2
 
     where = f"{parts.hostname}:{parts.port or 5432}/{parts.path.strip('/')}"
-    dsn = url.strip().replace("postgresql+psycopg2://", "postgresql://", 1)
+    dsn = "postgresql://" + url.strip().split("://", 1)[1]  # libpq takes no SQLAlchemy driver suffix
     try:
         psycopg2.connect(dsn, connect_timeout=PG_CONNECT_TIMEOUT_S).close()
     except psycopg2.Error as exc:
@@ -99,3 +100,30 @@ def open_instance() -> dg.DagsterInstance:
 
     check_instance_config(ensure_dagster_home())
     return dg.DagsterInstance.get()
+
+
+def pools_of(defs: dg.Definitions) -> set[str]:
+    """Every pool a step of ``defs`` declares (``gpu``, ``silver_writer``, ...)."""
+    return {node.pool for job in defs.resolve_all_job_defs() for node in job.all_node_defs if getattr(node, "pool", None)}
+
+
+def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str]) -> None:
+    """Create each pool's slot rows before any run claims a slot.
+
+    Dagster creates a pool's rows when a step first claims it. On PostgreSQL two runs doing that at
+    the same moment collide on the row's unique key, and the loser's run fails (its aborted
+    transaction cannot fall back to an update): two processes launching their first runs at once
+    hit exactly that. Created here, one pool after another, the rows exist before either run asks.
+    """
+    import sqlalchemy.exc
+
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    for pool in sorted(set(pools) - {limit.name for limit in storage.get_pool_limits()}):
+        try:
+            storage.initialize_concurrency_limit_to_default(pool)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Another process created the rows between our read and our insert; they must exist now.
+            if pool not in {limit.name for limit in storage.get_pool_limits()}:
+                raise
