@@ -421,15 +421,9 @@ class _FileStats:
 
 def _filesystem(table_uri: str, storage_options: Mapping[str, str]) -> tuple[Any, str]:
     """A pyarrow filesystem and the table root on it (local disk, or delta-rs' object store)."""
-    if "://" not in table_uri or table_uri.startswith("file://"):
-        from pyarrow.fs import LocalFileSystem
+    from hybrid_pipeline.lakehouse.storage import filesystem
 
-        root = table_uri[len("file://") :] if table_uri.startswith("file://") else table_uri
-        return LocalFileSystem(), os.path.abspath(root)
-    from deltalake.fs import DeltaStorageHandler
-    from pyarrow.fs import PyFileSystem
-
-    return PyFileSystem(DeltaStorageHandler(table_uri, dict(storage_options) or None)), ""
+    return filesystem(table_uri, storage_options)
 
 
 def _join(root: str, rel: str) -> str:

@@ -16,6 +16,8 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from hybrid_pipeline.lakehouse import storage
+
 
 @dataclass(frozen=True)
 class TableRef:
@@ -47,10 +49,28 @@ class Lakehouse:
     """Reads and writes the Delta tables under ``root``."""
 
     def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
-        self.root = root.rstrip("/")
-        self.storage_options = dict(storage_options or {})
-        if "://" not in self.root:
+        """Open ``root`` (a bad URI or unsafe commit settings are refused here, without I/O).
+
+        An object-store root is reached on first use: every read, write and :meth:`path` first lists
+        the root once (:func:`storage.check_root`), so a wrong key or a missing bucket stops with one
+        message naming the setting, before anything is written.
+        """
+        self.root = str(root).rstrip("/")
+        self.storage_options = storage.storage_options(self.root, storage_options)
+        self._checked = not storage.is_remote(self.root)
+        if self._checked:
             os.makedirs(self.root, exist_ok=True)
+
+    def check(self) -> None:
+        """Make sure the root can be reached (once); :class:`storage.StorageConfigError` names the setting."""
+        if not self._checked:
+            storage.check_root(self.root, self.storage_options)
+            self._checked = True
+
+    @property
+    def remote(self) -> bool:
+        """True when the root is an object store (``s3://...``), not a local folder."""
+        return storage.is_remote(self.root)
 
     # -- addressing -------------------------------------------------------------------
     def uri(self, table: str | TableRef) -> str:
@@ -58,13 +78,16 @@ class Lakehouse:
         return f"{self.root}/{ref.layer}/{ref.name}"
 
     def path(self, *parts: str) -> str:
-        """A non-table location under the root (e.g. bronze media files)."""
+        """A non-table location under the root (e.g. bronze media files); the root is checked first."""
+        self.check()
         return "/".join([self.root, *parts])
 
     def delta(self, table: str | TableRef, version: int | None = None) -> DeltaTable:
+        self.check()
         return DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
 
     def exists(self, table: str | TableRef) -> bool:
+        self.check()
         return DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options)
 
     def version(self, table: str | TableRef) -> int | None:
@@ -82,6 +105,7 @@ class Lakehouse:
         """Lazy scan honouring the Delta log, optionally at a version or a point in time."""
         if version is not None and as_of is not None:
             raise ValueError("pass either version or as_of, not both")
+        self.check()
         if as_of is not None:
             dt = self.delta(table)
             dt.load_as_version(as_of if isinstance(as_of, datetime) else datetime.fromisoformat(as_of))

@@ -7,7 +7,12 @@ a pure function of the bytes (never of the landing name), and lets every later
 layer cite an immutable identifier.
 
 Layout: ``<bronze_media_root>/<sha256[:2]>/<sha256>.<ext>`` where ``ext`` comes
-from the *detected* type (see :mod:`hybrid_pipeline.media.detect`).
+from the *detected* type (see :mod:`hybrid_pipeline.media.detect`). The root is a
+local folder or an object-store prefix (``s3://bucket/prefix/bronze/media``, reached
+through :mod:`hybrid_pipeline.lakehouse.storage`, like the Delta tables): a file is
+hashed in a private staging folder, then put at its address in one PUT, so the
+bucket never holds a partial file. Readers that need paths (decoders, the torch
+dataset) get them from :func:`local_media_root`.
 
 Duplicates: :func:`ingest_landing_media` returns **one record per landed
 file** (so landed == records + rejected, the row-conservation law), and marks a
@@ -28,6 +33,8 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -123,6 +130,72 @@ def bronze_relpath(sha256: str, detected_type: str) -> str:
     return f"{sha256[:2]}/{sha256}.{ext}"
 
 
+class _RemoteStore:
+    """The bronze media prefix in an object store, through the lakehouse's own filesystem."""
+
+    def __init__(self, uri: str, storage_options: Mapping[str, str] | None) -> None:
+        from hybrid_pipeline.lakehouse.storage import filesystem
+
+        self.uri = uri.rstrip("/")
+        self.fs, self.base = filesystem(self.uri, storage_options)
+
+    def _key(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if self.base else rel
+
+    def size(self, rel: str) -> int | None:
+        """Bytes stored at ``rel``, None when nothing is."""
+        from pyarrow.fs import FileType
+
+        info = self.fs.get_file_info(self._key(rel))
+        return int(info.size) if info.type == FileType.File else None
+
+    def upload(self, local: str, rel: str) -> None:
+        """Put the local file at ``rel`` (one object PUT: the object appears whole or not at all)."""
+        with open(local, "rb") as src, self.fs.open_output_stream(self._key(rel)) as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+
+    def download(self, rel: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self.fs.open_input_stream(self._key(rel)) as src, open(local, "wb") as dst:  # FileNotFoundError: absent
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+
+
+def _is_remote(root: str | Path) -> bool:
+    from hybrid_pipeline.lakehouse.storage import is_remote
+
+    return isinstance(root, str) and is_remote(root)
+
+
+@contextmanager
+def local_media_root(
+    bronze_media_root: str | Path,
+    bronze_paths: Sequence[str],
+    storage_options: Mapping[str, str] | None = None,
+) -> Iterator[Path]:
+    """A local folder that holds ``bronze_paths`` under their store paths, for readers that open files.
+
+    Local store: the store itself (nothing copied). Object store: a private temporary folder the
+    files are downloaded into (each path validated first), deleted on exit; it is a read copy,
+    never where bronze lives. A path the bucket does not hold is left absent, so its reader
+    fails on that one file exactly as it would on a local store.
+    """
+    if not _is_remote(bronze_media_root):
+        yield Path(bronze_media_root)
+        return
+    store = _RemoteStore(str(bronze_media_root), storage_options)
+    with tempfile.TemporaryDirectory(prefix="hybrid-media-read-") as tmp:
+        local = Path(tmp)
+        for rel in dict.fromkeys(bronze_paths):
+            target = resolve_bronze_path(local, rel)
+            try:
+                store.download(rel, target)
+            except FileNotFoundError:
+                target.unlink(missing_ok=True)
+        yield local
+
+
 def resolve_bronze_path(bronze_media_root: str | Path, bronze_path: str) -> Path:
     """Absolute path of a stored file, refusing anything that is not a store path.
 
@@ -141,6 +214,7 @@ def ingest_landing_media(
     *,
     ingested_at: datetime | None = None,
     max_depth: int = MAX_FOLDER_DEPTH,
+    storage_options: Mapping[str, str] | None = None,
 ) -> tuple[list[MediaRecord], list[RejectedFile]]:
     """Copy every file under ``images/`` and ``docs/`` into the bronze store.
 
@@ -160,11 +234,30 @@ def ingest_landing_media(
     Returns ``(records, rejected)``; ``images/labels.csv`` is a control file
     (see :func:`load_labels`, which also reports it when it is refused) and
     appears in neither, whatever it is.
+
+    An object-store root (``s3://...``, with ``storage_options`` for delta-rs' object store)
+    stages each file in a private temporary folder and puts it at its address unless an
+    object of the same size is already there.
     """
     date.fromisoformat(landing_date)  # fail fast on a bad partition key
-    landing = Path(landing_media_dir)
+    if _is_remote(bronze_media_root):
+        remote = _RemoteStore(str(bronze_media_root), storage_options)
+        with tempfile.TemporaryDirectory(prefix="hybrid-media-staging-") as staging:
+            return _ingest(Path(landing_media_dir), Path(staging), landing_date, ingested_at, max_depth, remote)
     root = Path(bronze_media_root)
     root.mkdir(parents=True, exist_ok=True)
+    return _ingest(Path(landing_media_dir), root, landing_date, ingested_at, max_depth, None)
+
+
+def _ingest(
+    landing: Path,
+    root: Path,
+    landing_date: str,
+    ingested_at: datetime | None,
+    max_depth: int,
+    remote: _RemoteStore | None,
+) -> tuple[list[MediaRecord], list[RejectedFile]]:
+    """The walk of :func:`ingest_landing_media`; ``root`` is the store, or the staging folder of ``remote``."""
     when = ingested_at or datetime.now(timezone.utc)
     records: list[MediaRecord] = []
     rejected: list[RejectedFile] = []
@@ -188,7 +281,7 @@ def ingest_landing_media(
             continue
 
         def on_file(dir_fd: int, name: str, rel: str, subdir: str = subdir) -> None:
-            outcome = _store_one(dir_fd, name, root)
+            outcome = _store_one(dir_fd, name, root, remote)
             if isinstance(outcome, _Reject):
                 rejected.append(RejectedFile(rel, subdir, landing_date, outcome.reason, outcome.detail))
                 return
@@ -415,8 +508,11 @@ class _Reject(NamedTuple):
     detail: str
 
 
-def _store_one(dir_fd: int, name: str, root: Path) -> _Stored | _Reject:
-    """Stream one landing file into the store; ``(sha, size, type, existed)`` or a reject."""
+def _store_one(dir_fd: int, name: str, root: Path, remote: _RemoteStore | None = None) -> _Stored | _Reject:
+    """Stream one landing file into the store; ``(sha, size, type, existed)`` or a reject.
+
+    With ``remote``, ``root`` is a staging folder: the staged file is put at its address in the
+    object store (unless the same number of bytes is there already) and then removed."""
     try:
         fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK, dir_fd=dir_fd)
     except OSError as exc:
@@ -454,6 +550,13 @@ def _store_one(dir_fd: int, name: str, root: Path) -> _Stored | _Reject:
                 return _Reject("read_error", read_failure) if read_failure else _Reject("empty_file", "zero bytes")
             sha = hasher.hexdigest()
             detected = sniffer.result()
+            if remote is not None:
+                rel = bronze_relpath(sha, detected)
+                existed = remote.size(rel) == size
+                if not existed:
+                    remote.upload(tmp_name, rel)
+                os.unlink(tmp_name)
+                return _Stored(sha, size, detected, existed)
             target = root / bronze_relpath(sha, detected)
             try:
                 existed = target.stat().st_size == size
