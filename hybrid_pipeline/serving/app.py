@@ -12,6 +12,14 @@ Routes (``X-API-Key`` required on the data routes when an API key is configured)
   one result per id, in order; unknown users get ``"found": false`` and ``"features": null``.
 * ``POST /predict`` (only when a predictor is given), same body: features of the found users
   go to ``predictor(list_of_feature_dicts)`` in one call; one score per found user.
+* Both ``POST`` routes take an optional ``"request": {"amount": 12.5, "request_time": ...}`` beside
+  ``"user_ids"`` (its fields apply to every id): each result then carries the on-demand features
+  (:mod:`hybrid_pipeline.features.on_demand`, the code Feast's on-demand view runs in training)
+  under ``"on_demand"``, with the names training uses, and ``/predict`` hands them to the predictor
+  inside each feature dict. ``request_time`` defaults to the time the server received the request.
+  A field the on-demand view needs that the request lacks is a 422 naming it
+  (``loc: ["body", "request", "amount"]``); a row whose computation raises gets nulls and is
+  counted in ``hybrid_serving_on_demand_errors_total``, never a 500.
 * ``GET /health`` (backend ping; 503 when it fails) and ``GET /metrics`` (Prometheus text)
   need no key.
 
@@ -57,7 +65,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal, Optional, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Path, Request, Response, Security
@@ -66,16 +74,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from hybrid_pipeline.features import on_demand as on_demand_mod
+from hybrid_pipeline.features.on_demand import OnDemandSpec
 from hybrid_pipeline.online import PackedRecord
 
 __all__ = [
     "MAX_BATCH",
     "USER_ID_PATTERN",
+    "BatchFeatureRecord",
     "ErrorBody",
     "FeatureReader",
     "FeatureRecord",
@@ -86,6 +97,7 @@ __all__ = [
     "ServingMetrics",
     "UserIdsRequest",
     "create_app",
+    "request_model",
     "valid_user_id",
 ]
 
@@ -133,17 +145,28 @@ class FeatureRecord(BaseModel):
     features: Optional[dict[str, Any]] = Field(description="Feature values by name; null when not found.")
 
 
+class BatchFeatureRecord(FeatureRecord):
+    """One user's features in a batch answer, with the on-demand features when the request had a `request` object."""
+
+    on_demand: Optional[dict[str, Any]] = Field(
+        default=None, description="On-demand (request-time) features by name; only when the request had a "
+        "`request` object.")
+
+
 class FeaturesResponse(BaseModel):
     feature_view: str
     found_count: int
     missing_count: int
-    results: list[FeatureRecord] = Field(description="One result per requested id, in request order.")
+    results: list[BatchFeatureRecord] = Field(description="One result per requested id, in request order.")
 
 
 class Score(BaseModel):
     user_id: str
     found: bool
     score: Optional[float] = Field(description="The model's score; null when the user has no features.")
+    on_demand: Optional[dict[str, Any]] = Field(
+        default=None, description="On-demand (request-time) features the model was given; only when the "
+        "request had a `request` object.")
 
 
 class PredictResponse(BaseModel):
@@ -173,6 +196,27 @@ class UserIdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_ids: list[UserId] = Field(min_length=1, max_length=MAX_BATCH,
                                    description=f"1 to {MAX_BATCH} ids of 1-64 characters of A-Z a-z 0-9 _ . : -")
+
+
+_REQUEST_TYPES: dict[str, Any] = {"Float64": float, "Float32": float, "Int64": int, "Int32": int, "String": str,
+                                   "Bool": bool, "UnixTimestamp": datetime}
+
+
+def request_model(spec: OnDemandSpec) -> type[BaseModel]:
+    """The ``"request"`` object of an on-demand view: its request fields, required unless serving defaults them."""
+    fields: dict[str, Any] = {}
+    for name, dtype in spec.request_fields.items():
+        kind = _REQUEST_TYPES[dtype]
+        annotated = Annotated[kind, Field(allow_inf_nan=False)] if kind is float else kind
+        if name in spec.defaulted_fields:
+            fields[name] = (Optional[annotated], Field(default=None, description=(
+                "default: when the server received the request" if name == "request_time" else "optional")))
+        else:
+            fields[name] = (annotated, Field(description=f"required by the on-demand view {spec.name}"))
+    return create_model("OnDemandRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+_AUTO: Any = object()
 
 
 class ApiError(Exception):
@@ -262,6 +306,10 @@ class ServingMetrics:
             "hybrid_serving_batch_size", "User ids per batch request.", ["route"], buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.on_demand_errors = Counter(
+            "hybrid_serving_on_demand_errors", "Rows whose on-demand features raised (served as nulls), by view.",
+            ["view"], registry=self.registry,
+        )
 
 
 class _MetricsMiddleware:
@@ -341,6 +389,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     title: str = "hybrid_pipeline feature serving",
     telemetry: Optional[dict] = None,
+    on_demand: Optional[OnDemandSpec] = _AUTO,
+    searcher: Optional[Any] = None,
 ) -> FastAPI:
     """Build the serving app.
 
@@ -354,6 +404,10 @@ def create_app(
         max_body_bytes: largest accepted request body (413 above).
         telemetry: FastAPI's native OpenTelemetry settings (``FastAPI(telemetry=...)``); default
             FastAPI's (spans/metrics on the global OpenTelemetry providers, no-ops unless configured).
+        on_demand: the on-demand view computed for a ``"request"`` object; default
+            ``user_request_features`` when it reads ``feature_view``, else none (``"request"`` refused).
+        searcher: a :class:`hybrid_pipeline.vectors.Searcher`; enables ``POST /search``
+            (:mod:`hybrid_pipeline.serving.search`, behind the same key and body limit).
     """
     if not isinstance(feature_view, str) or not feature_view:
         raise ValueError("feature_view must be a non-empty string")
@@ -364,6 +418,15 @@ def create_app(
                         f"got {type(reader).__name__}")
     metrics = ServingMetrics()
     view = feature_view
+    if on_demand is _AUTO:
+        on_demand = on_demand_mod.USER_REQUEST_FEATURES if view in on_demand_mod.USER_REQUEST_FEATURES.inputs else None
+    body_model: type[BaseModel] = UserIdsRequest
+    if on_demand is not None:
+        body_model = create_model(
+            "UserIdsWithRequest", __base__=UserIdsRequest,
+            request=(Optional[request_model(on_demand)], Field(
+                default=None, description=f"Request fields of the on-demand view {on_demand.name}; they apply to "
+                "every id. With it, each result carries the on-demand features.")))
 
     app = FastAPI(title=title, telemetry=telemetry)  # type: ignore[arg-type]
     app.state.metrics_registry = metrics.registry
@@ -424,6 +487,39 @@ def create_app(
             metrics.lookups.labels("missing").inc(len(records) - found)
         return records
 
+    # The on-demand inputs need each view's own record (the stream's own time, not a merged record's):
+    # a reader that wraps another one (CombinedReader.reader) is read underneath, one lookup per view.
+    wrapped = getattr(reader, "reader", None)
+    inputs_reader = wrapped if isinstance(wrapped, FeatureReader) else reader
+
+    def on_demand_features(ids: list[str], records: list[Optional[PackedRecord]], request: BaseModel,
+                           received: datetime) -> list[dict[str, Any]]:
+        """The on-demand features of every id (one :func:`~hybrid_pipeline.features.on_demand.compute_rows`
+        call), from the request's fields, the records read already and the other views the view reads."""
+        assert on_demand is not None
+        fields = request.model_dump()
+        if fields.get("request_time") is None:
+            fields["request_time"] = received
+        others = [v for v in on_demand.inputs if v != view]
+        try:
+            stored = {v: inputs_reader.get_records(v, ids) for v in others}
+            streaming = inputs_reader.get_records(on_demand_mod.STREAMING_VIEW, ids)
+        except Exception as exc:
+            log.exception("online store lookup failed")
+            raise ApiError(503, "store_unavailable", f"online store lookup failed: {type(exc).__name__}") from None
+        rows = []
+        for i, record in enumerate(records):
+            parts = {v: (None if recs[i] is None else recs[i].features) for v, recs in stored.items()}
+            parts[view] = None if record is None else record.features
+            stream = streaming[i]
+            rows.append(on_demand_mod.serving_row(on_demand, fields, parts,
+                                                  None if stream is None else stream.event_ts))
+        out, errors = on_demand_mod.compute_rows(rows, on_demand)
+        if errors:
+            metrics.on_demand_errors.labels(on_demand.name).inc(errors)
+            log.warning("%s raised for %d of %d rows; served as nulls", on_demand.name, errors, len(rows))
+        return out
+
     def record_json(user_id: str, record: Optional[PackedRecord]) -> dict[str, Any]:
         if record is None:
             return {"user_id": user_id, "found": False, "event_timestamp": None, "features": None}
@@ -452,7 +548,7 @@ def create_app(
 
     user_id_param = Path(pattern=f"^{USER_ID_PATTERN}$", description="1-64 characters of A-Z a-z 0-9 _ . : -")
 
-    @app.get("/features/{user_id}", response_model=FeatureRecord, dependencies=keyed,
+    @app.get("/features/{user_id}", response_model=FeatureRecord, response_model_exclude_unset=True, dependencies=keyed,
              responses=_errors(401, 404, 503), summary="One user's online features")
     async def features_one(user_id: Annotated[str, user_id_param]) -> dict[str, Any]:
         record = lookup([user_id])[0]
@@ -460,27 +556,40 @@ def create_app(
             raise ApiError(404, "not_found", f"no features for user {user_id!r} in {view!r}", user_id=user_id)
         return record_json(user_id, record)
 
-    @app.post("/features", response_model=FeaturesResponse, dependencies=keyed, max_body_size=max_body_bytes,
+    @app.post("/features", response_model=FeaturesResponse, response_model_exclude_unset=True, dependencies=keyed,
+              max_body_size=max_body_bytes,
               responses=_errors(401, 413, 503), summary="Online features of a batch of users")
-    async def features_batch(body: UserIdsRequest) -> dict[str, Any]:
+    async def features_batch(body: body_model) -> dict[str, Any]:  # type: ignore[valid-type]
+        received = datetime.now(timezone.utc)
         ids = body.user_ids
         metrics.batch_sizes.labels("/features").observe(len(ids))
         records = lookup(ids)
         found = sum(1 for r in records if r is not None)
-        return {"feature_view": view, "found_count": found, "missing_count": len(ids) - found,
-                "results": [record_json(u, r) for u, r in zip(ids, records)]}
+        results = [record_json(u, r) for u, r in zip(ids, records)]
+        request = getattr(body, "request", None)
+        if request is not None:
+            for result, extra in zip(results, on_demand_features(ids, records, request, received)):
+                result["on_demand"] = _features_json(extra)
+        return {"feature_view": view, "found_count": found, "missing_count": len(ids) - found, "results": results}
 
     if predictor is not None:
         is_async = inspect.iscoroutinefunction(predictor) or inspect.iscoroutinefunction(
             getattr(predictor, "__call__", None))
 
-        @app.post("/predict", response_model=PredictResponse, dependencies=keyed, max_body_size=max_body_bytes,
+        @app.post("/predict", response_model=PredictResponse, response_model_exclude_unset=True, dependencies=keyed,
+                  max_body_size=max_body_bytes,
                   responses=_errors(401, 413, 500, 503), summary="Model scores of a batch of users")
-        async def predict(body: UserIdsRequest) -> dict[str, Any]:
+        async def predict(body: body_model) -> dict[str, Any]:  # type: ignore[valid-type]
+            received = datetime.now(timezone.utc)
             ids = body.user_ids
             metrics.batch_sizes.labels("/predict").observe(len(ids))
             records = lookup(ids)
-            found_rows = [r.features for r in records if r is not None]
+            request = getattr(body, "request", None)
+            extras = on_demand_features(ids, records, request, received) if request is not None else None
+            if extras is None:
+                found_rows = [r.features for r in records if r is not None]
+            else:
+                found_rows = [{**r.features, **extra} for r, extra in zip(records, extras) if r is not None]
             scores: list[Any] = []
             if found_rows:
                 start = time.perf_counter()
@@ -501,7 +610,16 @@ def create_app(
             it = iter(scores)
             results = [{"user_id": u, "found": r is not None, "score": _jsonable(next(it)) if r is not None else None}
                        for u, r in zip(ids, records)]
+            if extras is not None:
+                for result, extra in zip(results, extras):
+                    result["on_demand"] = _features_json(extra)
             return {"feature_view": view, "found_count": len(found_rows),
                     "missing_count": len(ids) - len(found_rows), "results": results}
 
+    app.state.auth_dependencies = keyed  # routes added later (POST /search) sit behind the same key
+    app.state.max_body_bytes = max_body_bytes
+    if searcher is not None:
+        from hybrid_pipeline.serving.search import install_search
+
+        install_search(app, searcher)
     return app

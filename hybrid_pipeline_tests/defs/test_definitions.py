@@ -38,16 +38,25 @@ EXPECTED_GRAPH = {
     "gold/media_collection_stats": ("gold_analytics", {"bronze/media_files"}),
     "gold/user_features": ("gold_features", {"silver/events"}),
     "gold/user_labels": ("gold_features", {"gold/user_features", "silver/events"}),
-    "features/feast_registry": ("features", {"gold/user_features"}),
+    "features/feast_registry": ("features", {"gold/user_features", "gold/user_landing_summary"}),
     "features/user_features": ("features", {"gold/user_features"}),
+    "features/user_activity": ("features", {"gold/user_landing_summary"}),
+    "features/user_request_features": ("features", {"features/user_features", "features/user_activity"}),
     "features/training_set": ("features", {"features/user_features", "features/feast_registry", "gold/user_labels"}),
-    "features/online_user_features": ("features", {"gold/user_features", "features/user_features"}),
+    "features/online_user_features": ("features", {"gold/user_features", "features/user_features",
+                                                   "gold/user_landing_summary", "features/user_activity"}),
     "streaming/user_activity_1h": ("features", {"bronze/events"}),
     "monitoring/pipeline_runs": ("monitoring", set()),
     "models/purchase_model": ("models", {"features/training_set", "gold/user_features"}),
     "models/production_purchase_model": ("models", {"models/purchase_model"}),
     "models/digit_classifier": ("models", {"gold/image_training_manifest"}),
     "gold/predictions": ("models", {"models/production_purchase_model", "gold/user_features"}),
+    "silver/document_chunks": ("embeddings", {"silver/document_text"}),
+    "gold/document_embeddings": ("embeddings", {"silver/document_chunks", "bronze/media_files"}),
+    "gold/image_embeddings": ("embeddings", {"silver/media_metadata", "bronze/media_files"}),
+    "gold/media_near_duplicates": ("embeddings", {"gold/document_embeddings", "gold/image_embeddings",
+                                                  "gold/image_training_manifest"}),
+    "features/document_vectors": ("features", {"gold/document_embeddings"}),
 }
 # Media land without a date folder; every other asset is partitioned by landing day.
 UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith(("features/", "models/", "streaming/", "monitoring/"))} - {
@@ -55,7 +64,7 @@ UNPARTITIONED = {k for k in EXPECTED_GRAPH if "media" in k or k.startswith(("fea
 } | {
     "silver/document_text",
     "gold/image_training_manifest",
-}
+} | {k for k, (group, _) in EXPECTED_GRAPH.items() if group == "embeddings"}  # media, like their inputs
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +198,8 @@ def test_on_both_engines_every_pytorch_asset_and_only_those_get_the_gpu_pool_tag
             assert limits["nvidia.com/gpu"] == "1", key
         else:
             assert op.pool != "gpu" and "compute" not in spec.tags and "dagster-k8s/config" not in op.tags, key
-    assert torch_assets == {"models/purchase_model", "models/digit_classifier", "gold/predictions"}
+    assert torch_assets == {"models/purchase_model", "models/digit_classifier", "gold/predictions",
+                            "gold/document_embeddings", "gold/image_embeddings"}
 
 
 def test_a_torch_asset_cannot_be_placed_outside_the_gpu_pool():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -59,28 +59,49 @@ def test_user_features_are_end_of_day_rows_with_windows_consistent_with_silver(b
     assert feats.select(pl.struct("user_id", "event_date").n_unique()).item() == feats.height
 
 
-def test_training_set_rows_are_point_in_time_correct(built):
+def known_at_oracle(labels: pl.DataFrame, feats: pl.DataFrame, as_known_at: bool) -> pl.DataFrame:
+    """Per label, the newest feature row of its user at or before the label timestamp, within
+    the 30-day TTL, and (as known at) created at or before it too; nulls without one."""
+    candidates = labels.join(feats.rename({"event_timestamp": "fts"}), on="user_id", how="inner").filter(
+        (pl.col("fts") <= pl.col("event_timestamp")) & (pl.col("fts") >= pl.col("event_timestamp") - pl.duration(days=30))
+        & ((pl.col("created_timestamp") <= pl.col("event_timestamp")) if as_known_at else pl.lit(True))
+    )
+    best = candidates.sort("fts").group_by("user_id", "event_timestamp").last()
+    return labels.join(best.select("user_id", "event_timestamp", *FEATURE_COLUMNS), on=["user_id", "event_timestamp"],
+                       how="left").sort("user_id", "event_timestamp")
+
+
+def test_training_set_rows_are_as_known_at_each_label_by_default(built):
     env, *_ = built
     training = env.lakehouse.read("features/training_set")
     labels = env.lakehouse.read("gold/user_labels")
     assert training.height == labels.height
-    feats = env.lakehouse.read("gold/user_features").sort("event_timestamp")
-    # Oracle: the latest feature row at or before the label timestamp, within the 30-day TTL.
-    expected = (
-        labels.sort("event_timestamp")
-        .join_asof(
-            feats.select("user_id", pl.col("event_timestamp").alias("fts"), *FEATURE_COLUMNS),
-            left_on="event_timestamp",
-            right_on="fts",
-            by="user_id",
-            strategy="backward",
-        )
-        .sort("user_id", "event_timestamp")
-    )
+    feats = env.lakehouse.read("gold/user_features")
+    # late events rewrote rows after their day: as-known-at retrieval must matter on this data
+    assert (feats["created_timestamp"] > feats["event_timestamp"]).any()
+    expected = known_at_oracle(labels, feats, as_known_at=True)
     got = training.sort("user_id", "event_timestamp")
     for col in ("total_events", "events_7d", "revenue_30d", "recent_event_types", "days_since_last_purchase"):
         assert got[col].to_list() == expected[col].to_list(), col
     assert got["purchased_next_7d"].to_list() == expected["purchased_next_7d"].to_list()
+
+
+def test_training_set_records_its_retrieval_and_the_setting_chooses_it(built):
+    from hybrid_pipeline.ml.training_set import build_training_set
+
+    env, _, _, instance = built
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["features", "training_set"])).asset_materialization.metadata
+    assert meta["retrieval"].value == "as_known_at"
+    commit = env.lakehouse.history("features/training_set", limit=1)[0]
+    assert commit["hybrid.retrieval"] == "as_known_at" and commit["hybrid.content_sha256"] == meta["content_sha256"].value
+    # HYBRID_TRAINING_AS_KNOWN_AT=false: a plain point-in-time join of the same versions
+    versions = meta["source_versions"].value
+    plain = build_training_set(env.lakehouse, versions["gold/user_labels"], versions["gold/user_features"], as_known_at=False)
+    assert plain.retrieval == "point_in_time"
+    labels, feats = env.lakehouse.read("gold/user_labels"), env.lakehouse.read("gold/user_features")
+    expected = known_at_oracle(labels, feats, as_known_at=False)
+    assert plain.rows.sort("user_id", "event_timestamp")["total_events"].to_list() == expected["total_events"].to_list()
+    assert plain.content_sha256 != meta["content_sha256"].value  # late rows leak into the plain join
 
 
 def test_training_set_records_the_source_versions_it_read(built):
@@ -158,6 +179,71 @@ def test_online_store_serves_each_users_newest_features_through_feast_and_direct
         features=["user_features:total_events", "user_features:events_7d"], entity_rows=[{"user_id": u} for u in users]
     ).to_dict()
     assert feast_rows["total_events"] == [expected[u]["total_events"] for u in users]
+
+
+def _run_skew_check(env, instance):
+    from hybrid_pipeline.definitions import ONLINE_JOB, build_definitions
+
+    job = build_definitions(env.settings).resolve_job_def(ONLINE_JOB)
+    check = dg.AssetCheckKey(dg.AssetKey(["features", "online_user_features"]), "online_matches_offline")
+    result = job.get_subset(asset_check_selection={check}, asset_selection=set()).execute_in_process(
+        tags={"dagster/partition": f"2024-01-{DAYS:02d}"}, instance=instance, raise_on_error=False)
+    [evaluation] = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    return evaluation
+
+
+def test_the_registry_holds_the_on_demand_view_and_each_views_versioned_name(built):
+    from hybrid_pipeline.features import catalog
+
+    env, repo, _, instance = built
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["features", "feast_registry"])).asset_materialization.metadata
+    versions = meta["view_versions"].value
+    assert meta["on_demand_feature_views"].value == ["user_request_features"]
+    assert set(meta["versioned_views"].value) == {catalog.versioned_name(v, versions[v])
+                                                  for v in ("user_features", "user_activity")}
+    assert meta["versions_in_use"].value == []  # no model trained in this run
+    training = instance.get_latest_materialization_event(dg.AssetKey(["features", "training_set"])).asset_materialization
+    assert training.metadata["feature_view_versions"].value == {"user_features": versions["user_features"]}
+    for key, view in (("user_activity", "user_activity"), ("user_request_features", "user_request_features")):
+        event = instance.get_latest_materialization_event(dg.AssetKey(["features", key])).asset_materialization
+        assert event.metadata["content_version"].value == versions[view]
+
+
+def test_skew_check_covers_the_on_demand_features_and_the_newest_event(built):
+    from hybrid_pipeline.features import catalog
+
+    env, repo, _, instance = built
+    passed = _run_skew_check(env, instance)
+    assert passed.passed and passed.metadata["on_demand_mismatches"].value == 0
+    assert passed.metadata["entities_compared"].value > 0
+    # a newer event time online than offline: seconds_since_last_event would be served skewed
+    fs = _resources(repo.parent)
+    reader = fs.reader()
+    try:
+        users = sorted(env.lakehouse.read("gold/user_features")["user_id"].unique().to_list())
+        records = reader.get_records(catalog.ACTIVITY_VIEW, users)
+    finally:
+        reader.close()
+    shifted = [(u, {"last_event_at": r.event_ts + timedelta(seconds=1)}, r.event_ts_us + 1_000_000, None)
+               for u, r in zip(users, records) if r is not None]
+    writer = fs.writer()
+    try:
+        writer.write_records(catalog.ACTIVITY_VIEW, shifted)
+    finally:
+        writer.close()
+    failed = _run_skew_check(env, instance)
+    assert not failed.passed and failed.metadata["on_demand_mismatches"].value > 0
+    assert failed.metadata["mismatches"].value == 0  # the stored features still agree
+    restored = [(u, {"last_event_at": r.event_ts}, r.event_ts_us, None) for u, r in zip(users, records) if r is not None]
+    from hybrid_pipeline.online import OnlineWriter  # a newer record is never replaced by an older one: drop, rewrite
+
+    backend = OnlineWriter.from_url(fs.online_url(), catalog.PROJECT)
+    try:
+        backend.backend.drop_table(backend.table(catalog.ACTIVITY_VIEW))
+        backend.write_records(catalog.ACTIVITY_VIEW, restored)
+    finally:
+        backend.close()
+    assert _run_skew_check(env, instance).metadata["on_demand_mismatches"].value == 0
 
 
 def test_skew_check_fails_when_online_values_differ_from_offline(built):
