@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +33,9 @@ from hybrid_pipeline.transforms.contract import (
 )
 
 LINEAGE = ("landing_date", "source_file", "line_number", "file_sha256")
+# Other landing days' stored records of the given event_ids (event_id, landing_date, source_file,
+# line_number[, event_date]): how dedup asks without reading all of silver (lakehouse.event_index).
+ExistingLookup = Callable[[pl.Series], pl.DataFrame]
 # Which record of an event_id silver keeps: the first in this order, whatever order days arrive in.
 OWNERSHIP_ORDER = ("landing_date", "source_file", "line_number")
 _TS_FORMATS_WITH_OFFSET = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
@@ -304,13 +307,16 @@ def _as_kept() -> list[pl.Expr]:
     return [pl.col(c).alias(f"kept_{c}") for c in OWNERSHIP_ORDER]
 
 
-def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def deduplicate(
+    valid: pl.DataFrame, existing: pl.LazyFrame | ExistingLookup
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Keep one record per event_id: the first in ownership order (landing day, source file, line).
 
     The rule is a property of the data, not of the order in which landing days or files arrive,
     so every processing order and every rerun keeps the same record. ``valid`` is one landing
     day's records; ``existing`` is silver of the other landing days (``event_date`` is optional:
-    it only dates the displaced rows). Returns the kept events, the duplicates (each pointing at
+    it only dates the displaced rows), or a lookup giving those of its rows whose event_id is
+    among the ids asked (the event index: no scan of silver). Returns the kept events, the duplicates (each pointing at
     the kept record) and the *displaced* rows: records of later landing days that silver holds
     today and that this batch now owns (they become duplicates of their own landing day; the
     engine's write step moves them, see ``hybrid_pipeline.engines.rehoming``).
@@ -319,6 +325,8 @@ def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFra
     flagged = ordered.with_columns(pl.col("event_id").is_first_distinct().alias("_first"))
     first = flagged.filter(pl.col("_first")).drop("_first")
     repeats = flagged.filter(~pl.col("_first")).drop("_first")
+    if not isinstance(existing, pl.LazyFrame):
+        existing = existing(first["event_id"]).lazy()
     # Ids first: a cross-day repeat is rare, so lineage is read only for the ids that clash.
     clashing = existing.select("event_id").join(first.lazy().select("event_id"), on="event_id", how="semi").unique().collect()
     event_date = "event_date" if "event_date" in existing.collect_schema().names() else None
@@ -357,7 +365,7 @@ def deduplicate(valid: pl.DataFrame, existing: pl.LazyFrame) -> tuple[pl.DataFra
     return kept, duplicates, displaced
 
 
-def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame, pii_salt: str) -> SilverBatch:
+def clean_events(bronze: pl.DataFrame, existing: pl.LazyFrame | ExistingLookup, pii_salt: str) -> SilverBatch:
     """The whole bronze -> silver step for one batch of bronze records."""
     decoded, malformed, drift = decode_payloads(bronze)
     typed, type_rejects = type_records(decoded)
