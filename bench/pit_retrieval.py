@@ -17,6 +17,12 @@ subprocess, ``--runs`` times:
 * ``file``   - Feast's dask/file store on the parquet copy
 * ``duckdb`` - Feast's duckdb (ibis) store on the parquet copy, if ibis/duckdb import
 * ``import`` - no retrieval at all: the RSS of importing Feast and opening the store
+* ``<engine>-known`` (``delta-known``, ``delta-known-keys``, ``delta-known-scan``, ``duckdb-known``,
+  ``file-known``) - the same store retrieving as known at each entity row
+  (``get_historical_features(..., filter_by_created_timestamp=True)``, Feast 0.67): feature rows
+  created after the entity timestamp are not candidates (the generated rows are created up to
+  an hour after their event timestamp). Compared with ``delta-known``; Feast's stock duckdb
+  and dask stores both support the flag.
 
 Each run goes through a small wrapper process that starts the worker and reads its peak
 RSS with ``resource.getrusage(RUSAGE_CHILDREN)``, so every figure belongs to one run.
@@ -49,8 +55,20 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("delta", "delta-keys", "delta-scan", "file", "duckdb")
+ENGINES = ("delta", "delta-keys", "delta-scan", "file", "duckdb",
+           "delta-known", "delta-known-keys", "delta-known-scan", "duckdb-known", "file-known")
 INDEXED = ("delta", "delta-keys")  # engines whose key index is built during data preparation
+KNOWN = "-known"  # suffix: the same store with filter_by_created_timestamp=True
+
+
+def base_engine(engine: str) -> str:
+    """The store an engine name runs: ``delta-known-keys`` -> ``delta-keys``."""
+    return engine.replace(KNOWN, "")
+
+
+def reference_of(engine: str) -> str:
+    """What an engine's rows are compared with: ``delta``, or ``delta-known`` for as-known-at runs."""
+    return f"delta{KNOWN}" if KNOWN in engine else "delta"
 VIEW = "user_stats"
 START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in microseconds
 SPAN_US = 30 * 24 * 3600 * 1_000_000  # 30 days
@@ -229,16 +247,17 @@ def worker(engine: str, work: Path, out: Path | None, n_features: int, repeat: i
     import pandas as pd
     from feast import FeatureStore
 
-    repo = work / f"repo_{'delta' if engine == 'import' else engine}"
+    repo = work / f"repo_{'delta' if engine == 'import' else base_engine(engine)}"
     store = FeatureStore(repo_path=str(repo))
     entity_df = pd.read_parquet(work / "entities.parquet")
     refs = [f"{VIEW}:{n}" for n in feature_names(n_features)]
+    known_at = {"filter_by_created_timestamp": True} if KNOWN in engine else {}
     seconds = 0.0
     rows = 0
     again: list[float] = []
     if engine != "import":
         t0 = time.perf_counter()
-        df = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+        df = store.get_historical_features(entity_df=entity_df, features=refs, **known_at).to_df()
         seconds = time.perf_counter() - t0
         rows = len(df)
         if out is not None:
@@ -246,7 +265,7 @@ def worker(engine: str, work: Path, out: Path | None, n_features: int, repeat: i
         del df
         for _ in range(repeat - 1):  # the same retrieval again in this (now warm) process
             t0 = time.perf_counter()
-            store.get_historical_features(entity_df=entity_df, features=refs).to_df()
+            store.get_historical_features(entity_df=entity_df, features=refs, **known_at).to_df()
             again.append(time.perf_counter() - t0)
     print(json.dumps({"seconds": seconds, "rows": rows, "again_s": again}))
 
@@ -348,13 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     engines = [e for e in args.engines.split(",") if e]
-    if "duckdb" in engines:
+    if any(base_engine(e) == "duckdb" for e in engines):
         try:
             import duckdb  # noqa: F401
             import ibis  # noqa: F401
         except ImportError:
             print("duckdb/ibis not installed: skipping the duckdb store")
-            engines.remove("duckdb")
+            engines = [e for e in engines if base_engine(e) != "duckdb"]
     work: Path = args.workdir
     users = args.users or max(1, args.entities // 10)
     if not (args.reuse and (work / "entities.parquet").exists()):
@@ -367,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {args.entities:,} entity rows x {args.feature_rows:,} feature rows x {args.features} features "
               f"({users:,} users) in {time.perf_counter() - t0:.1f}s")
     write_repos(work, args.features, args.ttl_hours)
-    apply_repos(work, [e for e in ENGINES if e in engines or e == "delta"])
-    index_builds = {e: build_index(work, e) for e in INDEXED if e in engines}
+    stores = {base_engine(e) for e in engines}
+    apply_repos(work, [e for e in ENGINES if e in stores or e == "delta"])
+    index_builds = {e: build_index(work, e) for e in INDEXED if e in stores}
 
     results_file = work / "results.json"
     results: dict[str, dict] = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -394,24 +414,26 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs if engine != "import" else 1,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if engine in index_builds:
-            results[engine]["key_index_build_s"] = index_builds[engine]["seconds"]
-            results[engine]["key_index_mib"] = round(index_builds[engine]["bytes"] / 2**20, 1)
+        if base_engine(engine) in index_builds:
+            results[engine]["key_index_build_s"] = index_builds[base_engine(engine)]["seconds"]
+            results[engine]["key_index_mib"] = round(index_builds[base_engine(engine)]["bytes"] / 2**20, 1)
         print(f"{engine:>7}: {json.dumps(results[engine])}", flush=True)
         results_file.write_text(json.dumps(results, indent=2))
 
     print()
-    print("| engine | median retrieval s | runs (s) | again in the same process: median s | peak RSS MiB | load avg (1 min) before each run | result vs delta |")
+    print("| engine | median retrieval s | runs (s) | again in the same process: median s | peak RSS MiB | load avg (1 min) before each run | result vs delta (as-known-at: vs delta-known) |")
     print("|---|---|---|---|---|---|---|")
     for engine, r in results.items():
         if engine == "import":
             verdict = "(Feast import + store open only)"
-        elif engine == "delta":
+        elif engine == reference_of(engine):
             verdict = "reference"
+            if engine != "delta" and (work / "result_delta.parquet").exists() and (work / f"result_{engine}.parquet").exists():
+                verdict += f"; vs plain delta: {compare(work / 'result_delta.parquet', work / f'result_{engine}.parquet', args.features)}"
         elif r["failed"] or not (work / f"result_{engine}.parquet").exists():
             verdict = "failed"
         else:
-            verdict = compare(work / "result_delta.parquet", work / f"result_{engine}.parquet", args.features)
+            verdict = compare(work / f"result_{reference_of(engine)}.parquet", work / f"result_{engine}.parquet", args.features)
         median = "-" if r["median_s"] is None else f"{r['median_s']:.2f}"
         rss = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
         runs_s = ", ".join(f"{x:.2f}" for x in r["runs_s"]) or "-"

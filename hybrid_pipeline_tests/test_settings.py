@@ -181,3 +181,15 @@ def test_the_model_registry_is_where_the_model_assets_register(tmp_path: Path, r
 
     assert model_resources(settings)["model_registry"].tracking_uri == settings.model_registry_uri
     assert settings.model_registry_uri.startswith(f"sqlite:///{tmp_path}/")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("auto", None), ("TRUE", True), ("on", True),
+                                               ("false", False), (" 0 ", False)])
+def test_training_as_known_at_is_auto_unless_set(raw: str | None, expected: bool | None) -> None:
+    env = {} if raw is None else {"HYBRID_TRAINING_AS_KNOWN_AT": raw}
+    assert Settings.from_env(env).training_as_known_at is expected
+
+
+def test_an_unknown_training_as_known_at_value_names_the_setting() -> None:
+    with pytest.raises(ValueError, match="HYBRID_TRAINING_AS_KNOWN_AT"):
+        Settings.from_env({"HYBRID_TRAINING_AS_KNOWN_AT": "sometimes"})

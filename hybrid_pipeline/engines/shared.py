@@ -216,6 +216,7 @@ def daily_user_activity(silver: nw.LazyFrame) -> nw.LazyFrame:
             micros(nw.col("session_duration")).sum().alias("duration_us"),
             *[nw.when(last == k).then(nw.col("event_type")).max().alias(f"_t{k}") for k in range(1, SEQUENCE_LENGTH + 1)],
             nw.when(last == 1).then(nw.col("user_segment")).max().alias("user_segment"),
+            nw.col("landing_date").max().alias("landed"),  # ISO dates: the newest as text
         )
         .with_columns(
             nw.concat_str(
@@ -239,7 +240,23 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
         return engine.frame({k: [] for k in FEATURES_SCHEMA}, FEATURES_SCHEMA)
     cal = engine.frame(calendar(first_day, end), CALENDAR_SCHEMA)
     end_n, start_n = (end - first_day).days, (start - first_day).days
-    daily = daily_user_activity(silver).join(cal.select("event_date", "day_n"), on="event_date", how="inner")
+    # landing days as day numbers (late events land after ``end``): the rows' created timestamps
+    newest_landing = engine.collect(silver.select(nw.col("landing_date").max().alias("l")))["l"][0]
+    known = calendar(first_day, max(end, date.fromisoformat(newest_landing) if newest_landing else end))
+    landed = engine.frame(
+        {"landed": [d.isoformat() for d in known["event_date"]], "landed_n": known["day_n"]},
+        {"landed": pl.String(), "landed_n": pl.Int64()},
+    )
+    known_days = engine.frame(
+        {"known_n": known["day_n"], "created_timestamp": known["event_timestamp"]},
+        {"known_n": pl.Int64(), "created_timestamp": pl.Datetime("us", "UTC")},
+    )
+    daily = (
+        daily_user_activity(silver)
+        .join(cal.select("event_date", "day_n"), on="event_date", how="inner")
+        .join(landed, on="landed", how="left")
+        .drop("landed")
+    )
     spans = (
         daily.group_by("user_id")
         .agg(nw.col("day_n").min().alias("_first"), nw.col("day_n").max().alias("_last_event"))
@@ -273,6 +290,8 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
         ),
         per_user(nw.col("last_types").fill_null(strategy="forward")).alias("recent_event_types"),
         per_user(nw.col("user_segment").fill_null(strategy="forward")).alias("user_segment"),
+        # newest landing day of the events up to this day (-1: none on the grid's quiet days yet)
+        per_user(nw.col("landed_n").fill_null(-1).cum_max()).alias("_landed_n"),
     )
     return (
         rolled.filter((nw.col("day_n") >= start_n) & (nw.col("day_n") <= end_n))
@@ -280,7 +299,10 @@ def user_features(silver: nw.LazyFrame, start: date, end: date, engine: Engine, 
             # one division of two exact integers (column by column: a true division on both engines)
             (nw.col("_duration_us_total") / (nw.col("total_events") * MICROS)).alias("avg_session_duration"),
             (nw.col("day_n") - nw.col("_last_purchase")).alias("days_since_last_purchase"),
+            # a row is known at the end of its own day, or of a later landing day that rewrote it
+            nw.max_horizontal("day_n", "_landed_n").alias("known_n"),
         )
+        .join(known_days, on="known_n", how="left")
         .select(*FEATURES_SCHEMA)
     )
 

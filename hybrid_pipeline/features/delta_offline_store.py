@@ -21,7 +21,10 @@ pinned version if any); projections and filters on entity keys and the time wind
 pushed into the scan, except filters the log's file statistics prove true for every row.
 Historical retrieval reads one snapshot twice: keys and timestamps first, then only the
 feature values of the winning rows; see :mod:`hybrid_pipeline.features.pit` for the join
-and its semantics.
+and its semantics. ``filter_by_created_timestamp=True`` (Feast 0.67) retrieves as known at
+each entity timestamp: only rows whose created timestamp is at or before it are candidates
+(a row without one never is; views without a created timestamp column are unaffected), with
+or without a key index (an index keeps the created timestamps in its key order).
 """
 
 from __future__ import annotations
@@ -461,7 +464,9 @@ def _pull(
 class DeltaOfflineStore(OfflineStore):
     """Feast offline store for :class:`DeltaSource` tables (delta-rs + polars)."""
 
-    supports_filter_by_created_timestamp = False
+    supports_filter_by_created_timestamp = True
+    """``get_historical_features(..., filter_by_created_timestamp=True)``: as-known-at
+    retrieval, with and without key indexes (see :mod:`hybrid_pipeline.features.pit`)."""
 
     @staticmethod
     def build_key_index(
@@ -490,7 +495,8 @@ class DeltaOfflineStore(OfflineStore):
         values = value_columns(schema, [f.name for f in feature_view.features if f.name in schema]) if keep_features else []
         existing = load_key_index(path, fingerprint)
         kept = {c for b in existing.blocks for c in b.columns} if existing is not None else set()
-        if not rebuild and existing is not None and (set(values) <= kept if keep_features else not kept):
+        keeps_created = existing is not None and (existing.created is not None or not view.created_timestamp_field)
+        if not rebuild and keeps_created and (set(values) <= kept if keep_features else not kept):
             return dict(_index_report(path, view.version, existing, 0.0), reused=True)
         if keep_features:  # views sharing the table keep what the others asked for too
             values = value_columns(schema, [*values, *sorted(c for c in kept if c in schema)])
@@ -562,8 +568,7 @@ class DeltaOfflineStore(OfflineStore):
         full_feature_names: bool = False,
         **kwargs: Any,
     ) -> RetrievalJob:
-        if kwargs.get("filter_by_created_timestamp"):
-            raise NotImplementedError("filter_by_created_timestamp is not supported by DeltaOfflineStore")
+        as_known_at = bool(kwargs.get("filter_by_created_timestamp"))
         if isinstance(entity_df, str):
             raise ValueError("DeltaOfflineStore needs entity_df as a DataFrame, not a SQL query")
         for fv in feature_views:
@@ -598,7 +603,7 @@ class DeltaOfflineStore(OfflineStore):
         def inputs() -> Tuple[pl.DataFrame, List[FeatureSourceSpec]]:
             left = entities() if callable(entities) else entities
             specs = [
-                _spec_for(config, fv, features, clamp=(start, end) if entity_df is None else None)
+                _spec_for(config, fv, features, clamp=(start, end) if entity_df is None else None, as_known_at=as_known_at)
                 for fv, features in fv_to_features.items()
             ]
             return left, specs
@@ -691,6 +696,7 @@ def _spec_for(
     fv: FeatureView,
     features: List[str],
     clamp: Optional[Tuple[Optional[datetime], Optional[datetime]]] = None,
+    as_known_at: bool = False,
 ) -> FeatureSourceSpec:
     view = _view_source(config, fv)
     key_map = fv.projection.join_key_map or {}
@@ -715,6 +721,7 @@ def _spec_for(
         rescannable=True,  # a fixed table version
         key_index=(index := None if located is None else load_key_index(*located)),
         parts=None if index is None else _file_parts(view, config),
+        as_known_at=as_known_at,
     )
 
 

@@ -24,6 +24,12 @@ files (at 10M rows x 20 float features: ~0.1 s instead of ~0.8 s). Blocks are re
 memory maps one window at a time, so a join's resident memory grows by one window, not by
 the block. Building them costs the covered columns' size again on disk and, once, in memory.
 
+An index built with a created timestamp field also keeps the created timestamps in index
+order (``created.npy``), so as-known-at retrieval (``filter_by_created_timestamp``) is served
+from it too: from each plain winner, a search steps back along the key's rows past those
+created after the entity timestamp. An index saved without them is not used for as-known-at
+(the join scans) and is rebuilt by ``DeltaOfflineStore.build_key_index(..., rebuild=False)``.
+
 Matching gives exactly the rows :func:`hybrid_pipeline.features.pit.match_rows` gives, at
 the table's unit or a finer one (a pandas frame's nanoseconds against a microsecond
 table). Entity timestamps in a coarser unit (milliseconds against microseconds) are
@@ -94,6 +100,11 @@ class KeyIndex:
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     dictionary: pl.Series | None = None
     blocks: tuple[ValueBlock, ...] = ()
+    created: np.ndarray | None = None
+    """Created timestamps in index order (integers in ``created_unit``, ``int64`` min for
+    null), kept when the index was built with a created timestamp field: what as-known-at
+    matching (``winners(..., known_at=True)``) checks."""
+    created_unit: TimeUnit | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -159,16 +170,21 @@ class KeyIndex:
         packed[at] = np.asarray(self.keys)[pos]
         return match, packed
 
-    def winners(self, key: pl.Series, ts: np.ndarray, unit: TimeUnit, ttl: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def winners(
+        self, key: pl.Series, ts: np.ndarray, unit: TimeUnit, ttl: int | None, known_at: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The entity rows that have a point-in-time winner, and the winner's position in
         the index, ascending by position (so reads of the index's rows go forwards).
 
         ``key``: the entity join key (a type :meth:`serves`, nulls allowed); ``ts``: entity timestamps as
-        integers in ``unit``; ``ttl``: the TTL in whole ``unit``s, ``None`` for unbounded.
-        Semantics of :func:`hybrid_pipeline.features.pit.match_rows`.
+        integers in ``unit``; ``ttl``: the TTL in whole ``unit``s, ``None`` for unbounded;
+        ``known_at``: as-known-at (only rows created at or before the entity timestamp; the
+        index must keep ``created``). Semantics of :func:`hybrid_pipeline.features.pit.match_rows`.
         """
         if not self.serves(key.dtype, unit):
             raise ValueError(f"a key index in {self.time_unit} cannot match {key.dtype} keys at {unit}")
+        if known_at and self.created is None:
+            raise ValueError("this key index keeps no created timestamps: it cannot answer as-known-at")
         n = len(key)
         if n == 0 or len(self.keys) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -203,7 +219,45 @@ class KeyIndex:
             )
         ).to_series().to_numpy()
         at = probes["at"].to_numpy()
-        return at[found], pos[found]  # probes are sorted, so positions ascend
+        if not known_at:
+            return at[found], pos[found]  # probes are sorted, so positions ascend
+        at, pos, t = at[found], pos[found], probes["ts"].to_numpy()[found]
+        keep = self._step_back_to_known(probe[found], t, unit, ttl, pos)
+        at, pos = at[keep], pos[keep]
+        order = np.argsort(pos, kind="stable")  # stepping back may have broken the ascent
+        return at[order], pos[order]
+
+    def _step_back_to_known(self, probe: np.ndarray, t: np.ndarray, unit: TimeUnit, ttl: int | None, pos: np.ndarray) -> np.ndarray:
+        """As-known-at: moves each winner position in ``pos`` (in place) back along its
+        key's rows until the row was created at or before the entity timestamp ``t`` (rows
+        of a key are in (timestamp, created) order); returns which entity rows still have
+        one (same key, inside the TTL)."""
+        assert self.created is not None and self.created_unit is not None
+        created = np.asarray(self.created)
+        own, target = _NS_PER_UNIT[self.created_unit], _NS_PER_UNIT[unit]
+        # created <= t, compared in the created timestamps' unit (floor t) or in ``unit`` (exact)
+        cutoff = t // (own // target) if own >= target else t * (target // own)
+        keys = np.asarray(self.keys)
+        ratio = _NS_PER_UNIT[self.time_unit] // target
+        low = self.t_min - 1
+
+        def unknown(p: np.ndarray, cut: np.ndarray) -> np.ndarray:
+            c = created[p]
+            return (c == np.iinfo(np.int64).min) | (c > cut)
+
+        keep = np.ones(len(pos), dtype=bool)
+        idx = np.flatnonzero(unknown(pos, cutoff))
+        code = probe >> self.bits
+        while len(idx):
+            p = pos[idx] - 1
+            at = np.maximum(p, 0)
+            ok = (p >= 0) & (keys[at] >> self.bits == code[idx])
+            if ttl is not None:
+                ok &= ((keys[at] & ((1 << self.bits) - 1)) + low) * ratio >= t[idx] - ttl
+            pos[idx] = at
+            keep[idx] = ok
+            idx = idx[ok & unknown(at, cutoff[idx])]
+        return keep
 
     def verify(self, key: pl.Series, ts: pl.Series, packed: np.ndarray) -> bool:
         """Whether rows read back by the row numbers :meth:`match` gave hold the keys and
@@ -253,9 +307,10 @@ def build_key_index(
         (pl.col(key) if strings else pl.col(key).cast(pl.Int64, strict=False)).alias("key"),
         pl.col(timestamp_field).dt.epoch(unit).alias("ts"),  # type: ignore[arg-type]
     ]
+    created_unit: TimeUnit = "us"
     if created_timestamp_field:
         created_dtype = schema[created_timestamp_field]
-        created_unit = created_dtype.time_unit if isinstance(created_dtype, pl.Datetime) else "us"
+        created_unit = created_dtype.time_unit if isinstance(created_dtype, pl.Datetime) else "us"  # type: ignore[assignment]
         columns.append(pl.col(created_timestamp_field).dt.epoch(created_unit).fill_null(np.iinfo(np.int64).min).alias("created"))
     scanned = (
         lazy.with_row_index("__row")
@@ -269,7 +324,8 @@ def build_key_index(
     dictionary = scanned["key"].unique().sort() if strings else None
     if scanned.height == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded, dictionary, _value_blocks(lazy, values, empty))
+        return KeyIndex(empty, empty, 0, 0, 0, 1, unit, recorded, dictionary, _value_blocks(lazy, values, empty),
+                        empty if created_timestamp_field else None, created_unit if created_timestamp_field else None)
     if dictionary is not None:  # dense codes in key order
         scanned = scanned.with_columns((pl.col("key").rank("dense") - 1).cast(pl.Int64).alias("key"))
     key_min, key_max = int(scanned["key"].min()), int(scanned["key"].max())  # type: ignore[arg-type]
@@ -286,7 +342,9 @@ def build_key_index(
     if len(rows) and int(rows.max()) <= np.iinfo(np.uint32).max:
         rows = rows.astype(np.uint32)
     blocks = _value_blocks(lazy, values, rows)
-    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded, dictionary, blocks)
+    kept_created = scanned["created"].to_numpy()[order] if created_timestamp_field else None
+    return KeyIndex(packed[order], rows, key_min, t_min, t_max, bits, unit, recorded, dictionary, blocks,
+                    kept_created, created_unit if created_timestamp_field else None)
 
 
 def value_columns(schema: Mapping[str, pl.DataType], columns: Sequence[str]) -> list[str]:
@@ -429,6 +487,8 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
         np.save(staging / "rows.npy", np.ascontiguousarray(index.rows))
         if index.dictionary is not None:
             index.dictionary.to_frame("key").write_parquet(staging / _DICTIONARY)
+        if index.created is not None:
+            np.save(staging / "created.npy", np.ascontiguousarray(index.created, dtype=np.int64))
         blocks = []
         for i, block in enumerate(index.blocks):
             np.save(staging / f"values_{i}.npy", _in_memory(block.values))
@@ -445,6 +505,7 @@ def save_key_index(index: KeyIndex, directory: str | Path) -> Path:
             "rows": len(index),
             "dictionary": index.dictionary is not None,
             "blocks": blocks,
+            "created_unit": index.created_unit if index.created is not None else None,
             "fingerprint": dict(index.fingerprint),
         }
         (staging / _META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -478,13 +539,17 @@ def load_key_index(directory: str | Path, fingerprint: Mapping[str, Any]) -> Key
         rows = np.load(path / "rows.npy", mmap_mode="r")
         dictionary = pl.read_parquet(path / _DICTIONARY).to_series() if meta["dictionary"] else None
         blocks = tuple(_load_block(path, i, entry, meta["rows"]) for i, entry in enumerate(meta["blocks"]))
+        created_unit = meta.get("created_unit")
+        created = np.load(path / "created.npy", mmap_mode="r") if created_unit else None
     except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
         return None
     if len(keys) != meta["rows"] or len(rows) != meta["rows"] or keys.dtype != np.int64:
         return None
+    if created is not None and (len(created) != meta["rows"] or created.dtype != np.int64):
+        return None
     return KeyIndex(
         keys, rows, int(meta["key_min"]), int(meta["t_min"]), int(meta["t_max"]), int(meta["bits"]),
-        meta["time_unit"], meta["fingerprint"], dictionary, blocks,
+        meta["time_unit"], meta["fingerprint"], dictionary, blocks, created, created_unit,
     )
 
 

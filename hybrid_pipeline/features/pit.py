@@ -13,6 +13,18 @@ per feature source:
 * every entity row is kept, duplicates included, in its original order and with all its
   extra columns.
 
+As-known-at (``FeatureSourceSpec.as_known_at``, Feast's ``filter_by_created_timestamp``): a
+candidate must also have been created at or before the entity timestamp. Where Feast is
+silent: a row without a created timestamp is never a candidate (what Feast's own SQL, duckdb
+and dask stores do: ``created <= t`` is not true for a null); ties on the event timestamp go
+to the newest created timestamp among the candidates; the TTL applies to the event timestamp
+as without the flag; a source without a created timestamp column is unaffected. Created
+timestamps finer than the compared unit are rounded up (1 ns after an entity microsecond is
+after it). The eager join finds the plain winner, then steps back along the key's rows (kept
+in (event timestamp, created) order) past rows created too late, only for the entity rows
+whose winner was; the lazy plan ranks rows by ``max(ts, created)`` (when a row becomes a
+candidate) with each key's running newest row, and asof-joins on that.
+
 Timestamps are compared as UTC instants: naive columns are taken to be UTC, aware ones
 are converted. Entity and feature timestamps are compared at the finer of their two units
 (a millisecond entity frame against a microsecond table: at microseconds), TTL bounds
@@ -89,6 +101,7 @@ __all__ = [
     "fetch_rows",
     "gather_rows",
     "key_order",
+    "known_at_arrays",
     "match_rows",
     "point_in_time_join",
     "point_in_time_join_lazy",
@@ -177,6 +190,11 @@ class FeatureSourceSpec:
             ``key_index`` (where the index's check of the rows read back guards the
             numbering); when the index keeps every feature asked for, only the smallest
             piece holding winners is read, for that check.
+        as_known_at: as-known-at retrieval (Feast's ``filter_by_created_timestamp``): only
+            rows whose created timestamp is at or before the entity timestamp are
+            candidates; a row without a created timestamp is never a candidate. Ignored
+            for a source without ``created_timestamp_field`` (Feast leaves such views
+            unaffected).
     """
 
     name: str
@@ -192,6 +210,7 @@ class FeatureSourceSpec:
     rescannable: bool = False
     key_index: KeyIndex | None = field(default=None)
     parts: Sequence[SourcePart] | None = field(default=None)
+    as_known_at: bool = False
 
     def entity_keys(self) -> list[str]:
         keys = list(self.entity_join_keys) if self.entity_join_keys is not None else list(self.join_keys)
@@ -388,6 +407,9 @@ def _prune_and_normalise(
             lo: datetime = ts_col.min() - spec.ttl  # type: ignore[operator, assignment]
             if not proven(ts, lambda c: c.lower is not None and _utc_value(c.lower) >= lo):
                 preds.append(pl.col(ts) >= _bound_literal(lo, raw_ts))
+        if created and spec.as_known_at and isinstance(schema[created], pl.Datetime):
+            # no row created after every entity timestamp can win (nor one without a created timestamp)
+            preds.append(pl.col(created) <= _bound_literal(hi, schema[created]))
     semi_keys: list[tuple[str, pl.Series]] = []
     for key, ekey in zip(keys, entity_keys):
         if not proven(key, lambda c: c.null_count == 0):
@@ -464,6 +486,55 @@ def _sorted_source(
     return frame, ts_alias
 
 
+def _known_at_source(
+    spec: FeatureSourceSpec,
+    index: int,
+    entities: pl.DataFrame,
+    entity_timestamp_col: str,
+    ts_dtype: pl.Datetime,
+) -> tuple[pl.LazyFrame, pl.LazyFrame, str, str, str]:
+    """An as-known-at source for a backward asof join: returns ``(searched, values, known
+    alias, winner alias, ts alias)``.
+
+    A row becomes a candidate at ``known = max(ts, created)`` (both must be at or before
+    the entity timestamp); rows without a created timestamp never do. In ``known`` order
+    (then created), each key's running winner is the newest row by (ts, created) so far
+    (``winner``, a row number of ``values``): the asof match on ``known`` gives the row
+    known last at the entity timestamp, and its running winner is the answer.
+    """
+    frame, ts_alias, created_alias = _prune_and_normalise(spec, index, entities, entity_timestamp_col, ts_dtype)
+    assert created_alias is not None
+    schema = frame.collect_schema()
+    unit: TimeUnit = schema[ts_alias].time_unit  # type: ignore[attr-defined]
+    keys = spec.entity_keys()
+    row, known, winner = f"__pit_r_{index}", f"__pit_known_{index}", f"__pit_win_{index}"
+    frame = frame.filter(pl.col(created_alias).is_not_null()).with_row_index(row)
+    created_in_unit = _ceil_to_unit(pl.col(created_alias), schema[created_alias], unit)  # type: ignore[arg-type]
+    ordered = frame.select(
+        *keys, row, ts_alias, created_alias,
+        pl.max_horizontal(pl.col(ts_alias).dt.epoch(unit), created_in_unit)  # type: ignore[arg-type]
+        .cast(pl.Datetime(unit, "UTC")).alias(known),
+    ).sort([known, created_alias], maintain_order=True)
+    newest = pl.col(ts_alias).cum_max()
+    record = pl.col(ts_alias) == (newest.over(keys) if keys else newest)
+    running = pl.when(pl.col("__pit_record")).then(pl.col(row)).forward_fill()
+    searched = ordered.with_columns(record.alias("__pit_record")).select(
+        *keys, known, (running.over(keys) if keys else running).alias(winner)
+    )
+    values = frame.select(row, ts_alias, *spec.feature_columns)
+    return searched, values, known, winner, ts_alias
+
+
+def _ceil_to_unit(expr: pl.Expr, dtype: pl.Datetime, unit: TimeUnit) -> pl.Expr:
+    """A UTC Datetime column of ``dtype`` as integers in ``unit``, rounded up (see
+    :func:`known_at_arrays`)."""
+    own, target = _NS_PER_UNIT[dtype.time_unit], _NS_PER_UNIT[unit]
+    values = expr.dt.epoch(dtype.time_unit)  # type: ignore[arg-type]
+    if own < target:
+        return -((-values) // (target // own))
+    return values * (own // target)
+
+
 def _checked_entities(
     entity_df: pl.DataFrame | pl.LazyFrame | Any,
     feature_sources: Sequence[FeatureSourceSpec],
@@ -518,6 +589,9 @@ def point_in_time_join_lazy(
 
     result = left.sort(entity_timestamp_col, maintain_order=True)
     for spec, index, right, ts_alias, left_ts, unit in sources:
+        if spec.as_known_at and spec.created_timestamp_field:
+            result = _join_known_at(result, spec, index, entities, entity_timestamp_col, ts_dtype, left_ts, full_feature_names)
+            continue
         # private names on the right so nothing collides during the join
         private = {f: f"__pit_f_{index}_{i}" for i, f in enumerate(spec.feature_columns)}
         right = right.rename(private)
@@ -546,6 +620,35 @@ def point_in_time_join_lazy(
         result = result.with_columns(outs).drop([ts_alias, *private.values(), *private_ts])
 
     return result.sort(_ROW_ID).drop(_ROW_ID)
+
+
+def _join_known_at(
+    result: pl.LazyFrame,
+    spec: FeatureSourceSpec,
+    index: int,
+    entities: pl.DataFrame,
+    entity_timestamp_col: str,
+    ts_dtype: pl.Datetime,
+    left_ts: str,
+    full_feature_names: bool,
+) -> pl.LazyFrame:
+    """``result`` with the as-known-at features of ``spec`` (see :func:`_known_at_source`)."""
+    searched, values, known, winner, ts_alias = _known_at_source(spec, index, entities, entity_timestamp_col, ts_dtype)
+    unit: TimeUnit = values.collect_schema()[ts_alias].time_unit  # type: ignore[attr-defined]
+    private = {f: f"__pit_f_{index}_{i}" for i, f in enumerate(spec.feature_columns)}
+    row = f"__pit_r_{index}"
+    joined = result.join_asof(
+        searched, left_on=left_ts, right_on=known, by=spec.entity_keys() or None, strategy="backward",
+        coalesce=False, check_sortedness=False, allow_parallel=True,
+    ).join(values.rename(private), left_on=winner, right_on=row, how="left", maintain_order="left")
+    fresh = pl.col(ts_alias).is_not_null()
+    if spec.ttl is not None:
+        fresh &= pl.col(ts_alias) >= pl.col(left_ts) - pl.lit(spec.ttl).cast(pl.Duration(unit))
+    outs = [pl.when(fresh).then(pl.col(p)).alias(spec.output_column(f, full_feature_names)) for f, p in private.items()]
+    drop = [known, winner, ts_alias, *private.values(), *(c for c in [row] if c in joined.collect_schema())]
+    if left_ts != entity_timestamp_col:
+        drop.append(left_ts)
+    return joined.with_columns(outs).drop(drop)
 
 
 def point_in_time_join(
@@ -609,8 +712,11 @@ def point_in_time_join(
         left_code, right_code = _key_codes(entities, right, entity_keys)
         unit: TimeUnit = right.schema[ts_alias].time_unit  # type: ignore[attr-defined]  # of _match_unit
         created = None
+        known = None
         if created_alias:
             created = right[created_alias].to_physical().fill_null(np.iinfo(np.int64).min).to_numpy()
+            if spec.as_known_at:
+                known = (known_at_arrays(right[created_alias], unit), entity_ts_in(unit))
         match = match_rows(
             left_code,
             entity_ts_in(unit),
@@ -618,6 +724,7 @@ def point_in_time_join(
             right[ts_alias].to_physical().to_numpy(),
             created,
             None if spec.ttl is None else _ttl_units(spec.ttl, unit),
+            known,
         )
         if two_pass:
             source_rows = right[_SOURCE_ROW].to_numpy()
@@ -664,11 +771,14 @@ def _fetch_by_index(
     unit = _match_unit(ts_dtype.time_unit, pl.Datetime(index.time_unit))
     if not index.serves(key.dtype, unit):
         return None
+    known_at = spec.as_known_at and bool(spec.created_timestamp_field)
+    if known_at and index.created is None:  # an index built without created timestamps
+        return None
     source_key, source_ts = spec.join_keys[0], spec.timestamp_field
     schema = numbered.collect_schema()
     _require_columns(spec.name, schema, list(dict.fromkeys([*features, source_key, source_ts])))
     ttl = None if spec.ttl is None else _ttl_units(spec.ttl, unit)
-    at, pos = index.winners(key, entity_ts_in(unit), unit, ttl)
+    at, pos = index.winners(key, entity_ts_in(unit), unit, ttl, known_at=known_at)
     n = entities.height
     rows, packed = index.sources(at, pos, n)
     kept = [f for f in features if index.covers(f, schema[f])]
@@ -769,6 +879,7 @@ def match_rows(
     right_ts: np.ndarray,
     right_created: np.ndarray | None = None,
     ttl: int | None = None,
+    known_at: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """For every left row, the index of its point-in-time right row, or ``-1``.
 
@@ -777,6 +888,11 @@ def match_rows(
     and the TTL in the same unit. The right row of left row ``i`` is, among right rows
     with the same code and ``left_ts[i] - ttl <= ts <= left_ts[i]``, one with the latest
     ``ts`` and, among those, the latest created timestamp.
+
+    ``known_at=(right_known, left_cutoff)`` (as-known-at retrieval) also requires
+    ``right_known[j] <= left_cutoff[i]``: the right rows' created timestamps and the left
+    rows' timestamps as integers in one unit (``int64`` max for a null created timestamp:
+    never known), see :func:`known_at_arrays`.
     """
     n_left = len(left_code)
     match = np.full(n_left, -1, dtype=np.int64)
@@ -853,10 +969,63 @@ def match_rows(
     found &= right_code[rows] == left_code[order]
     t = left_ts[order]
     found &= right_ts[rows] <= t
+    if known_at is not None:
+        _step_back_to_known(known_at, order, left_code, right_code, right_ts, ttl, order_of_rows, pos, rows, found, t)
     if ttl is not None:
         found &= right_ts[rows] >= t - ttl
     match[order] = np.where(found, rows, -1)
     return match
+
+
+def _step_back_to_known(
+    known_at: tuple[np.ndarray, np.ndarray],
+    order: np.ndarray,
+    left_code: np.ndarray,
+    right_code: np.ndarray,
+    right_ts: np.ndarray,
+    ttl: int | None,
+    order_of_rows: _SortedRows,
+    pos: np.ndarray,
+    rows: np.ndarray,
+    found: np.ndarray,
+    t: np.ndarray,
+) -> None:
+    """As-known-at: moves each probe's winner (``pos``/``rows``/``found``, in probe order,
+    updated in place) back along its key's rows until one was created at or before the
+    entity row's cutoff. Rows of a key are in (event timestamp, created) order, so the first
+    accepted row going back is the newest by event timestamp, ties by created timestamp,
+    among those known at the cutoff. Each step handles only the probes still stepping: the
+    work is the number of rows passed over (rows created after the entity timestamp).
+    """
+    right_known, left_known = known_at
+    cutoff = left_known[order]
+    idx = np.flatnonzero(found & (right_known[rows] > cutoff))
+    codes = left_code[order]
+    while len(idx):
+        p = pos[idx] - 1
+        r = order_of_rows.rows(np.maximum(p, 0))
+        ok = (p >= 0) & (right_code[r] == codes[idx])
+        if ttl is not None:  # going back only makes rows older: stop at the TTL
+            ok &= right_ts[r] >= t[idx] - ttl
+        pos[idx], rows[idx], found[idx] = p, r, ok
+        idx = idx[ok & (right_known[r] > cutoff[idx])]
+
+
+def known_at_arrays(created: pl.Series, unit: TimeUnit) -> np.ndarray:
+    """Created timestamps (a Datetime column) as integers in ``unit``, for the as-known-at
+    test ``created <= t`` against entity timestamps ``t`` in ``unit``: rounded up where
+    ``unit`` is coarser (``created <= t`` holds exactly when ``ceil(created) <= t`` for a
+    whole ``t``), ``int64`` max for a null (a row never known)."""
+    assert isinstance(created.dtype, pl.Datetime)
+    own = _NS_PER_UNIT[created.dtype.time_unit]
+    target = _NS_PER_UNIT[unit]
+    values = created.to_physical()
+    if own < target:  # finer than unit: round up
+        ratio = target // own
+        values = -((-values) // ratio)
+    elif own > target:
+        values = values * (own // target)
+    return values.fill_null(_INT64_MAX).to_numpy().astype(np.int64, copy=False)
 
 
 def key_order(key: np.ndarray, bits: int, n_codes: int, created: np.ndarray | None = None) -> np.ndarray:

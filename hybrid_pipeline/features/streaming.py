@@ -115,9 +115,12 @@ def push(rows: pl.DataFrame, reader, writer, now: datetime | None = None, batch_
     if not per_user:
         return 0
     now = now or datetime.now(timezone.utc)
+    # created: the batch's commit time (its bronze ingested_at), when these counts became known
+    committed = rows["ingested_at"].max() if "ingested_at" in rows.columns else None
     users = sorted(per_user)
     current = reader.get(VIEW, users)
-    records = [(uid, merge_window(cur, per_user[uid], now, batch_id), now, None) for uid, cur in zip(users, current, strict=True)]
+    records = [(uid, merge_window(cur, per_user[uid], now, batch_id), now, committed or now)
+               for uid, cur in zip(users, current, strict=True)]
     return writer.write_records(VIEW, records)
 
 

@@ -450,7 +450,10 @@ def reproduce(
 
     lh = _lakehouse(lakehouse)
     try:
-        rows = build_training_set(lh, inputs[LABELS_TABLE], inputs[FEATURES_TABLE]).rows
+        # the retrieval the run recorded (as-known-at or latest); runs older than the tag used the default
+        retrieval = tags.get("training_set.retrieval")
+        as_known_at = None if not retrieval else retrieval == "as_known_at"
+        rows = build_training_set(lh, inputs[LABELS_TABLE], inputs[FEATURES_TABLE], as_known_at=as_known_at).rows
     except Exception as exc:  # noqa: BLE001 - delta-rs/polars errors for missing versions or vacuumed files
         raise ReproduceError(
             f"cannot read {LABELS_TABLE}@v{inputs[LABELS_TABLE]} / {FEATURES_TABLE}@v{inputs[FEATURES_TABLE]} "

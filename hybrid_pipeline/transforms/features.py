@@ -5,6 +5,14 @@
 30 days after the last one, so windowed values decay on quiet days instead of going stale.
 ``user_labels`` samples (user, timestamp) pairs and says whether the user purchases in the
 following 7 days; only days whose 7-day horizon is fully observed are labelled.
+
+A feature row's ``created_timestamp`` (:data:`CREATED_TIMESTAMP`) is when its data became known:
+the end of the newest landing day among the user's events up to the row's day, and never before
+the end of the row's own day (``max(event_date, newest landing_date)`` at 23:59:59.999999 UTC,
+computed in :func:`hybrid_pipeline.engines.shared.user_features`). It depends on silver alone,
+not on when a run happens, so reruns and backfills write the same value; a late event landing
+on day D+3 dates every row it rewrote at the end of D+3. As-known-at retrieval
+(:mod:`hybrid_pipeline.ml.training_set`) filters on it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ FEATURE_COLUMNS = [
     "recent_event_types",
     "user_segment",
 ]
+CREATED_TIMESTAMP = "created_timestamp"
 FEATURES_SCHEMA = catalog.GOLD_USER_FEATURES.schema
 LABELS_SCHEMA = catalog.GOLD_USER_LABELS.schema
 

@@ -91,6 +91,7 @@ def _daily(silver: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("session_duration").sum().alias("duration_sum"),
             pl.col("event_type").tail(SEQUENCE_LENGTH).alias("last_types"),
             pl.col("user_segment").last().alias("user_segment"),
+            pl.col("landing_date").str.to_date().max().alias("landed"),
         )
     )
 
@@ -130,11 +131,14 @@ def user_features(silver: pl.LazyFrame, start: date, end: date) -> pl.DataFrame:
         pl.when(pl.col("purchases") > 0).then(pl.col("event_date")).forward_fill().over("user_id").alias("_last_purchase"),
         pl.col("last_types").forward_fill().over("user_id"),
         pl.col("user_segment").forward_fill().over("user_id"),
+        # known at the end of the day, or of the newest landing day of the events up to it
+        pl.max_horizontal("event_date", pl.col("landed").forward_fill().cum_max().over("user_id")).alias("_known"),
     )
     out = rolled.filter(pl.col("event_date").is_between(start, end)).select(
         "user_id",
         "event_date",
         end_of_day(),
+        end_of_day("_known").alias("created_timestamp"),
         "total_events",
         *[f"events_{w}d" for w in WINDOWS],
         *[f"revenue_{w}d" for w in WINDOWS],

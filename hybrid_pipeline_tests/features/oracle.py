@@ -5,6 +5,10 @@ For every entity row and every source it lists the candidate feature rows (same 
 timestamp, then those with the latest created timestamp (null created loses). When more
 than one row survives, Feast does not define which wins, so the oracle returns the *set*
 of acceptable feature tuples.
+
+As-known-at (``as_known_at=True``, Feast's ``filter_by_created_timestamp``): a candidate
+must also have a created timestamp, at or before ``t``; a row without one is never a
+candidate.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class OracleSource:
     created_timestamp_field: str | None = None
     ttl: timedelta | None = None
     entity_join_keys: Sequence[str] | None = None
+    as_known_at: bool = False
 
 
 def acceptable_features(entity_row: dict[str, Any], t: datetime, source: OracleSource) -> set[tuple]:
@@ -45,6 +50,10 @@ def acceptable_features(entity_row: dict[str, Any], t: datetime, source: OracleS
             continue
         if source.ttl is not None and ts < t - source.ttl:
             continue
+        if source.as_known_at and source.created_timestamp_field:
+            created = utc(row[source.created_timestamp_field])
+            if created is None or created > t:
+                continue
         candidates.append(row)
     if not candidates:
         return {tuple(None for _ in source.feature_columns)}

@@ -39,7 +39,8 @@ def indexed_case(draw):
         {
             "user_id": draw(st.sampled_from([*keys, None])),
             "ts": at(draw(st.integers(0, 12))) + timedelta(milliseconds=draw(st.sampled_from([0, 0, 1]))),
-            "created": at(draw(st.integers(0, 3))) if draw(st.booleans()) else None,
+            # created up to a day later: late corrections that as-known-at retrieval must not see early
+            "created": at(draw(st.sampled_from([0, 1, 2, 3, 8, 13, 24]))) if draw(st.booleans()) else None,
             "v": i,
             "x": draw(st.sampled_from([None, float("nan"), 0.5, -1.0])),
             "flag": draw(st.sampled_from([None, True, False])),
@@ -52,15 +53,16 @@ def indexed_case(draw):
         for _ in range(draw(st.integers(0, 12)))
     ]
     ttl = draw(st.one_of(st.none(), st.integers(0, 5).map(lambda h: timedelta(hours=h))))
-    return key_dtype, table_unit, entity_unit, rows, entities, ttl, draw(st.booleans())
+    created_unit = draw(st.sampled_from(["ms", "us", "ns"]))
+    return key_dtype, table_unit, entity_unit, rows, entities, ttl, draw(st.booleans()), created_unit, draw(st.booleans())
 
 
-def _frames(key_dtype, table_unit, entity_unit, rows, entities):
+def _frames(key_dtype, table_unit, entity_unit, rows, entities, created_unit="us"):
     table = pl.DataFrame(
         {
             "user_id": pl.Series([r["user_id"] for r in rows], dtype=key_dtype),
             "ts": pl.Series([r["ts"] for r in rows], dtype=pl.Datetime("us", "UTC")).dt.cast_time_unit(table_unit),
-            "created": pl.Series([r["created"] for r in rows], dtype=pl.Datetime("us", "UTC")),
+            "created": pl.Series([r["created"] for r in rows], dtype=pl.Datetime("us", "UTC")).dt.cast_time_unit(created_unit),
             "v": pl.Series([r["v"] for r in rows], dtype=pl.Int64),
             "x": pl.Series([r["x"] for r in rows], dtype=pl.Float64),
             "flag": pl.Series([r["flag"] for r in rows], dtype=pl.Boolean),
@@ -79,11 +81,11 @@ def _frames(key_dtype, table_unit, entity_unit, rows, entities):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(indexed_case())
 def test_a_join_through_the_index_equals_the_scanning_join_and_the_oracle(case):
-    key_dtype, table_unit, entity_unit, rows, entities, ttl, with_created = case
-    table, entity_df = _frames(key_dtype, table_unit, entity_unit, rows, entities)
+    key_dtype, table_unit, entity_unit, rows, entities, ttl, with_created, created_unit, known_at = case
+    table, entity_df = _frames(key_dtype, table_unit, entity_unit, rows, entities, created_unit)
     created = "created" if with_created else None
     spec = FeatureSourceSpec("fv", table.lazy(), ["user_id"], "ts", ["v", "x", "flag"], created_timestamp_field=created,
-                             ttl=ttl, rescannable=True)
+                             ttl=ttl, rescannable=True, as_known_at=known_at)
     index = build_key_index(table, "user_id", "ts", created)
     assert index is not None and len(index) == sum(r["user_id"] is not None for r in rows)
     keeping = build_key_index(table, "user_id", "ts", created, values=["v", "x", "flag"])
@@ -101,7 +103,7 @@ def test_a_join_through_the_index_equals_the_scanning_join_and_the_oracle(case):
     oracle_rows = [dict(r, ts=t) for r, t in zip(rows, unit_table["ts"].to_list())]
     truncated = entity_df["event_timestamp"].dt.cast_time_unit("us").to_list()
     expected = oracle_join([dict(e, event_timestamp=t) for e, t in zip(entities, truncated)],
-                           [OracleSource(oracle_rows, ["user_id"], "ts", ["v"], created, ttl)])
+                           [OracleSource(oracle_rows, ["user_id"], "ts", ["v"], created, ttl, as_known_at=known_at)])
     for i, value in enumerate(indexed["v"].to_list()):
         assert (value,) in expected[i][0], f"row {i}: got {value}, allowed {expected[i][0]}"
 

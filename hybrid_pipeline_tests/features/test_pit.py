@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -68,7 +69,10 @@ def pit_case(draw):
                 "ttl": ttl,
                 "repr": draw(st.sampled_from(["utc", "naive", "paris"])),
                 "unit": draw(st.sampled_from(["us", "ns", "ms"])),
+                "created_unit": draw(st.sampled_from(["us", "ns", "ms"])),  # a unit of their own
                 "names": ("v", "s") if full_feature_names else (f"v{j}", f"s{j}"),
+                # as-known-at (filter_by_created_timestamp): late corrections, ties, nulls
+                "known": draw(st.booleans()),
             }
         )
     entity_rows = [
@@ -96,7 +100,7 @@ def _build(sources):
             {
                 "user_id": pl.Series([r["user_id"] for r in rows], dtype=pl.String),
                 "ts": _ts_column([r["ts"] for r in rows], src["repr"], src["unit"]),
-                "created": _ts_column([r["created"] for r in rows], src["repr"], src["unit"]),
+                "created": _ts_column([r["created"] for r in rows], src["repr"], src.get("created_unit", src["unit"])),
                 vname: pl.Series([r["v"] for r in rows], dtype=pl.Int64),
                 sname: pl.Series([r["s"] for r in rows], dtype=pl.String),
                 "unrelated": pl.Series([0.5] * len(rows), dtype=pl.Float64),
@@ -112,10 +116,13 @@ def _build(sources):
                 feature_columns=[vname, sname],
                 created_timestamp_field=created,
                 ttl=src["ttl"],
+                as_known_at=src.get("known", False),
             )
         )
         oracle_rows = [{"user_id": r["user_id"], "ts": r["ts"], "created": r["created"], vname: r["v"], sname: r["s"]} for r in rows]
-        oracles.append(OracleSource(oracle_rows, ["user_id"], "ts", [vname, sname], created, src["ttl"]))
+        oracles.append(
+            OracleSource(oracle_rows, ["user_id"], "ts", [vname, sname], created, src["ttl"], as_known_at=src.get("known", False))
+        )
     return specs, oracles
 
 
@@ -134,6 +141,13 @@ def test_point_in_time_join_matches_brute_force_oracle(case):
 
     out = point_in_time_join(entity_df, specs, full_feature_names=full_feature_names, engine=engine)
     expected = oracle_join(entity_rows, oracles)
+    _assert_oracle_answers(out, entity_rows, specs, expected, full_feature_names)
+    # the lazy plan (join_asof) is a second implementation of the same semantics
+    lazy = point_in_time_join_lazy(entity_df, specs, full_feature_names=full_feature_names).collect()
+    _assert_oracle_answers(lazy, entity_rows, specs, expected, full_feature_names)
+
+
+def _assert_oracle_answers(out, entity_rows, specs, expected, full_feature_names):
 
     # every entity row, duplicates included, in the original order, extra columns kept
     assert out.height == len(entity_rows)
@@ -265,3 +279,58 @@ def test_sources_are_scanned_with_projection_and_key_and_time_predicates(tmp_pat
     selection = scan[scan.index("SELECTION") :].splitlines()[0]
     assert 'col("user_id").is_in' in selection
     assert 'col("ts") <=' in selection and 'col("ts") >=' in selection
+
+
+# --------------------------------------------------------------------------- as-known-at
+
+
+def _known_at_spec(rows: list[tuple], **kwargs) -> FeatureSourceSpec:
+    return FeatureSourceSpec("fv", _features(rows, created=True), ["user_id"], "ts", ["value"],
+                             created_timestamp_field="created", as_known_at=True, **kwargs)
+
+
+def _both_joins(entities: pl.DataFrame, spec: FeatureSourceSpec) -> list[list]:
+    eager = point_in_time_join(entities, [spec])["value"].to_list()
+    lazy = point_in_time_join_lazy(entities, [spec]).collect()["value"].to_list()
+    assert eager == lazy
+    return eager
+
+
+def test_as_known_at_a_late_correction_is_invisible_until_it_was_written():
+    # day 1's row was rewritten at hour 30 by a late event; before that only day 0's row was known
+    spec = _known_at_spec([("a", at(0), at(0), "day 0"), ("a", at(24), at(30), "day 1, corrected")])
+    entities = _entities([("a", at(25)), ("a", at(30)), ("a", at(40))])
+    assert _both_joins(entities, spec) == ["day 0", "day 1, corrected", "day 1, corrected"]
+    plain = point_in_time_join(entities, [replace(spec, as_known_at=False)])["value"].to_list()
+    assert plain == ["day 1, corrected"] * 3  # what a plain point-in-time join leaks
+
+
+def test_as_known_at_ties_on_event_time_go_to_the_newest_row_known_then():
+    spec = _known_at_spec([("a", at(1), at(1), "original"), ("a", at(1), at(9), "late correction")])
+    assert _both_joins(_entities([("a", at(2)), ("a", at(9))]), spec) == ["original", "late correction"]
+
+
+def test_as_known_at_a_row_without_created_timestamp_is_never_known():
+    spec = _known_at_spec([("a", at(0), at(0), "dated"), ("a", at(1), None, "undated")])
+    assert _both_joins(_entities([("a", at(5))]), spec) == ["dated"]
+    assert point_in_time_join(_entities([("a", at(5))]), [replace(spec, as_known_at=False)])["value"].to_list() == ["undated"]
+
+
+def test_as_known_at_keeps_the_ttl_and_never_falls_back_past_it():
+    spec = _known_at_spec([("a", at(0), at(0), "old"), ("a", at(4), at(5), "late")], ttl=timedelta(hours=2))
+    # at 04:30 the hour-4 row is not known yet and the hour-0 row is past the TTL
+    assert _both_joins(_entities([("a", at(4.5)), ("a", at(5)), ("a", at(1))]), spec) == [None, "late", "old"]
+
+
+def test_as_known_at_compares_created_timestamps_finer_than_the_entity_timestamps_exactly():
+    created = pl.Series([at(0), at(2)], dtype=pl.Datetime("ns", "UTC")) + pl.Series([0, 1], dtype=pl.Duration("ns"))
+    feats = pl.DataFrame({"user_id": ["a", "a"], "ts": [at(0), at(1)], "created": created, "value": ["first", "second"]})
+    spec = FeatureSourceSpec("fv", feats.lazy(), ["user_id"], "ts", ["value"], created_timestamp_field="created",
+                             as_known_at=True)
+    entities = _entities([("a", at(2)), ("a", at(2) + timedelta(microseconds=1))])  # microseconds
+    assert _both_joins(entities, spec) == ["first", "second"]  # 1 ns after hour 2 is not known at hour 2
+
+
+def test_as_known_at_leaves_sources_without_created_timestamps_alone():
+    spec = FeatureSourceSpec("fv", _features([("a", at(1), 1)]), ["user_id"], "ts", ["value"], as_known_at=True)
+    assert _both_joins(_entities([("a", at(2))]), spec) == [1]

@@ -19,7 +19,8 @@ def silver_events(days: int, events_per_day: int = 1500, seed: int = 11) -> pl.D
     """Clean generated events, typed as silver holds them."""
     gen = EventGenerator(GeneratorConfig(days=days, events_per_day=events_per_day, seed=seed, dirty_rate=0.0,
                                          start_date=START))
-    events = pl.concat([d.events for d in gen.days()])
+    # each day's events landed that day (silver's landing_date dates the feature rows they make)
+    events = pl.concat([d.events.with_columns(pl.lit(d.day.isoformat()).alias("landing_date")) for d in gen.days()])
     return events.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC")).with_columns(
         pl.col("timestamp").dt.date().alias("event_date"))
 

@@ -44,8 +44,9 @@ def build_gold_features(partitions: dg.PartitionsDefinition, engine: str) -> dg.
         deps=[SILVER_EVENTS],
         partitions_def=partitions,
         description="One row per user per day as of the end of that day: lifetime and 1/7/30-day events and revenue, "
-        "purchases, carts, average session duration, days since last purchase, recent event types, segment. "
-        "Z-ordered by (user_id, event_date).",
+        "purchases, carts, average session duration, days since last purchase, recent event types, segment; "
+        "created_timestamp: the end of the newest landing day among its events (what as-known-at retrieval "
+        "filters on). Z-ordered by (user_id, event_date).",
         **{**_SPEC, "tags": {**_SPEC["tags"], **ENGINE_TAG}, "kinds": engine_kinds(engine, "delta")},
         pool=engine_pool(engine),
     )
@@ -76,6 +77,8 @@ def build_gold_features(partitions: dg.PartitionsDefinition, engine: str) -> dg.
                         {
                             "user_id": [(SILVER_EVENTS, "user_id")],
                             "event_date": [(SILVER_EVENTS, "event_date")],
+                            # when the row became known: the newest landing day among its events
+                            "created_timestamp": [(SILVER_EVENTS, "landing_date"), (SILVER_EVENTS, "event_date")],
                             **{c: [(SILVER_EVENTS, "event_id")] for c in ("total_events", "events_1d", "events_7d", "events_30d")},
                             **{c: [(SILVER_EVENTS, "revenue")] for c in ("revenue_1d", "revenue_7d", "revenue_30d")},
                             "purchases_30d": [(SILVER_EVENTS, "event_type")],
