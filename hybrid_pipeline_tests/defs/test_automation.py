@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -119,6 +123,127 @@ def test_failed_checks_are_routed_to_the_alert_file(repo, pipeline_env, tmp_path
     titles = {a["title"] for a in alerts}
     assert "check silver/events:quarantine_rate failed" in titles
     assert all(a["channel"] == "daytime" for a in alerts)
+
+
+# --------------------------------------------------------------------------- check alerts across ticks and runs
+#
+# The instance is the one a deployment gets: a DAGSTER_HOME holding the project's dagster.yaml
+# (SQLite, one event database per run: storage ids repeat across runs) or deploy/dagster.postgres.yaml
+# on the real server (one table: storage ids grow across runs). Failed checks come from real runs.
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_SERVER = os.environ.get("HYBRID_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+
+
+@dg.asset(
+    key=["alert_probe"],
+    check_specs=[dg.AssetCheckSpec("probe_ok", asset=["alert_probe"])],
+    config_schema={"passed": dg.Field(bool, default_value=True)},
+)
+def _alert_probe(context):
+    yield dg.Output(None)
+    yield dg.AssetCheckResult(passed=context.op_execution_context.op_config["passed"], check_name="probe_ok")
+
+
+def _probe_run(instance: dg.DagsterInstance, passed: bool) -> str:
+    result = dg.materialize(
+        [_alert_probe], instance=instance, run_config={"ops": {"alert_probe": {"config": {"passed": passed}}}}
+    )
+    assert result.success
+    return result.run_id
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database on the real server, dropped afterwards (skipped where no server answers)."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=3)
+    except psycopg2.Error as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable in CI: {exc}")
+        pytest.skip(f"no PostgreSQL server at {PG_SERVER}: {exc}")
+    admin.autocommit = True
+    name = f"hybrid_alerts_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def deployed_instance(request, tmp_path, monkeypatch) -> Iterator[dg.DagsterInstance]:
+    """The instance of a DAGSTER_HOME holding the project's dagster.yaml or deploy/dagster.postgres.yaml."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    if request.param == "sqlite":
+        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    else:
+        monkeypatch.setenv("DAGSTER_PG_URL", request.getfixturevalue("pg_database"))
+        shutil.copy(ROOT / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+
+
+def _alert_tick(instance: dg.DagsterInstance, cursor: str | None, alerts_file: Path) -> tuple[str | None, list[str]]:
+    """One tick of ``check_failure_alerts``: its new cursor and the run ids of the alerts it sent."""
+    from hybrid_pipeline.defs.automation.sensors import check_failure_alerts
+
+    before = len(alerts_file.read_text().splitlines()) if alerts_file.exists() else 0
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"alerts": AlertsResource(file_path=str(alerts_file))}
+    )
+    result = check_failure_alerts.evaluate_tick(context)
+    sent = [json.loads(line) for line in alerts_file.read_text().splitlines()[before:]] if alerts_file.exists() else []
+    assert all(a["title"] == "check alert_probe:probe_ok failed" and a["kind"] == "check_failure" for a in sent)
+    return result.cursor, [a["run_id"] for a in sent]
+
+
+def test_each_failed_check_is_alerted_once_across_ticks_and_runs(deployed_instance, tmp_path):
+    """Failed checks in several runs between ticks: each alerted exactly once, on the tick after
+    it, whatever the storage (per-run SQLite shards repeat storage ids; PostgreSQL does not)."""
+    instance, alerts = deployed_instance, tmp_path / "alerts.jsonl"
+    first_failed = _probe_run(instance, passed=False)
+    _probe_run(instance, passed=True)
+    cursor, sent = _alert_tick(instance, None, alerts)
+    assert sent == [first_failed]
+
+    # Two failing runs (and a passing one) between ticks: both alerted, the first run not again.
+    failed = [_probe_run(instance, passed=False), _probe_run(instance, passed=True), _probe_run(instance, passed=False)]
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sorted(sent) == sorted([failed[0], failed[2]])
+
+    # Nothing new: nothing sent, even though the last runs are re-read within the overlap and the
+    # first one was updated again after it ended (as the run-retry daemon tags a failed run).
+    instance.add_run_tags(first_failed, {"hybrid/retagged": "1"})
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sent == []
+
+    last = _probe_run(instance, passed=False)
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sent == [last]
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sent == []
+
+
+def test_an_integer_cursor_of_the_previous_version_is_a_starting_point(deployed_instance, tmp_path):
+    """The previous version kept a bare storage id as its cursor: a tick with one runs, loses no
+    failed check (on SQLite, where that id means nothing across runs, it reads from the start) and
+    moves to the new cursor, after which nothing is sent twice."""
+    instance, alerts = deployed_instance, tmp_path / "alerts.jsonl"
+    failed = _probe_run(instance, passed=False)
+    cursor, sent = _alert_tick(instance, "0", alerts)
+    assert sent == [failed]
+    assert cursor and cursor != "0"
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sent == []
+    again = _probe_run(instance, passed=False)
+    cursor, sent = _alert_tick(instance, cursor, alerts)
+    assert sent == [again]
 
 
 # --------------------------------------------------------------------------- models: drift check -> retraining
