@@ -1,4 +1,5 @@
-"""Benchmark: the same silver and gold work on polars and on Spark (local[1] vs local[2]).
+"""Benchmark: the same silver and gold work on polars and on Spark (local[1] vs local[2], or a
+standalone cluster of one vs two one-core workers).
 
 Prepared once (not timed): generated landings with dirt, ingested into ``bronze/events`` with
 delta-rs. Then each engine runs in its own child process over the same bronze table and writes
@@ -15,9 +16,15 @@ the peak of each and the peak of their sum are reported.
 
 At the end the polars and Spark outputs are compared: every silver and gold table, row for row.
 
+Masters: ``local[N]``, any cluster URL, or ``standalone:N``: a Spark standalone cluster of N
+one-core workers on 127.0.0.1 (pyspark's own ``spark-class`` Master/Worker, started for the run
+and stopped after it, as the cluster tests do), with one 1 GiB executor per worker. The memory
+sampler sees the driver only there (executors are children of the workers, not of the run).
+
     python bench/engines.py --events 10000000          # the default size (2 cores: long)
     python bench/engines.py --events 1000000 --days 5  # what fits in a few minutes here
     python bench/engines.py --events 10000000 --gold-only  # gold again on the silver of the last run
+    python bench/engines.py --events 100000 --days 2 --masters standalone:1,standalone:2  # cluster scaling
 """
 
 from __future__ import annotations
@@ -136,7 +143,8 @@ def run_spark(bronze_root: str, out_root: str, days: list[str], master: str, dri
 
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    spark = get_spark(SparkSettings(master=master, driver_memory=driver_memory))
+    local = master.startswith("local")
+    spark = get_spark(SparkSettings(master=master, driver_memory=driver_memory, executor_memory=None if local else "1g"))
     spark.range(1).count()
     stages["startup"] = time.perf_counter() - t
     out_lh = Lakehouse(out_root)
@@ -276,7 +284,7 @@ def main() -> None:
         [f"spark {m}" for m in args.masters.split(",")] if "spark" in engines else []
     )
     for name in plan:
-        out = work / ("out-" + name.replace(" ", "-").replace("[", "").replace("]", ""))
+        out = work / ("out-" + name.replace(" ", "-").replace("[", "").replace("]", "").replace(":", ""))
         if args.gold_only:
             if not (out / "silver").exists():
                 raise SystemExit(f"--gold-only: no silver tables in {out}; run once without it first")
@@ -285,12 +293,26 @@ def main() -> None:
         else:
             shutil.rmtree(out, ignore_errors=True)
         child = [sys.executable, str(Path(__file__).resolve()), "--_child"]
+        master = "" if name == "polars" else name.split()[1]
+        cluster = None
+        if master.startswith("standalone:"):
+            sys.path.insert(0, str(PROJECT))
+            from hybrid_pipeline_tests.engines.spark_cluster import StandaloneCluster
+
+            shutil.rmtree(work / f"{out.name}-cluster", ignore_errors=True)
+            cluster = StandaloneCluster(work / f"{out.name}-cluster", worker_memory="1280m")
+            cluster.start(workers=int(master.split(":", 1)[1]), cores=1)
+            master = cluster.url
         if name == "polars":
             child += ["polars", str(bronze_root), str(out), ",".join(days)]
         else:
-            child += ["spark", str(bronze_root), str(out), ",".join(days), name.split()[1], args.driver_memory]
+            child += ["spark", str(bronze_root), str(out), ",".join(days), master, args.driver_memory]
         load_before = os.getloadavg()
-        runs[name] = measure(child, work / f"{out.name}.log")
+        try:
+            runs[name] = measure(child, work / f"{out.name}.log")
+        finally:
+            if cluster is not None:
+                cluster.stop()
         runs[name]["loadavg_before_after"] = [round(x, 2) for x in (*load_before, *os.getloadavg())]
         runs[name]["out"] = str(out)
         r = runs[name]
@@ -304,8 +326,9 @@ def main() -> None:
             flush=True,
         )
     if "polars" in runs and len(runs) > 1:
-        spark_name = [n for n in runs if n != "polars"][-1]
-        print("check:", json.dumps(compare(Path(runs["polars"]["out"]), Path(runs[spark_name]["out"]))), flush=True)
+        for spark_name in [n for n in runs if n != "polars"]:
+            check = compare(Path(runs["polars"]["out"]), Path(runs[spark_name]["out"]))
+            print(f"check {spark_name}:", json.dumps(check), flush=True)
     summary = {"events": args.events, "bronze_rows": bronze_rows, "days": len(days), "runs": runs}
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     for name, r in runs.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TypeVar
+
+from hybrid_pipeline.instance import InstanceConfigError, ensure_dagster_home, ensure_pools, open_instance, pools_of
 
 RunResultT = TypeVar("RunResultT")
 
@@ -63,17 +64,6 @@ class RunSummary:
         return self.success and not self.error_checks
 
 
-def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME defaults to ./.dagster_home, seeded with the project's dagster.yaml."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
-    os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
-    project_yaml = Path("dagster.yaml")
-    if not (home / "dagster.yaml").exists() and project_yaml.exists():
-        shutil.copy(project_yaml, home / "dagster.yaml")
-    return home
-
-
 _QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -87,7 +77,7 @@ def materialize(  # noqa: ANN001
 ) -> list[RunSummary]:
     """Run the pipeline in-process against the DAGSTER_HOME instance.
 
-    Media first (when media landed), then each landing day, then the feature store and the
+    Media first (when media landed) with its embeddings, then each landing day, then the feature store and the
     newest day's online features, then the model jobs: purchase model training (gate and
     promotion included), the newest day's predictions and the digit classifier
     (``models=False`` leaves them out). Whether a model trains is the graph's decision (too few
@@ -120,11 +110,16 @@ def materialize(  # noqa: ANN001
             defs,
             dg.Definitions(
                 jobs=[
-                    dg.define_asset_job(job_name, selection=dg.AssetSelection.from_string(select))
+                    dg.define_asset_job(
+                        # a multi-asset (bronze/events + its ledger) runs whole, so part of one can be named
+                        job_name, selection=dg.AssetSelection.from_string(select).required_multi_asset_neighbors()
+                    )
                 ]
             ),
         )
     job = defs.resolve_job_def(job_name)
+    instance = instance or dg.DagsterInstance.get()
+    ensure_pools(instance, pools_of(defs))
     valid = set(daily_partitions(settings).get_partition_keys())
     unknown = [p for p in partitions if p not in valid]
     if unknown:
@@ -132,11 +127,13 @@ def materialize(  # noqa: ANN001
             f"not a daily partition: {', '.join(unknown)} (partitions run from HYBRID_START_DATE="
             f"{settings.start_date} to today)"
         )
-    instance = instance or dg.DagsterInstance.get()
     runs: list[tuple[str, dg.JobDefinition, str | None]] = []
     extras = not select and not daily_only
     if extras and (settings.landing_dir / "media").is_dir():
         runs.append(("media", defs.resolve_job_def(MEDIA_JOB), None))
+        from hybrid_pipeline.defs.embeddings.assets import EMBEDDINGS_JOB  # chunks, embeddings, indexes, near-duplicates
+
+        runs.append(("embeddings", defs.resolve_job_def(EMBEDDINGS_JOB), None))
     runs += [(key, job, key) for key in partitions]
     if extras and partitions:
         # Unpartitioned feature store work once, then the newest day's features go online
@@ -284,14 +281,13 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     from hybrid_pipeline.settings import Settings
     from hybrid_pipeline.sources.landing import landed_dates
 
-    ensure_dagster_home()
     partitions = list(args.partition or [])
     if args.all_landed:
         partitions += [d for d in landed_dates(Settings.from_env().landing_dir) if d not in partitions]
     if not partitions:
         print("nothing to materialize: give --partition YYYY-MM-DD or --all-landed", file=sys.stderr)
         return 2
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     for run in release_dead_runs(instance):
         print(
             f"released run {run.run_id} ({run.job_name} {run.tags.get('dagster/partition', '')}): its process "
@@ -345,8 +341,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     lakehouse = Lakehouse(settings.lakehouse_root)
-    ensure_dagster_home()
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     # Every commit is recorded as a bronze/events materialization, online push or not.
     bronze = BronzeStreamReporter(instance, lakehouse.uri("bronze/events"), app_id_of(args.stream, args.group, args.consumer))
     on_batch = reporter = push = None  # replaced below unless --no-online
@@ -384,6 +379,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     api_key = os.environ.get("HYBRID_SERVING_API_KEY") or None
     app = pipeline_app(settings, api_key=api_key, predictor=_production_predictor(settings))
+    from hybrid_pipeline.serving.search import install_search  # POST /search over the embedding indexes
+    from hybrid_pipeline.vectors import Searcher
+
+    install_search(app, Searcher.from_settings(settings))
     key = "required" if api_key else "off"
     print(f"serving {settings.online_store} on http://{args.host}:{args.port} (API key {key})")
     run_server(app, host=args.host, port=args.port)
@@ -402,6 +401,13 @@ def _production_predictor(settings):  # noqa: ANN001, ANN202 - None until a mode
     except Exception as exc:  # noqa: BLE001 - no production model yet: serve features only
         print(f"no production model ({exc.__class__.__name__}): POST /predict is off")
         return None
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from hybrid_pipeline.monitoring.exporter import serve
+    from hybrid_pipeline.settings import Settings
+
+    return serve(Settings.from_env(), open_instance, host=args.host, port=args.port, cache_seconds=args.cache_seconds)
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -459,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.set_defaults(func=_cmd_serve)
 
+    met = sub.add_parser("metrics", help="serve Prometheus metrics of the instance, lakehouse and models on /metrics")
+    met.add_argument("--host", default="127.0.0.1")
+    met.add_argument("--port", type=int, default=9464)
+    met.add_argument("--cache-seconds", type=float, default=10.0, help="re-read the sources at most this often")
+    met.set_defaults(func=_cmd_metrics)
+
     prod = sub.add_parser("produce", help="replay generated events into the Redis stream at a rate")
     prod.add_argument("--rate", type=float, default=1000.0, help="events per second (0 = as fast as possible)")
     prod.add_argument("--events", type=int, default=10_000)
@@ -477,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--max-idle-polls", type=int, help="stop after this many empty reads in a row")
     st.add_argument("--no-online", action="store_true", help="do not push streaming features to the online store")
     st.set_defaults(func=_cmd_stream)
+
+    from hybrid_pipeline.ui import add_ui_parser  # `ui mlflow`, `ui feast`
+
+    add_ui_parser(sub)
     return parser
 
 
@@ -489,7 +505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*noload.*loader strategy is deprecated.*")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except InstanceConfigError as exc:
+        print(f"hybrid-pipeline: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

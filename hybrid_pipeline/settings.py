@@ -52,6 +52,11 @@ class OnlineStoreSetting:
         return self.url
 
 
+_KNOWN_AT_VALUES: dict[str, bool | None] = {
+    "auto": None, "": None, "true": True, "1": True, "on": True, "false": False, "0": False, "off": False,
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     landing_dir: Path
@@ -65,6 +70,18 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     alert_webhook_url: str | None = None
     alert_file: Path | None = None
+    text_embedding_model: str | None = None
+    """``HYBRID_TEXT_EMBEDDING_MODEL``: a sentence-transformers model directory (None: the packaged all-MiniLM-L6-v2)."""
+    vector_index_override: Path | None = None
+    training_as_known_at: bool | None = None
+    """``HYBRID_TRAINING_AS_KNOWN_AT`` (``auto`` default, ``true``, ``false``): whether training sets are
+    retrieved as known at each label's timestamp (Feast's ``filter_by_created_timestamp``); ``None``
+    (auto): on for feature tables that late events rewrite (``hybrid_pipeline.ml.training_set``)."""
+
+    @property
+    def vector_index_dir(self) -> Path:
+        """``HYBRID_VECTOR_INDEX``, default ``<feature repo>/data/vector_index``: where the embedding indexes live."""
+        return self.vector_index_override or self.feature_repo_dir / "data" / "vector_index"
 
     @property
     def pii_salt_is_default(self) -> bool:
@@ -94,6 +111,9 @@ class Settings:
         if "://" not in root:
             root = str(Path(root).resolve())
         feature_repo_dir = Path(env.get("HYBRID_FEATURE_REPO", DEFAULT_FEATURE_REPO)).resolve()
+        raw_known_at = env.get("HYBRID_TRAINING_AS_KNOWN_AT", "auto").strip().lower()
+        if raw_known_at not in _KNOWN_AT_VALUES:
+            raise ValueError(f"HYBRID_TRAINING_AS_KNOWN_AT must be auto, true or false, got {raw_known_at!r}")
         return cls(
             landing_dir=Path(env.get("HYBRID_LANDING_DIR", "./data/landing")).resolve(),
             lakehouse_root=root,
@@ -106,4 +126,7 @@ class Settings:
             redis_url=env.get("HYBRID_REDIS_URL", "redis://127.0.0.1:6379/0"),
             alert_webhook_url=env.get("HYBRID_ALERT_WEBHOOK") or None,
             alert_file=Path(env["HYBRID_ALERT_FILE"]).resolve() if env.get("HYBRID_ALERT_FILE") else None,
+            text_embedding_model=env.get("HYBRID_TEXT_EMBEDDING_MODEL") or None,
+            vector_index_override=Path(env["HYBRID_VECTOR_INDEX"]).resolve() if env.get("HYBRID_VECTOR_INDEX") else None,
+            training_as_known_at=_KNOWN_AT_VALUES[raw_known_at],
         )

@@ -2,7 +2,8 @@
 
 Assets take ``engine: EngineResource`` and call ``engine.compute().daily_metrics(...)`` etc.;
 nothing in an asset asks which engine it is. ``polars`` (the default) runs in process;
-``spark`` gets its SparkSession from dagster-pyspark's :class:`LazyPySparkResource`, configured
+``spark`` gets its SparkSession from dagster-pyspark's :class:`LazyPySparkResource` (itself built
+on first use by :class:`SparkSessionResource`, so loading the definitions imports no pyspark), configured
 from :class:`~hybrid_pipeline.engines.spark_session.SparkSettings` (``HYBRID_SPARK_MASTER``:
 ``local[*]`` by default or a cluster URL, ``HYBRID_SPARK_SHUFFLE_PARTITIONS``,
 ``HYBRID_SPARK_DRIVER_MEMORY``, executors, Delta jars). The session is created on first use
@@ -36,7 +37,6 @@ import sys
 from typing import Any, Literal, get_args
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 
 from hybrid_pipeline.engines.compute import ComputeEngine, make_engine
@@ -48,12 +48,41 @@ SPARK_POOL = "spark"
 ENGINE_TAG = {"engine": "configurable"}
 
 
+class SparkSessionResource(dg.ConfigurableResource):
+    """dagster-pyspark's :class:`LazyPySparkResource`, itself built on first use.
+
+    Why: importing ``dagster_pyspark`` imports pyspark (~1 CPU second), and the code location is
+    loaded by every ``materialize``, run worker and code server, polars deployments included. This
+    resource holds the same ``spark_config``; the first ``spark_session`` access imports
+    dagster-pyspark and lets its ``LazyPySparkResource`` build the session.
+    """
+
+    spark_config: dict[str, Any]
+    _spark_session: Any = PrivateAttr(default=None)
+
+    @property
+    def spark_session(self) -> Any:
+        """The SparkSession, created by dagster-pyspark on first access."""
+        if self._spark_session is None:
+            from dagster_pyspark import LazyPySparkResource
+
+            self._spark_session = LazyPySparkResource(spark_config=self.spark_config).spark_session
+        return self._spark_session
+
+    @property
+    def spark_context(self) -> Any:
+        """The session's SparkContext (creates the session on first access)."""
+        return self.spark_session.sparkContext
+
+
 class EngineResource(dg.ConfigurableResource):
     """The compute engine of the silver and gold assets: ``polars`` or ``spark``."""
 
     engine: EngineName = "polars"
-    pyspark: LazyPySparkResource = Field(
-        default_factory=lambda: LazyPySparkResource(spark_config=SparkSettings().conf()),
+    # Typed as any resource so that dagster-pyspark's LazyPySparkResource is accepted too, without
+    # importing it (and pyspark) when the definitions load; both expose spark_config and spark_session.
+    pyspark: dg.ConfigurableResource = Field(
+        default_factory=lambda: SparkSessionResource(spark_config=SparkSettings().conf()),
         description="Spark session (created on first use, only by the spark engine).",
     )
     spark_log_level: str = "ERROR"
@@ -68,10 +97,11 @@ class EngineResource(dg.ConfigurableResource):
     def _spark_session(self) -> Any:
         # PySpark starts local Python workers with $PYSPARK_PYTHON (default "python3", which may
         # lack the project's packages): the driver's interpreter, as get_spark does.
-        master = str(self.pyspark.spark_config.get("spark.master", "local[*]"))
+        spark: Any = self.pyspark  # SparkSessionResource or dagster-pyspark's LazyPySparkResource
+        master = str(spark.spark_config.get("spark.master", "local[*]"))
         if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
             os.environ["PYSPARK_PYTHON"] = sys.executable
-        session = self.pyspark.spark_session
+        session = spark.spark_session
         session.sparkContext.setLogLevel(self.spark_log_level)
         return session
 
@@ -79,7 +109,7 @@ class EngineResource(dg.ConfigurableResource):
 def engine_resource(engine: str, spark: SparkSettings | None = None) -> EngineResource:
     """The resource for ``HYBRID_ENGINE`` with Spark settings (``SparkSettings.from_env()`` when None)."""
     spark = spark if spark is not None else SparkSettings.from_env()
-    return EngineResource(engine=engine, pyspark=LazyPySparkResource(spark_config=spark.conf()))  # type: ignore[arg-type]
+    return EngineResource(engine=engine, pyspark=SparkSessionResource(spark_config=spark.conf()))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------

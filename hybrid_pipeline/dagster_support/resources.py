@@ -3,6 +3,7 @@
 
 
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 from dagster_deltalake import AzureConfig, GcsConfig, LocalConfig, S3Config
@@ -49,6 +50,8 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
     repo_dir: str
     online_store: str = "sqlite"
+    training_as_known_at: Optional[bool] = None
+    """``HYBRID_TRAINING_AS_KNOWN_AT``: training sets retrieved as known at each label (None: the table's default)."""
 
     def write_repo(self, user_features_uri: str) -> None:
         """(Re)generate the repo over the latest version of each table."""

@@ -54,7 +54,8 @@ def project_resources(settings: Settings) -> dict[str, Any]:
         "lakehouse": LakehouseResource(root=settings.lakehouse_root),
         "landing": LandingZoneResource(path=str(settings.landing_dir)),
         "policy": DataPolicyResource(pii_salt=secret(PII_SALT_VAR, settings.pii_salt)),
-        "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url),
+        "feature_store": FeatureStoreResource(repo_dir=str(settings.feature_repo_dir), online_store=settings.online_store.url,
+                                              training_as_known_at=settings.training_as_known_at),
         "alerts": AlertsResource(file_path=str(alert_file), webhook_url=secret(ALERT_WEBHOOK_VAR, settings.alert_webhook_url)),
         **model_resources(settings),
     }

@@ -35,6 +35,7 @@ and the Delta commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -52,6 +53,7 @@ from hybrid_pipeline.engines.shared import (
 )
 from hybrid_pipeline.engines.rehoming import Rehoming, plan_rehoming
 from hybrid_pipeline.lakehouse import catalog
+from hybrid_pipeline.lakehouse.event_index import COMMIT_DAYS_KEY, EventIndex
 from hybrid_pipeline.transforms import features, gold
 from hybrid_pipeline.transforms import silver as polars_silver
 from hybrid_pipeline.transforms.contract import silver_schema
@@ -77,6 +79,8 @@ USER_LANDING_SUMMARY = catalog.GOLD_USER_LANDING_SUMMARY.name
 USER_FEATURES = catalog.GOLD_USER_FEATURES.name
 # What dedup reads of other landing days' silver rows (event_date dates the rows it displaces).
 EXISTING_COLUMNS = ("event_id", "landing_date", "source_file", "line_number", "event_date")
+# What the event index keeps of a landing day's kept events.
+INDEX_COLUMNS = ("event_id", "source_file", "line_number", "event_date")
 # Commit order of a silver step: a crash between commits is recovered by a rerun (engines.rehoming).
 WRITE_ORDER = ("quarantine", "duplicates", "events")
 
@@ -197,8 +201,11 @@ class PolarsEngine:
         from hybrid_pipeline.sources.landing import BRONZE_SCHEMA
 
         bronze = lh.scan_or_empty(BRONZE_EVENTS, BRONZE_SCHEMA).filter(pl.col("landing_date") == landing_day).collect()
-        existing = self._silver(lh).filter(pl.col("landing_date") != landing_day)
-        batch = self.clean_events(bronze, existing, pii_salt)
+        # Other days' records of the day's ids come from the event index (checked against silver's
+        # version and caught up first), not from a scan of every stored id.
+        index = EventIndex(lh, SILVER_EVENTS).current()
+        before = index.version
+        batch = self.clean_events(bronze, lambda ids: index.lookup(ids, exclude_day=landing_day), pii_salt)
 
         def keepers(ids: list[str]) -> pl.DataFrame:
             return batch.events.filter(pl.col("event_id").is_in(ids)).select("event_id", "source_file", "line_number")
@@ -209,10 +216,21 @@ class PolarsEngine:
             "duplicates": (pl.concat([batch.duplicates, rehoming.duplicates]), rehoming.duplicates_predicate("delta-rs")),
             "events": (batch.events, rehoming.events_predicate("delta-rs")),
         }
-        versions = {
-            name: lh.replace_where(SILVER_TABLES[name], rows[name][0], rows[name][1], partition_by=SILVER_PARTITIONS[name])
-            for name in WRITE_ORDER
-        }
+        touched = [landing_day, *rehoming.landing_days]
+
+        def write(name: str) -> int:
+            # silver/events names the landing days it changes, so the index can catch up after a crash
+            props = {COMMIT_DAYS_KEY: json.dumps(touched)} if name == "events" else None
+            return lh.replace_where(
+                SILVER_TABLES[name], rows[name][0], rows[name][1], partition_by=SILVER_PARTITIONS[name], commit_properties=props
+            )
+
+        versions = {name: write(name) for name in WRITE_ORDER}
+        index.record(
+            before,
+            versions["events"],
+            {landing_day: batch.events.select(INDEX_COLUMNS), **{day: None for day in rehoming.landing_days}},
+        )
         return SilverWritten(
             bronze_rows=bronze.height,
             rows={name: getattr(batch, name).height for name in SILVER_TABLES},
@@ -268,6 +286,10 @@ class SparkEngine:
     name: EngineName = "spark"
 
     def __init__(self, spark: SparkSession) -> None:
+        from hybrid_pipeline.engines.spark_session import prepare_executors
+
+        # On a cluster: the executors' Python environment, checked within a bounded time (once).
+        prepare_executors(spark)
         self.spark = spark
         self.shared = Engine("spark", spark)
 

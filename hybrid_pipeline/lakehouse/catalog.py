@@ -397,6 +397,9 @@ GOLD_USER_FEATURES = Table(
             "user_id": pl.String(),
             "event_date": pl.Date(),
             "event_timestamp": _UTC_TIMESTAMP,
+            # when the row's data became known: the end of the newest landing day among the events
+            # it was computed from (never the run's wall clock): what as-known-at retrieval filters on
+            "created_timestamp": _UTC_TIMESTAMP,
             "total_events": pl.Int64(),
             "events_1d": pl.Int64(),
             "events_7d": pl.Int64(),
@@ -472,11 +475,88 @@ GOLD_PREDICTIONS = Table(
     partition_by=("prediction_date",),
 )
 
+# -- embeddings: chunks, vectors and the near-duplicates they reveal ------------------------------
+
+SILVER_DOCUMENT_CHUNKS = Table(
+    name="silver/document_chunks",
+    layer="silver",
+    schema=pl.Schema(
+        {
+            "chunk_id": pl.String(),  # stable: document hash, chunking parameters and offsets
+            "sha256": pl.String(),  # the document's content hash
+            "chunk_index": pl.Int64(),
+            "page": pl.Int64(),
+            "start_char": pl.Int64(),
+            "end_char": pl.Int64(),
+            "text": pl.String(),
+            "content_sha256": pl.String(),  # the chunk text's hash
+            "chunk_size": pl.Int64(),
+            "chunk_overlap": pl.Int64(),
+        }
+    ),
+    description="The text of silver/document_text in overlapping character windows, with offsets and hashes.",
+    owner=ML_PLATFORM,
+    pii="raw",  # free text of landed documents, like silver/document_text
+)
+_EMBEDDING_MODEL_COLUMNS = {
+    "model_name": pl.String(),
+    "model_sha256": pl.String(),  # content hash of the model's weight files
+    "model_id": pl.String(),  # name@hash prefix: what the index and a query compare
+    "embedding": pl.List(pl.Float32()),  # unit length
+    "embedded_at": _UTC_TIMESTAMP,
+}
+GOLD_DOCUMENT_EMBEDDINGS = Table(
+    name="gold/document_embeddings",
+    layer="gold",
+    schema=pl.Schema(
+        {
+            "chunk_id": pl.String(),
+            "sha256": pl.String(),
+            "content_sha256": pl.String(),
+            "token_count": pl.Int64(),
+            "truncated": pl.Boolean(),  # longer than the model's window: the tail is not in the vector
+            **_EMBEDDING_MODEL_COLUMNS,
+        }
+    ),
+    description="One sentence embedding per document chunk, with the model identity and the chunk's content hash.",
+    owner=ML_PLATFORM,
+    pii="none",
+)
+GOLD_IMAGE_EMBEDDINGS = Table(
+    name="gold/image_embeddings",
+    layer="gold",
+    schema=pl.Schema({"sha256": pl.String(), "content_sha256": pl.String(), **_EMBEDDING_MODEL_COLUMNS}),
+    description="One embedding per valid image, with the model identity and the image's content hash.",
+    owner=ML_PLATFORM,
+    pii="none",
+)
+GOLD_MEDIA_NEAR_DUPLICATES = Table(
+    name="gold/media_near_duplicates",
+    layer="gold",
+    schema=pl.Schema(
+        {
+            "collection": pl.String(),  # images | documents
+            "left_id": pl.String(),  # image sha256 or chunk_id; left_id < right_id
+            "right_id": pl.String(),
+            "left_sha256": pl.String(),
+            "right_sha256": pl.String(),
+            "similarity": pl.Float64(),
+            "left_split": pl.String(),  # image training split (null for chunks and unlabelled images)
+            "right_split": pl.String(),
+            "cross_split": pl.Boolean(),  # both in the manifest, in different splits: leakage
+            "model_id": pl.String(),
+        }
+    ),
+    description="Pairs of images, or chunks of different documents, whose embeddings are above a similarity threshold.",
+    owner=ML_PLATFORM,
+    pii="none",
+)
+
 # -- features: what the feature store serves to training -------------------------------------------
 
 # The labels' entity keys and label, joined point-in-time to every feature value of user_features:
 # declared from those two tables so the three cannot drift apart.
-_FEATURE_KEYS = ("user_id", "event_date", "event_timestamp")
+_FEATURE_KEYS = ("user_id", "event_date", "event_timestamp", "created_timestamp")
 FEATURES_TRAINING_SET = Table(
     name="features/training_set",
     layer="features",
@@ -515,6 +595,10 @@ TABLES: tuple[Table, ...] = (
     GOLD_IMAGE_TRAINING_MANIFEST,
     GOLD_PREDICTIONS,
     FEATURES_TRAINING_SET,
+    SILVER_DOCUMENT_CHUNKS,
+    GOLD_DOCUMENT_EMBEDDINGS,
+    GOLD_IMAGE_EMBEDDINGS,
+    GOLD_MEDIA_NEAR_DUPLICATES,
 )
 
 

@@ -4,16 +4,18 @@ Why one place: AMP (mixed precision) and pinned host memory only help on CUDA (o
 CPU, autocast to bfloat16 is slower for these small models and pinning costs page
 locking for nothing), so both follow from the device, never set apart from it. A
 Dagster ``ConfigurableResource`` wraps :class:`DeviceConfig`; this module stays
-Dagster-free.
+Dagster-free, and imports torch only when a device is used (loading the code location, which
+builds CPU-only pixel embedders, must not pay torch's import).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
 DevicePreference = Literal["auto", "cpu", "cuda"]
 PREFERENCES: Final[tuple[DevicePreference, ...]] = ("auto", "cpu", "cuda")
@@ -34,11 +36,14 @@ class DeviceSettings:
 
     @property
     def torch_device(self) -> torch.device:
+        import torch
+
         return torch.device(self.device)
 
     @property
     def is_cuda(self) -> bool:
-        return self.torch_device.type == "cuda"
+        # The device string is "cpu", "cuda" or "cuda:N" (pick_device writes it): no torch needed.
+        return self.device.split(":", 1)[0] == "cuda"
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -49,11 +54,15 @@ class DeviceSettings:
         """``torch.autocast`` when AMP is on, else a no-op context."""
         if not self.amp or self.amp_dtype is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type="cuda", dtype=getattr(torch, self.amp_dtype))
 
     def description(self) -> str:
         """Human label for metadata: ``cpu`` or ``cuda (NVIDIA H100 ...)``."""
         if self.is_cuda:
+            import torch
+
             try:
                 return f"{self.device} ({torch.cuda.get_device_name(self.torch_device)})"
             except Exception:  # pragma: no cover - driver hiccup, the device string is enough
@@ -84,6 +93,10 @@ def pick_device(
     ``preference`` may also name an indexed GPU (``"cuda:1"``).
     """
     pref = preference.strip().lower()
+    if pref == "cpu":  # no torch import: a CPU choice needs no driver query
+        return DeviceSettings("cpu", amp=False, pin_memory=False, amp_dtype=None)
+    import torch
+
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
     if pref == "cpu":

@@ -39,7 +39,7 @@ def built(tmp_path_factory):
         with dg.instance_for_test() as instance:
             summaries = materialize(["2024-01-01", "2024-01-02", "2024-01-03"], instance=instance, daily_only=True)
             summaries += materialize([], instance=instance)  # the media pipeline (not partitioned)
-            assert [s.partition for s in summaries][-1] == "media"
+            assert [s.partition for s in summaries][-2:] == ["media", "embeddings"]
             assert all(s.ok for s in summaries)
             yield env, instance
 

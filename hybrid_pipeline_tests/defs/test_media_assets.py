@@ -41,7 +41,7 @@ def media_run(tmp_path_factory):
 
 def test_media_runs_succeed_and_a_rerun_adds_nothing(media_run):
     env, _, _, first_run, second_run = media_run
-    assert [s.partition for s in first_run] == ["media"]
+    assert [s.partition for s in first_run] == ["media", "embeddings"]
     assert first_run[0].ok and second_run[0].ok
     assert second_run[0].rows["bronze/media_files"] == first_run[0].rows["bronze/media_files"]
     assert second_run[0].rows["silver/media_metadata"] == first_run[0].rows["silver/media_metadata"]
@@ -131,7 +131,7 @@ def hostile_run(tmp_path_factory):
 
 def test_a_hostile_landing_does_not_fail_the_media_run_and_the_good_files_are_described(hostile_run):
     env, first_run, second_run = hostile_run
-    assert [s.partition for s in first_run] == ["media"]
+    assert [s.partition for s in first_run] == ["media", "embeddings"]
     assert first_run[0].ok and second_run[0].ok, (first_run[0].failed_steps, second_run[0].failed_steps)
     described = set(env.lakehouse.read("silver/media_metadata")["original_name"].to_list())
     assert {f"digit_{i:05d}.png" for i in range(8)} <= described

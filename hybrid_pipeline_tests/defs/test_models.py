@@ -23,6 +23,7 @@ from hybrid_pipeline.dagster_support.compute import GPU_POOL
 from hybrid_pipeline.dagster_support.keys import PREDICTIONS, TRAINING_SET
 from hybrid_pipeline.dagster_support.resources import ModelPolicyResource, ModelRegistryResource, TorchDeviceResource
 from hybrid_pipeline.definitions import FEATURES_JOB, MEDIA_JOB, build_definitions
+from hybrid_pipeline.defs.embeddings.assets import EMBEDDINGS_JOB
 from hybrid_pipeline.defs.models.config import DigitModelConfig, PurchaseModelConfig
 from hybrid_pipeline.defs.models.names import (
     DIGIT_CLASSIFIER,
@@ -118,6 +119,7 @@ def built(tmp_path_factory):
             runs = {
                 "features": run_job(defs, FEATURES_JOB, instance),
                 "media": run_job(defs, MEDIA_JOB, instance),
+                "embeddings": run_job(defs, EMBEDDINGS_JOB, instance),
                 # Before any training: a minimum above the labelled rows leaves nothing to promote or score with.
                 "too_few": run_job(defs, PURCHASE_TRAINING_JOB, instance, config=purchase_config(min_training_rows=10_000)),
                 "too_few_predict": run_job(defs, PREDICTIONS_JOB, instance, partition_key=LAST_DAY),
@@ -213,6 +215,8 @@ def test_the_registry_records_inputs_code_seed_and_hyperparameters(built):
     assert len(params["feature_definition_hash"]) == 64 and params["code_version"]
     assert tags["training_set.content_sha256"] == built.training_set["content_sha256"]
     assert tags["training_set.definitions_hash"] == built.training_set["definitions_hash"]
+    # how the training set was retrieved (as known at each label by default), to rebuild it alike
+    assert tags["training_set.retrieval"] == built.training_set["retrieval"] == "as_known_at"
     assert tags["device"] == "cpu" and tags["dagster.asset"] == "models/purchase_model"
     assert run["metrics"]["test_auc"] == pytest.approx(built.model["test_auc"])
 

@@ -41,7 +41,8 @@ def test_cluster_settings_size_shuffles_to_the_executors() -> None:
     conf = s.conf()
     assert conf["spark.sql.shuffle.partitions"] == "64"
     assert conf["spark.executor.memory"] == "16g" and conf["spark.executor.instances"] == "4"
-    assert "spark.pyspark.python" not in conf  # the cluster's Python is the cluster's business
+    # Executors get the driver's interpreter unless an archive or an executor Python is set.
+    assert conf["spark.pyspark.python"] == conf["spark.executorEnv.PYSPARK_PYTHON"] == sys.executable
     assert SparkSettings(master="yarn").effective_shuffle_partitions() == 200
 
 

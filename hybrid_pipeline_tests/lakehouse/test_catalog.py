@@ -20,7 +20,7 @@ LAYERS = ("bronze", "silver", "gold", "features")
 
 def test_every_table_is_declared_once_as_layer_slash_name() -> None:
     names = [t.name for t in TABLES]
-    assert len(names) == len(set(names)) == 22
+    assert len(names) == len(set(names)) == 26
     for t in TABLES:
         layer, _, name = t.name.partition("/")
         assert t.layer in LAYERS, t.name

@@ -79,8 +79,8 @@ def test_a_pinned_training_set_reads_its_versions_and_leaves_the_generated_repo_
     assert latest.key_index == {"built": False}
 
 
-def test_the_training_set_is_each_label_joined_to_the_users_latest_feature_row_before_it(lake):
-    rows = build_training_set(lake, lake.version(LABELS_TABLE), lake.version(FEATURES_TABLE)).rows
+def test_the_point_in_time_set_is_each_label_joined_to_the_users_latest_feature_row_before_it(lake):
+    rows = build_training_set(lake, lake.version(LABELS_TABLE), lake.version(FEATURES_TABLE), as_known_at=False).rows
     labels = lake.read(LABELS_TABLE)
     feats = lake.read(FEATURES_TABLE).sort("event_timestamp")
     # every feature row is younger than the 30-day TTL here, so an as-of join is the oracle
@@ -93,6 +93,28 @@ def test_the_training_set_is_each_label_joined_to_the_users_latest_feature_row_b
     )
     assert rows.height == labels.height > 0
     assert rows[LABEL].to_list() == expected[LABEL].to_list()
+    for column in FEATURE_COLUMNS:
+        assert rows[column].to_list() == expected[column].to_list(), column
+
+
+def test_by_default_the_set_sees_only_feature_rows_created_by_each_label_time(lake):
+    """gold/user_features is rewritten by late events, so the default retrieval is as known at the
+    label: among rows created at or before the label, the newest by event time (ties: newest created)."""
+    training_set = build_training_set(lake, lake.version(LABELS_TABLE), lake.version(FEATURES_TABLE))
+    assert training_set.retrieval == "as_known_at"
+    labels = lake.read(LABELS_TABLE).with_row_index("label_row")
+    feats = lake.read(FEATURES_TABLE).select(
+        "user_id", pl.col("event_timestamp").alias("feature_ts"), "created_timestamp", *FEATURE_COLUMNS
+    )
+    winners = (
+        labels.join(feats, on="user_id", how="left")
+        .filter((pl.col("feature_ts") <= pl.col("event_timestamp")) & (pl.col("created_timestamp") <= pl.col("event_timestamp")))
+        .sort("feature_ts", "created_timestamp")
+        .group_by("label_row").last()
+    )
+    expected = labels.join(winners.select("label_row", *FEATURE_COLUMNS), on="label_row", how="left").sort("user_id", "event_timestamp")
+    rows = training_set.rows
+    assert rows.height == labels.height > 0
     for column in FEATURE_COLUMNS:
         assert rows[column].to_list() == expected[column].to_list(), column
 

@@ -5,7 +5,6 @@ not partitioned: every run ingests what is new (content-addressed, so repeats ar
 """
 
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -26,18 +25,22 @@ from hybrid_pipeline.dagster_support.resources import LakehouseResource, Landing
 from hybrid_pipeline.lakehouse import catalog
 from hybrid_pipeline.media.extract import describe_many
 from hybrid_pipeline.media.stats import MEDIA_FILES_SCHEMA, media_collection_stats
-from hybrid_pipeline.media.store import ingest_landing_media, load_labels, resolve_bronze_path, unique_records
+from hybrid_pipeline.media.store import (
+    ingest_landing_media,
+    load_labels,
+    local_media_root,
+    resolve_bronze_path,
+    unique_records,
+)
 from hybrid_pipeline.transforms import media_tables as mt
 
 _OWNERS = ["team:ml-platform"]
 _KINDS = {"delta", "polars"}
 
 
-def media_root(lakehouse: LakehouseResource) -> Path:
-    root = lakehouse.lakehouse().path("bronze", "media")
-    if "://" in root:
-        raise ValueError("bronze media files need a local lakehouse root (object stores are not supported for media yet)")
-    return Path(root)
+def media_root(lakehouse: LakehouseResource) -> str:
+    """The bronze media store: ``<root>/bronze/media``, a local folder or an object-store prefix."""
+    return lakehouse.lakehouse().path("bronze", "media")
 
 
 @dg.multi_asset(
@@ -58,7 +61,7 @@ def bronze_media(lakehouse: LakehouseResource, landing: LandingZoneResource):
     landing_media = landing.root / "media"
     today = date.today().isoformat()
     records, rejected = ingest_landing_media(landing_media, media_root(lakehouse), today,
-                                             ingested_at=datetime.now(timezone.utc))
+                                             ingested_at=datetime.now(timezone.utc), storage_options=lh.storage_options)
     label_map, labels_rejected = load_labels(landing_media, today)  # a refused labels file is one more reject
     files = mt.files_frame(unique_records(records))
     v_files = lh.insert_new(table_of(BRONZE_MEDIA_FILES), files, ["sha256"]) if files.height else lh.version(table_of(BRONZE_MEDIA_FILES))
@@ -104,9 +107,10 @@ def silver_media(context: dg.AssetExecutionContext, lakehouse: LakehouseResource
     ])
     new = files.join(done, on="sha256", how="anti")
     records = mt.records_from_rows(new)
-    descriptions = describe_many(
-        [resolve_bronze_path(root, r.bronze_path) for r in records], original_names=[r.original_name for r in records]
-    ) if records else []
+    with local_media_root(root, [r.bronze_path for r in records], lh.storage_options) as local:
+        descriptions = describe_many(
+            [resolve_bronze_path(local, r.bronze_path) for r in records], original_names=[r.original_name for r in records]
+        ) if records else []
     labels = lh.scan_or_empty(table_of(BRONZE_MEDIA_LABELS), mt.LABELS_SCHEMA).collect()
     metadata, text, quarantine = mt.split_descriptions(records, descriptions, labels)
     v_meta = lh.insert_new(meta_t, metadata, ["sha256"]) if metadata.height else lh.version(meta_t)

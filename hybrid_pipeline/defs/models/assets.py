@@ -45,6 +45,7 @@ libraries in :mod:`hybrid_pipeline.ml`. The torch assets are declared with
 :func:`~hybrid_pipeline.dagster_support.compute.torch_asset`, which gives them the ``pytorch`` kind, the ``gpu`` pool, the GPU tags and the k8s GPU request.
 """
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -132,7 +133,11 @@ def purchase_model(
         model_registry.tracking_uri, result,
         training_set_version=snapshot["version"], source_versions=snapshot["source_versions"],
         content_sha256=snapshot["content_sha256"], definitions_hash=definitions_hash,
-        tags={"dagster.run_id": context.run.run_id, "dagster.asset": PURCHASE_MODEL.to_user_string()},
+        tags={"dagster.run_id": context.run.run_id, "dagster.asset": PURCHASE_MODEL.to_user_string(),
+              # the registry keeps these view versions while an alias points at this model (features.catalog)
+              "feature_view_versions": json.dumps(snapshot.get("feature_view_versions") or {}, sort_keys=True),
+              # how the training set was retrieved (as_known_at: filter_by_created_timestamp), to rebuild it alike
+              "training_set.retrieval": snapshot.get("retrieval") or ""},
         run_name=f"purchase_model-{context.run.run_id[:8]}",
     )
     context.log.info(f"purchase_model v{version}: test AUC {m['test_auc']:.4f} on {int(m['test_rows'])} rows "
@@ -253,7 +258,10 @@ def digit_classifier(
         return
     settings = torch_device.settings()
     cfg = config.train_config(device=settings.device, num_threads=torch_device.num_threads)
-    result = train_digit_classifier(manifest, media_root(lakehouse), cfg, device=settings)
+    from hybrid_pipeline.media.store import local_media_root
+
+    with local_media_root(media_root(lakehouse), manifest["bronze_path"].to_list(), lh.storage_options) as images:
+        result = train_digit_classifier(manifest, images, cfg, device=settings)
     m = result.metrics
     registry = model_registry.registry()
     run_id = registry.log_train_result(

@@ -62,6 +62,8 @@ def training_snapshot(lh: Any, instance: dg.DagsterInstance) -> tuple[pl.DataFra
         "source_versions": {str(k): int(v) for k, v in (meta.get("source_versions") or {}).items()},
         "content_sha256": meta.get("content_sha256"),
         "definitions_hash": meta.get("definitions_hash"),
+        "feature_view_versions": dict(meta.get("feature_view_versions") or {}),
+        "retrieval": meta.get("retrieval"),  # as_known_at or point_in_time (None: recorded before either)
     }
     return rows, record
 
