@@ -257,6 +257,8 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
 
     settings = settings or SparkSettings()
     conf = settings.conf()
+    if not settings.is_local:
+        check_master(settings.master)  # first: an unreachable master is the clearer message
     active = SparkSession.getActiveSession()
     if active is not None:
         running = active.sparkContext.master
@@ -270,7 +272,6 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
         # project's packages); the spark.pyspark.python key is only read by spark-submit.
         os.environ["PYSPARK_PYTHON"] = sys.executable
     if not settings.is_local:
-        check_master(settings.master)
         check_archive(settings)
     builder = SparkSession.builder
     for key, value in conf.items():

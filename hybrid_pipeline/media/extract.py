@@ -338,7 +338,8 @@ def _describe_pdf(src: _Source, include_text: bool, budget: PdfBudget, base: dic
         page_count = len(pages)
         work.check_pages(page_count)
         work.measure_content(pages)
-        text = "\n".join(work.extract_text(page) for page in pages)
+        # a form feed between pages (as pdftotext writes): chunks take their page number from it
+        text = "\f".join(work.extract_text(page) for page in pages)
         meta = reader.metadata
         raw_title = meta.title if meta is not None else None
     except _OverBudget as exc:

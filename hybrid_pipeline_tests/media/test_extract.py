@@ -104,6 +104,7 @@ def test_a_long_pdf_counts_all_its_pages(tmp_path: Path) -> None:
     assert d.ok and d.page_count is not None and d.page_count >= 3
     assert d.title is None  # no metadata title
     assert d.text is not None and "Line 149 of" in d.text
+    assert d.text.count("\f") == d.page_count - 1  # pages separated by form feeds
 
 
 def test_txt_is_described_with_its_first_line_as_title(tmp_path: Path) -> None:

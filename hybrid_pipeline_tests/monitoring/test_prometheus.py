@@ -215,9 +215,14 @@ def test_serving_latency_is_scraped_under_the_hybrid_prefix(servers) -> None:
     for _ in range(3):
         get(f"http://127.0.0.1:{port}/health")
 
-    count = values(servers, 'hybrid_serving_request_duration_seconds_count{route="/health"}', "route")
-    assert count["/health"] >= 3
-    p99 = query(servers, 'histogram_quantile(0.99, sum by (le) (rate(hybrid_serving_request_duration_seconds_bucket[1m])))')
+    promql = 'hybrid_serving_request_duration_seconds_count{route="/health"}'
+    # the exporter scrapes every second: wait for a scrape taken after the three requests
+    count = wait_for("three /health requests", lambda: (v := values(servers, promql, "route")) and v["/health"] >= 3 and v)
+    assert count["/health"] >= 3  # type: ignore[index]
+    # a rate needs two scrapes that saw the increase: wait for them rather than query once
+    p99 = wait_for("a latency quantile", lambda: [r for r in query(
+        servers, 'histogram_quantile(0.99, sum by (le) (rate(hybrid_serving_request_duration_seconds_bucket[1m])))'
+    ) if r["value"][1] not in ("NaN", "+Inf")])
     assert p99, "a latency quantile can be computed from the scraped histogram"
     names = json.loads(get(f"http://127.0.0.1:{servers['ports']['prometheus']}/api/v1/label/__name__/values"))["data"]  # type: ignore[index]
     ours = [n for n in names if not n.startswith(("up", "scrape_", "prometheus_", "go_", "process_", "net_", "promhttp_"))]
