@@ -1,1 +1,2 @@
-"""Alert routing and run monitoring, kept free of Dagster so rules are unit-tested."""
+"""Alert routing and run monitoring (free of Dagster, so rules are unit-tested), and the
+Prometheus exporter (``exporter``), which reads the Dagster instance and the lakehouse."""
