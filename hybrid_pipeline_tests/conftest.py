@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hybrid_pipeline.settings import Settings
 
 TEST_SALT = "test-salt"
 REDIS_URL = os.environ.get("HYBRID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_SERVER = os.environ.get("HYBRID_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
 
 
 @dataclass
@@ -103,3 +105,28 @@ def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
 def stream_name(redis_prefix: str) -> str:
     """A Redis stream of this test alone (under :func:`redis_prefix`, so deleted afterwards)."""
     return f"{redis_prefix}:stream"
+
+
+# -- a real PostgreSQL ---------------------------------------------------------------------
+@contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """The URL of a new database on the real server, dropped afterwards (its connections closed by
+    force). Skipped where no server answers, except in CI, where a missing server is a failure."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=3)
+    except psycopg2.Error as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable in CI: {exc}")
+        pytest.skip(f"no PostgreSQL server at {PG_SERVER}: {exc}")
+    admin.autocommit = True
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -25,11 +24,10 @@ import yaml
 
 from hybrid_pipeline.instance import InstanceConfigError, check_instance_config, check_postgres_url
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
-from hybrid_pipeline_tests.conftest import env_vars
+from hybrid_pipeline_tests.conftest import env_vars, fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_YAML = ROOT / "deploy" / "dagster.postgres.yaml"
-PG_SERVER = os.environ.get("HYBRID_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
 LIMIT_S = 300
 
@@ -94,30 +92,11 @@ def test_the_cli_stops_with_one_line_and_no_stack_trace(tmp_path):
 
 
 # -- the real server -------------------------------------------------------------------------
-def _server_or_skip() -> None:
-    try:
-        psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=3).close()
-    except psycopg2.Error as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server at {PG_SERVER}: {exc}")
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    """A fresh database for this module, dropped afterwards (connections closed by force)."""
-    _server_or_skip()
-    name = f"hybrid_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(f"{PG_SERVER}/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh database for this module, dropped afterwards."""
+    with fresh_pg_database("hybrid_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

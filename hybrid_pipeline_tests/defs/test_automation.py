@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from hybrid_pipeline.defs.models.names import (
     PURCHASE_MODEL,
 )
 from hybrid_pipeline.sources.generator import GeneratorConfig, generate
+from hybrid_pipeline_tests.conftest import fresh_pg_database
 
 
 @pytest.fixture
@@ -132,7 +132,6 @@ def test_failed_checks_are_routed_to_the_alert_file(repo, pipeline_env, tmp_path
 # on the real server (one table: storage ids grow across runs). Failed checks come from real runs.
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_SERVER = os.environ.get("HYBRID_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
 
 
 @dg.asset(
@@ -155,24 +154,9 @@ def _probe_run(instance: dg.DagsterInstance, passed: bool) -> str:
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    """A fresh database on the real server, dropped afterwards (skipped where no server answers)."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=3)
-    except psycopg2.Error as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable in CI: {exc}")
-        pytest.skip(f"no PostgreSQL server at {PG_SERVER}: {exc}")
-    admin.autocommit = True
-    name = f"hybrid_alerts_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    """A fresh database on the real server, dropped afterwards."""
+    with fresh_pg_database("hybrid_alerts") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
